@@ -30,6 +30,7 @@ pub struct Model {
     #[sea_orm(column_type = "String(StringLen::N(200))", default_value = "")]
     pub image_tag: String,
     pub assigned_port: Option<i32>,
+    #[sea_orm(default_expr = "Expr::current_timestamp()")]
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub ended_at: Option<Timestamp>,

@@ -63,7 +63,7 @@ pub struct Adoption {
 /// PostgreSQL a scratch schema is created in it for the comparison and dropped afterwards.
 pub async fn adopt(db: &DatabaseConnection, url: &str) -> Result<Adoption, MigrateError> {
     let mut problems = django_history_problems(db).await?;
-    let expected = initial_shape(db.get_database_backend(), db, url).await?;
+    let expected = initial_shape(url).await?;
     let actual = introspect::discover(db).await?;
     // Django kept defaults and cascades in Python, and named nothing else differently.
     let compare = introspect::Compare {
@@ -123,46 +123,19 @@ async fn django_history_problems(db: &DatabaseConnection) -> Result<Vec<String>,
     Ok(problems)
 }
 
-/// The shape the initial migration creates on `backend`, built in a scratch database
-/// (SQLite: in memory; PostgreSQL: a temporary schema in the target database).
-async fn initial_shape(
-    backend: DbBackend,
-    db: &DatabaseConnection,
-    url: &str,
-) -> Result<introspect::SchemaShape, DbErr> {
-    async fn migrate_and_discover(
-        scratch: &DatabaseConnection,
-    ) -> Result<introspect::SchemaShape, DbErr> {
-        initial::Migration.up(&SchemaManager::new(scratch)).await?;
-        introspect::discover(scratch).await
+/// The shape the initial migration creates, built in a scratch database on the same backend.
+async fn initial_shape(url: &str) -> Result<introspect::SchemaShape, DbErr> {
+    let scratch = connection::Scratch::new(url).await?;
+    let shape = async {
+        let db = connection::connect_for_migrations(&scratch.url).await?;
+        initial::Migration.up(&SchemaManager::new(&db)).await?;
+        let shape = introspect::discover(&db).await;
+        db.close().await?;
+        shape
     }
-    match backend {
-        DbBackend::Sqlite => {
-            let scratch = connection::connect_for_migrations("sqlite::memory:").await?;
-            let shape = migrate_and_discover(&scratch).await;
-            scratch.close().await?;
-            shape
-        }
-        _ => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or_default();
-            let schema = format!("keystone_scratch_{}_{nanos}", std::process::id());
-            db.execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
-                .await?;
-            let shape = async {
-                let scratch = connection::connect_in_schema(url, &schema).await?;
-                let shape = migrate_and_discover(&scratch).await;
-                scratch.close().await?;
-                shape
-            }
-            .await;
-            db.execute_unprepared(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-                .await?;
-            shape
-        }
-    }
+    .await;
+    scratch.remove().await?;
+    shape
 }
 
 async fn unknown_values(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use sea_orm_migration::sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm_migration::sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+};
 
 /// The zero-setup database: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keystone.sqlite3?mode=rwc";
@@ -86,12 +88,65 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A single-connection pool whose unqualified names resolve in PostgreSQL schema `schema`.
-pub async fn connect_in_schema(url: &str, schema: &str) -> Result<DatabaseConnection, DbErr> {
-    let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .max_connections(1)
-        .sqlx_logging(false)
-        .set_schema_search_path(schema.to_owned());
-    Database::connect(options).await
+/// `url` (PostgreSQL) with its search path set to `schema`, so that every connection opened
+/// from it creates and finds unqualified tables there.
+pub fn url_in_schema(url: &str, schema: &str) -> Result<String, DbErr> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| DbErr::Custom(format!("invalid database URL: {e}")))?;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(key, _)| key != "options")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("options", &format!("-c search_path={schema}"));
+    Ok(parsed.to_string())
+}
+
+/// A throwaway database on the same backend as a given URL, for checks that must not touch
+/// real data: an in-memory SQLite database (open it with [`connect_for_migrations`]: one
+/// connection, since each in-memory connection is its own database), or a new schema in the
+/// PostgreSQL database, dropped by [`Scratch::remove`].
+pub struct Scratch {
+    pub url: String,
+    schema: Option<(DatabaseConnection, String)>,
+}
+
+impl Scratch {
+    pub async fn new(like: &str) -> Result<Self, DbErr> {
+        match backend_of(like) {
+            Some(DbBackend::Postgres) => {
+                let admin = connect_for_migrations(like).await?;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or_default();
+                let name = format!("keystone_scratch_{}_{nanos}", std::process::id());
+                admin
+                    .execute_unprepared(&format!("CREATE SCHEMA \"{name}\""))
+                    .await?;
+                Ok(Self {
+                    url: url_in_schema(like, &name)?,
+                    schema: Some((admin, name)),
+                })
+            }
+            _ => Ok(Self {
+                url: "sqlite::memory:".to_owned(),
+                schema: None,
+            }),
+        }
+    }
+
+    pub async fn remove(self) -> Result<(), DbErr> {
+        if let Some((admin, name)) = self.schema {
+            admin
+                .execute_unprepared(&format!("DROP SCHEMA \"{name}\" CASCADE"))
+                .await?;
+            admin.close().await?;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,91 @@
+//! One `Config` for the server, built from command-line flags and environment variables;
+//! every setting has a default that works with zero setup (SQLite file, loopback port).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
+
+/// Where the database is and how the pool behaves (shared by every subcommand).
+#[derive(Clone, Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+    /// Most connections the pool opens.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub database_max_connections: u32,
+    /// Connections kept open while idle.
+    #[arg(
+        long,
+        env = "DATABASE_MIN_CONNECTIONS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub database_min_connections: u32,
+    /// Seconds to wait for a free connection (and to connect) before failing.
+    #[arg(
+        long,
+        env = "DATABASE_TIMEOUT_SECS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub database_timeout_secs: u64,
+    /// Seconds an idle connection stays open.
+    #[arg(
+        long,
+        env = "DATABASE_IDLE_TIMEOUT_SECS",
+        default_value_t = 600,
+        global = true
+    )]
+    pub database_idle_timeout_secs: u64,
+}
+
+impl DatabaseArgs {
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.database_max_connections,
+            min_connections: self.database_min_connections,
+            acquire_timeout: Duration::from_secs(self.database_timeout_secs),
+            connect_timeout: Duration::from_secs(self.database_timeout_secs),
+            idle_timeout: Duration::from_secs(self.database_idle_timeout_secs),
+        }
+    }
+}
+
+/// `keystone serve` settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYSTONE_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+    /// Do not apply pending migrations at start (for setups where CI migrates); the server
+    /// still refuses to start on a schema it does not know, and `/ready` reports pending ones.
+    #[arg(long, env = "KEYSTONE_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// Everything the server needs, resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    pub pool: PoolSettings,
+    pub bind: SocketAddr,
+    pub migrate_on_start: bool,
+}
+
+impl Config {
+    pub fn new(database: &DatabaseArgs, serve: &ServeArgs) -> Self {
+        Self {
+            database_url: database.database_url.clone(),
+            pool: database.pool(),
+            bind: serve.bind,
+            migrate_on_start: !serve.no_migrate,
+        }
+    }
+}
