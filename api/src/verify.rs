@@ -4,7 +4,9 @@
 //! By default it works on a scratch database of the configured backend (an in-memory SQLite
 //! database, or a temporary PostgreSQL schema), so every check can run, including the
 //! destructive round trip. With `--in-place` it checks the configured database itself and
-//! only runs what cannot change it (row checks run in a transaction that is rolled back).
+//! only runs what cannot change it (row checks run in a transaction that is rolled back; on
+//! PostgreSQL that still advances each table's id sequence by one, as sequences are not
+//! transactional).
 
 use std::io::Write;
 

@@ -291,8 +291,8 @@ async fn sqlite_sequence(db: &impl ConnectionTrait, table: &str) -> Result<Optio
     row.map(|r| r.try_get::<i64>("", "seq")).transpose()
 }
 
-/// PostgreSQL alters in place: set the defaults, and replace each foreign key by its
-/// cascading version under the same name.
+/// PostgreSQL alters in place: set the defaults, replace each foreign key by its cascading
+/// version under the same name, and bring identity sequences up to the highest id.
 async fn alter_postgres(db: &DatabaseConnection) -> Result<(), MigrateError> {
     let txn = db.begin().await?;
     for (table, column, default) in initial::DEFAULTS {
@@ -322,6 +322,17 @@ async fn alter_postgres(db: &DatabaseConnection) -> Result<(), MigrateError> {
             .await?;
         }
         txn.execute(&fk).await?;
+    }
+    // Rows inserted with explicit ids (fixtures, `loaddata`, hand-written SQL) leave an
+    // identity sequence behind its table; move each forward to cover every id, never back.
+    for table in initial::TABLES {
+        txn.execute_unprepared(&format!(
+            "SELECT setval(seq, GREATEST(COALESCE(pg_sequence_last_value(seq), 0), max_id)) \
+             FROM (SELECT pg_get_serial_sequence('\"{table}\"', 'id')::regclass AS seq, \
+                          (SELECT MAX(id) FROM \"{table}\") AS max_id) AS s \
+             WHERE max_id IS NOT NULL"
+        ))
+        .await?;
     }
     record_initial(&txn).await?;
     txn.commit().await?;

@@ -34,7 +34,7 @@ impl Default {
     pub(crate) fn expr(self) -> SimpleExpr {
         match self {
             Default::Text(text) => text.into(),
-            Default::Now => Expr::current_timestamp().into(),
+            Default::Now => Expr::current_timestamp(),
         }
     }
 }

@@ -1,0 +1,209 @@
+//! `keystone migrate …` and `keystone verify` on an empty database: applying, status,
+//! rolling back, drift detection and the refusal to touch a newer schema.
+
+use crate::on_both_backends;
+use crate::support::{Backend, TestDb, keystone};
+
+const INITIAL: &str = "m20261126_000001_create_tables";
+const KEYSTONE_TABLES: [&str; 3] = ["api_app", "api_deployment", "api_repository"];
+
+fn keystone_tables(tables: &[String]) -> Vec<&str> {
+    tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("api_"))
+        .collect()
+}
+
+async fn migrate_from_empty(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let out = keystone(&db, &["migrate", "up"]).await;
+    out.assert_success();
+    assert!(
+        out.stdout.contains(&format!("Applied {INITIAL}")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
+    assert_eq!(
+        db.rows("SELECT version FROM seaql_migrations").await,
+        [INITIAL]
+    );
+
+    // Applying again is a no-op that says so.
+    let again = keystone(&db, &["migrate", "up"]).await;
+    again.assert_success();
+    assert!(again.stdout.contains("Nothing to do"), "{}", again.stdout);
+    db.cleanup().await;
+}
+
+async fn status_output(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let before = keystone(&db, &["migrate", "status"]).await;
+    before.assert_success();
+    assert!(
+        before
+            .stdout
+            .lines()
+            .any(|l| l == format!(" [ ] {INITIAL}")),
+        "{}",
+        before.stdout
+    );
+    // Status changes nothing: not even the bookkeeping table is created.
+    assert!(db.tables().await.is_empty(), "{:?}", db.tables().await);
+
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    let after = keystone(&db, &["migrate", "status"]).await;
+    after.assert_success();
+    assert!(
+        after.stdout.lines().any(|l| l == format!(" [X] {INITIAL}")),
+        "{}",
+        after.stdout
+    );
+    db.cleanup().await;
+}
+
+async fn down_up_round_trip(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {INITIAL}")),
+        "{}",
+        down.stdout
+    );
+    assert!(keystone_tables(&db.tables().await).is_empty());
+    let status = keystone(&db, &["migrate", "status"]).await;
+    assert!(
+        status.stdout.contains(&format!(" [ ] {INITIAL}")),
+        "{}",
+        status.stdout
+    );
+
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
+    // Re-applied, the schema is exactly the one `verify` expects.
+    keystone(&db, &["verify", "--in-place"])
+        .await
+        .assert_success();
+
+    // fresh, refresh and reset do what they say.
+    db.exec("INSERT INTO api_repository (name, git_url) VALUES ('r', 'https://example.com/r.git')")
+        .await;
+    keystone(&db, &["migrate", "refresh"])
+        .await
+        .assert_success();
+    assert_eq!(db.count("SELECT COUNT(*) FROM api_repository").await, 0);
+    keystone(&db, &["migrate", "reset"]).await.assert_success();
+    assert!(keystone_tables(&db.tables().await).is_empty());
+    keystone(&db, &["migrate", "fresh"]).await.assert_success();
+    assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
+    db.cleanup().await;
+}
+
+async fn verify_passes_on_scratch_database(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let out = keystone(&db, &["verify"]).await;
+    out.assert_success();
+    let ok_lines = out.stdout.lines().filter(|l| l.starts_with("[ok]")).count();
+    assert_eq!(ok_lines, 4, "{}", out.stdout);
+    // The scratch database is not the configured one, which stays empty.
+    assert!(keystone_tables(&db.tables().await).is_empty());
+    db.cleanup().await;
+}
+
+async fn drift_detection_names_the_column(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    keystone(&db, &["verify", "--in-place"])
+        .await
+        .assert_success();
+
+    // Shrink a column behind Keystone's back, and add one no entity knows.
+    db.exec(
+        "ALTER TABLE api_deployment DROP COLUMN logs_path; \
+         ALTER TABLE api_deployment ADD COLUMN logs_path varchar(100) NOT NULL DEFAULT ''; \
+         ALTER TABLE api_repository ADD COLUMN owner varchar(50) NULL;",
+    )
+    .await;
+    let out = keystone(&db, &["verify", "--in-place"]).await;
+    out.assert_failure();
+    assert!(
+        out.stdout
+            .contains("[FAIL] entities match the migrated schema"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "column api_deployment.logs_path: type varchar(255) in entities, varchar(100) in migrated schema"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("column api_repository.owner: in migrated schema, missing from entities"),
+        "{}",
+        out.stdout
+    );
+    db.cleanup().await;
+}
+
+async fn refuses_newer_unknown_migration(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    let future = "m20991231_000001_from_the_future";
+    db.exec(&format!(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{future}', 0)"
+    ))
+    .await;
+    let snapshot = db.schema_snapshot().await;
+
+    for args in [
+        &["migrate", "up"][..],
+        &["migrate", "down"],
+        &["serve", "--bind", "127.0.0.1:0"],
+    ] {
+        let out = keystone(&db, args).await;
+        out.assert_failure();
+        let printed = format!("{}{}", out.stdout, out.stderr);
+        assert!(printed.contains("does not know"), "{args:?}: {printed}");
+        assert!(printed.contains(future), "{args:?}: {printed}");
+    }
+    let status = keystone(&db, &["migrate", "status"]).await;
+    status.assert_success();
+    assert!(
+        status.stdout.contains(&format!(" [X] {future}  (unknown")),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(
+        db.schema_snapshot().await,
+        snapshot,
+        "a refused command changed the schema"
+    );
+    db.cleanup().await;
+}
+
+on_both_backends!(
+    migrate_from_empty,
+    status_output,
+    down_up_round_trip,
+    verify_passes_on_scratch_database,
+    drift_detection_names_the_column,
+    refuses_newer_unknown_migration,
+);

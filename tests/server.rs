@@ -1,0 +1,127 @@
+//! `keystone serve`: migrations on start, `/health` and `/ready`, graceful shutdown.
+
+use crate::on_both_backends;
+use crate::support::{Backend, Server, TestDb, http, keystone};
+
+async fn serve_migrates_and_reports_ready(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let client = http();
+
+    let health = client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .expect("GET /health");
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.expect("JSON");
+    assert_eq!(body["status"], "ok");
+
+    let ready = client
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .expect("GET /ready");
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["migrations"]["pending"], serde_json::json!([]));
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "exit on SIGTERM: {status}\n{log}");
+    assert!(log.contains("applied migration"), "{log}");
+    assert!(log.contains("closing the database pool"), "{log}");
+    // The startup log names the database without a password.
+    assert!(log.contains("starting Keystone"), "{log}");
+    db.cleanup().await;
+}
+
+async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--no-migrate"])
+        .await
+        .expect("server starts");
+    let ready = http()
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .expect("GET /ready");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(
+        body["migrations"]["pending"][0],
+        "m20261126_000001_create_tables"
+    );
+    server.stop().await;
+    assert!(!db.tables().await.iter().any(|t| t.starts_with("api_")));
+
+    // Once CI has migrated, the same flag serves a ready instance.
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    let server = Server::start(&db, &["--no-migrate"])
+        .await
+        .expect("server starts");
+    let ready = http()
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .expect("GET /ready");
+    assert_eq!(ready.status(), 200);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+on_both_backends!(
+    serve_migrates_and_reports_ready,
+    no_migrate_leaves_schema_alone_and_is_not_ready,
+);
+
+/// A password in DATABASE_URL never reaches the log.
+#[tokio::test]
+async fn startup_log_redacts_password() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let out = keystone(
+        &db,
+        &[
+            "migrate",
+            "status",
+            "--database-url",
+            "postgres://keystone:s3cret@127.0.0.1:1/none",
+        ],
+    )
+    .await;
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(printed.contains("keystone:***@127.0.0.1"), "{printed}");
+    out.assert_failure();
+}
+
+/// With no DATABASE_URL, `keystone` uses `keystone.sqlite3` in the working directory, the
+/// same file `cargo run -p migration` uses.
+#[tokio::test]
+async fn default_database_is_sqlite_file_in_working_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
+        .args(["migrate", "up"])
+        .env_remove("DATABASE_URL")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .expect("run keystone");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(migration::connection::DEFAULT_DATABASE_URL),
+        "{stdout}"
+    );
+    assert!(dir.path().join("keystone.sqlite3").exists());
+}

@@ -1,0 +1,462 @@
+//! Test harness: a fresh database per test (a temporary SQLite file, or a PostgreSQL schema
+//! of its own), the real `keystone` binary run as a command or started as a server, and
+//! helpers to look at the database directly.
+//!
+//! PostgreSQL: `KEYSTONE_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! names a server; tests create the database `keystone_test` there if needed and one schema
+//! per test, dropped at the end. Schemas left by crashed runs (whose process is gone) are
+//! dropped when the next run starts. When PostgreSQL cannot be reached the PostgreSQL tests
+//! say so and pass, unless `KEYSTONE_REQUIRE_POSTGRES=1` (set by `.ci/run`), which makes
+//! them fail instead.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Backend)` as two tests: `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const TEST_DATABASE: &str = "keystone_test";
+
+fn postgres_server_url() -> String {
+    std::env::var("KEYSTONE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+fn postgres_required() -> bool {
+    std::env::var("KEYSTONE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("KEYSTONE_TEST_POSTGRES_URL is a URL");
+    parsed.set_path(database);
+    parsed.to_string()
+}
+
+/// The URL of the `keystone_test` database, created if missing, or `None` (with a notice)
+/// when PostgreSQL cannot be reached and is not required.
+async fn postgres_test_database() -> Option<String> {
+    static READY: OnceCell<Option<String>> = OnceCell::const_new();
+    READY
+        .get_or_init(|| async {
+            let server = postgres_server_url();
+            let admin = match Database::connect(server.as_str()).await {
+                Ok(admin) => admin,
+                Err(error) => {
+                    if postgres_required() {
+                        panic!("KEYSTONE_REQUIRE_POSTGRES=1 but PostgreSQL at {server} cannot be reached: {error}");
+                    }
+                    eprintln!(
+                        "note: PostgreSQL at {server} cannot be reached ({error}); the PostgreSQL \
+                         tests pass without running. Start PostgreSQL (or set KEYSTONE_TEST_POSTGRES_URL) \
+                         to run them; `.ci/run` always does."
+                    );
+                    return None;
+                }
+            };
+            let exists = admin
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    format!("SELECT 1 AS one FROM pg_database WHERE datname = '{TEST_DATABASE}'"),
+                ))
+                .await
+                .expect("query pg_database")
+                .is_some();
+            if !exists {
+                // Parallel test processes may race here; losing the race is fine.
+                let _ = admin
+                    .execute_unprepared(&format!("CREATE DATABASE {TEST_DATABASE}"))
+                    .await;
+            }
+            let url = with_database(&server, TEST_DATABASE);
+            drop_orphan_schemas(&url).await;
+            Some(url)
+        })
+        .await
+        .clone()
+}
+
+/// Drops `kt_<pid>_<n>` schemas whose process no longer runs (crashed or killed runs).
+async fn drop_orphan_schemas(url: &str) {
+    let db = Database::connect(url)
+        .await
+        .expect("connect to keystone_test");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'kt\\_%'",
+        ))
+        .await
+        .expect("list schemas");
+    for row in rows {
+        let name: String = row.try_get("", "nspname").expect("nspname");
+        let pid = name.split('_').nth(1).unwrap_or_default();
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = db
+                .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .await;
+        }
+    }
+    db.close().await.ok();
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    /// What `keystone` gets as `DATABASE_URL`.
+    pub url: String,
+    dir: tempfile::TempDir,
+    schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// `None` only for PostgreSQL when it is unreachable and not required.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => Some(Self {
+                backend,
+                url: format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("keystone.sqlite3").display()
+                ),
+                dir,
+                schema: None,
+            }),
+            Backend::Postgres => {
+                let database = postgres_test_database().await?;
+                static NEXT: AtomicU32 = AtomicU32::new(0);
+                let schema = format!(
+                    "kt_{}_{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                let admin = Database::connect(database.as_str()).await.expect("connect");
+                admin
+                    .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
+                    .await
+                    .expect("create schema");
+                admin.close().await.ok();
+                let mut url = url::Url::parse(&database).expect("url");
+                url.query_pairs_mut()
+                    .append_pair("options", &format!("-c search_path={schema}"));
+                Some(Self {
+                    backend,
+                    url: url.to_string(),
+                    dir,
+                    schema: Some((database, schema)),
+                })
+            }
+        }
+    }
+
+    /// A directory that lives as long as the database (for server working dirs and files).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A direct connection to the test database, bypassing Keystone.
+    pub async fn connect(&self) -> DatabaseConnection {
+        let mut options = sea_orm::ConnectOptions::new(self.url.clone());
+        options.max_connections(1).sqlx_logging(false);
+        Database::connect(options)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Runs an SQL script (several statements) directly.
+    pub async fn exec(&self, sql: &str) {
+        let db = self.connect().await;
+        db.execute_unprepared(sql)
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{sql}"));
+        db.close().await.ok();
+    }
+
+    /// The rows of `sql` with every column cast to text (NULL as `NULL`), one string per row.
+    pub async fn rows(&self, sql: &str) -> Vec<String> {
+        let db = self.connect().await;
+        let rows = db
+            .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"));
+        let out = rows
+            .iter()
+            .map(|row| {
+                row.column_names()
+                    .iter()
+                    .map(|c| {
+                        row.try_get::<Option<String>>("", c)
+                            .unwrap_or_else(|e| panic!("column {c} is not text: {e}"))
+                            .unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        db.close().await.ok();
+        out
+    }
+
+    /// One integer from a query such as `SELECT COUNT(*) AS n …`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let db = self.connect().await;
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .expect("query")
+            .expect("one row");
+        let n = row.try_get_by_index::<i64>(0).expect("an integer");
+        db.close().await.ok();
+        n
+    }
+
+    /// Every table of the test database, sorted.
+    pub async fn tables(&self) -> Vec<String> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+            }
+            Backend::Postgres => {
+                "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name"
+            }
+        };
+        self.rows(sql).await
+    }
+
+    /// A textual snapshot of the whole schema (tables, columns, indexes, constraints), to
+    /// prove that a refused operation changed nothing.
+    pub async fn schema_snapshot(&self) -> Vec<String> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT type, name, COALESCE(sql, '') FROM sqlite_master ORDER BY type, name"
+            }
+            Backend::Postgres => {
+                "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, \
+                 COALESCE(column_default::text, '') FROM information_schema.columns \
+                 WHERE table_schema = current_schema() \
+                 UNION ALL SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid), '', '' \
+                 FROM pg_constraint WHERE connamespace = current_schema()::regnamespace \
+                 UNION ALL SELECT tablename::text, indexname::text, indexdef, '', '' FROM pg_indexes \
+                 WHERE schemaname = current_schema() ORDER BY 1, 2"
+            }
+        };
+        self.rows(sql).await
+    }
+
+    /// Loads the Django version's DDL for this backend (from `tests/fixtures/`), Django's
+    /// own bookkeeping tables recording `api 0001_initial`, and one of Django's other tables.
+    pub async fn load_django_schema(&self) {
+        let (ddl, bookkeeping) = match self.backend {
+            Backend::Sqlite => (
+                include_str!("../fixtures/keystone-django-0001.sqlite.sql"),
+                r#"CREATE TABLE "django_migrations" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "app" varchar(255) NOT NULL, "name" varchar(255) NOT NULL, "applied" datetime NOT NULL);
+                   CREATE TABLE "auth_group" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "name" varchar(150) NOT NULL UNIQUE);"#,
+            ),
+            Backend::Postgres => (
+                include_str!("../fixtures/keystone-django-0001.postgres.sql"),
+                r#"CREATE TABLE "django_migrations" ("id" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, "app" varchar(255) NOT NULL, "name" varchar(255) NOT NULL, "applied" timestamp with time zone NOT NULL);
+                   CREATE TABLE "auth_group" ("id" integer NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, "name" varchar(150) NOT NULL UNIQUE);"#,
+            ),
+        };
+        self.exec(ddl).await;
+        self.exec(bookkeeping).await;
+        self.exec(
+            "INSERT INTO django_migrations (app, name, applied) VALUES \
+             ('contenttypes', '0001_initial', '2024-01-01 00:00:00'), \
+             ('api', '0001_initial', '2024-01-01 00:00:01'); \
+             INSERT INTO auth_group (name) VALUES ('operators');",
+        )
+        .await;
+    }
+
+    pub async fn cleanup(self) {
+        if let Some((database, schema)) = &self.schema {
+            let admin = Database::connect(database.as_str()).await.expect("connect");
+            admin
+                .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await
+                .expect("drop schema");
+            admin.close().await.ok();
+        }
+    }
+}
+
+/// What a finished `keystone` command printed.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "keystone failed ({})\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_failure(&self) -> &Self {
+        assert!(
+            !self.status.success(),
+            "keystone should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+fn keystone_command(db: &TestDb) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keystone"));
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env("NO_COLOR", "1")
+        .current_dir(db.dir())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `keystone <args>` against `db` and waits for it.
+pub async fn keystone(db: &TestDb, args: &[&str]) -> Output {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        keystone_command(db).args(args).output(),
+    )
+    .await
+    .expect("keystone did not finish within 120 s")
+    .expect("run keystone");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A running `keystone serve` on a free loopback port.
+pub struct Server {
+    pub base_url: String,
+    child: Child,
+    log: tokio::task::JoinHandle<String>,
+}
+
+impl Server {
+    /// Starts `keystone serve --bind 127.0.0.1:0 <extra>` and waits until it listens.
+    /// `Err` holds everything it printed when it exited instead.
+    pub async fn start(db: &TestDb, extra: &[&str]) -> Result<Server, String> {
+        let mut child = keystone_command(db)
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keystone serve");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut seen = String::new();
+        let base_url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some(at) = line.find("listening on http://") {
+                    return Some(line[at + "listening on ".len()..].trim().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .expect("keystone serve did not start within 60 s");
+        match base_url {
+            Some(base_url) => {
+                // Keep draining the log so the server never blocks on a full pipe.
+                let log = tokio::spawn(async move {
+                    let mut rest = seen;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        rest.push_str(&line);
+                        rest.push('\n');
+                    }
+                    rest
+                });
+                Ok(Server {
+                    base_url,
+                    child,
+                    log,
+                })
+            }
+            None => {
+                let _ = child.wait().await;
+                Err(seen)
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Sends SIGTERM and waits: the exit status and everything the server logged.
+    pub async fn stop(mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().expect("server pid");
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill -TERM");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server did not stop within 30 s of SIGTERM")
+            .expect("wait");
+        let log = self.log.await.unwrap_or_default();
+        (status, log)
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
