@@ -16,7 +16,6 @@ use migration::introspect::{
     self, ColumnShape, Compare, FkAction, ForeignKeyShape, SchemaShape, SqlType, TableShape,
 };
 use migration::{Migrator, MigratorTrait, connection, history};
-use sea_orm::sea_query::ForeignKeyAction;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IdenStatic,
     Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter, RelationTrait,
@@ -201,14 +200,7 @@ fn table_shape<E: EntityTrait>(entity: E, backend: DbBackend) -> (String, TableS
             columns: names(&def.from_col),
             ref_table,
             ref_columns: names(&def.to_col),
-            on_delete: match def.on_delete {
-                None | Some(ForeignKeyAction::NoAction) => FkAction::NoAction,
-                Some(ForeignKeyAction::Restrict) => FkAction::Restrict,
-                Some(ForeignKeyAction::Cascade) => FkAction::Cascade,
-                Some(ForeignKeyAction::SetNull) => FkAction::SetNull,
-                Some(ForeignKeyAction::SetDefault) => FkAction::SetDefault,
-                Some(other) => unreachable!("unknown ON DELETE action {other:?}"),
-            },
+            on_delete: FkAction::from_declared(def.on_delete),
         });
     }
     (entity.table_name().to_owned(), shape)

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use sea_orm_migration::sea_orm::sea_query::{ColumnType, StringLen};
+use sea_orm_migration::sea_orm::sea_query::{ColumnType, ForeignKeyAction, StringLen};
 use sea_orm_migration::sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
 };
@@ -76,6 +76,22 @@ pub enum FkAction {
     Cascade,
     SetNull,
     SetDefault,
+    /// An action added to sea-query after this code was written.
+    Unknown,
+}
+
+impl FkAction {
+    /// The action an entity relation declares (`None` is the SQL default, NO ACTION).
+    pub fn from_declared(action: Option<ForeignKeyAction>) -> Self {
+        match action {
+            None | Some(ForeignKeyAction::NoAction) => FkAction::NoAction,
+            Some(ForeignKeyAction::Restrict) => FkAction::Restrict,
+            Some(ForeignKeyAction::Cascade) => FkAction::Cascade,
+            Some(ForeignKeyAction::SetNull) => FkAction::SetNull,
+            Some(ForeignKeyAction::SetDefault) => FkAction::SetDefault,
+            Some(_) => FkAction::Unknown,
+        }
+    }
 }
 
 impl fmt::Display for FkAction {
@@ -86,6 +102,7 @@ impl fmt::Display for FkAction {
             FkAction::Cascade => "CASCADE",
             FkAction::SetNull => "SET NULL",
             FkAction::SetDefault => "SET DEFAULT",
+            FkAction::Unknown => "(unknown action)",
         })
     }
 }
