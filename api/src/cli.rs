@@ -32,6 +32,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
+    Schema,
     /// Check that migrations apply, match the entities, and round-trip.
     Verify {
         /// Check the configured database itself instead of a scratch one (only the checks
@@ -61,6 +63,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Database: {}", redact(&cli.database.database_url));
             migration::cli::run(&cli.database.database_url, &command, &mut std::io::stdout())
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { in_place } => {

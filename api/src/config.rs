@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
 
+use crate::graphql::Limits;
+
 /// Where the database is and how the pool behaves (shared by every subcommand).
 #[derive(Clone, Debug, clap::Args)]
 pub struct DatabaseArgs {
@@ -68,6 +70,22 @@ pub struct ServeArgs {
     /// still refuses to start on a schema it does not know, and `/ready` reports pending ones.
     #[arg(long, env = "KEYSTONE_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// Host name in the `url` of PORT apps (`http://<host>:<port>`).
+    #[arg(long, env = "KEYSTONE_PUBLIC_HOST", default_value = "localhost")]
+    pub public_host: String,
+    /// Domain HOST apps are served under (`http://<app>.<domain>`); unset: no URL.
+    #[arg(long, env = "KEYSTONE_APPS_DOMAIN")]
+    pub apps_domain: Option<String>,
+    /// Deepest query nesting accepted.
+    #[arg(long, env = "KEYSTONE_MAX_QUERY_DEPTH", default_value_t = 16)]
+    pub max_query_depth: usize,
+    /// Highest query complexity accepted (each field costs 1, times the page size of the
+    /// connections around it).
+    #[arg(long, env = "KEYSTONE_MAX_QUERY_COMPLEXITY", default_value_t = 250_000)]
+    pub max_query_complexity: usize,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, env = "KEYSTONE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
 }
 
 /// Everything the server needs, resolved.
@@ -77,6 +95,10 @@ pub struct Config {
     pub pool: PoolSettings,
     pub bind: SocketAddr,
     pub migrate_on_start: bool,
+    pub public_host: String,
+    pub apps_domain: Option<String>,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
 }
 
 impl Config {
@@ -86,6 +108,13 @@ impl Config {
             pool: database.pool(),
             bind: serve.bind,
             migrate_on_start: !serve.no_migrate,
+            public_host: serve.public_host.clone(),
+            apps_domain: serve.apps_domain.clone(),
+            limits: Limits {
+                depth: serve.max_query_depth,
+                complexity: serve.max_query_complexity,
+            },
+            max_body_bytes: serve.max_body_bytes,
         }
     }
 }

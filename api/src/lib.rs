@@ -4,12 +4,16 @@
 
 pub mod cli;
 pub mod config;
+pub mod domain;
+pub mod graphql;
 pub mod http;
 pub mod verify;
 
 use migration::connection::{self, redact};
 use migration::{MigrateError, history};
 use sea_orm::DbErr;
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -36,15 +40,35 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(database = %redact(&config.database_url), "starting Keystone");
     prepare_schema(&config).await?;
 
-    let db = connection::connect(&config.database_url, &config.pool).await?;
-    let app = http::router(http::AppState { db: db.clone() });
+    let metrics = Arc::new(http::Metrics::default());
+    let mut db = connection::connect(&config.database_url, &config.pool).await?;
+    let counter = metrics.clone();
+    db.set_metric_callback(move |_| counter.count_statement());
+    let schema = graphql::schema(
+        graphql::ApiContext {
+            db: db.clone(),
+            public_host: config.public_host.clone(),
+            apps_domain: config.apps_domain.clone(),
+        },
+        config.limits,
+    );
+    let app = http::router(
+        http::AppState {
+            db: db.clone(),
+            schema,
+            metrics,
+        },
+        config.max_body_bytes,
+    );
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.bind,
             source,
         })?;
-    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    tracing::info!("listening on http://{address}");
+    tracing::info!("GraphiQL: http://{address}/  ·  GraphQL endpoint: http://{address}/graphql");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -1,0 +1,426 @@
+//! `App`: something deployable, built from one repository; its queries and mutations,
+//! including `deployApp`.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
+use entity::app;
+use entity::prelude::App as AppEntity;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+use super::connection::{
+    Cursor, Order, OrderDirection, PageArgs, SortKey, load_page, to_connection,
+};
+use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder};
+use super::error::{OrInternal, bad_input, not_found};
+use super::ids::{NodeType, decode_as};
+use super::loaders::{
+    AppFilter, DeploymentCount, DeploymentFilter, DeploymentsOfApp, FilterCondition, RepositoryId,
+};
+use super::repository::Repository;
+use super::total_count::TotalCount;
+use super::{api, loaders, page_complexity};
+use crate::domain::apps::{self, AppChanges, NewApp};
+
+/// How an app is reached.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::app::AccessMode")]
+pub enum AccessMode {
+    /// On an allocated host port (9000–9999): `http://<public host>:<port>`.
+    Port,
+    /// Behind a host name.
+    Host,
+}
+
+/// An app's lifecycle state.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::app::AppStatus")]
+pub enum AppStatus {
+    /// Created, never deployed.
+    Draft,
+    /// A deployment is queued or running.
+    Deploying,
+    /// The latest deployment succeeded and the app runs.
+    Running,
+    /// The latest deployment failed.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+}
+
+/// Something deployable, built from one repository.
+pub struct App(pub app::Model);
+
+#[Object]
+impl App {
+    /// Opaque global ID (see `node`).
+    pub async fn id(&self) -> ID {
+        NodeType::App.id(self.0.id)
+    }
+
+    /// The primary key in Keystone's database.
+    async fn database_id(&self) -> i64 {
+        self.0.id
+    }
+
+    /// Unique; a DNS label (it names containers, directories and host names).
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The repository the app is built from.
+    async fn repository(&self, ctx: &Context<'_>) -> async_graphql::Result<Repository> {
+        loaders(ctx)?
+            .load_one(RepositoryId(self.0.repo_id))
+            .await
+            .or_internal()?
+            .map(Repository)
+            .ok_or_else(|| super::error::internal(format!("app {} has no repository", self.0.id)))
+    }
+
+    async fn access_mode(&self) -> AccessMode {
+        self.0.access_mode.into()
+    }
+
+    /// The host port the app listens on, for PORT apps that have one.
+    async fn current_port(&self) -> Option<i32> {
+        self.0.current_port
+    }
+
+    async fn status(&self) -> AppStatus {
+        self.0.status.into()
+    }
+
+    /// Where the app is reached: `http://<public host>:<port>` for PORT apps with a port,
+    /// `http://<name>.<apps domain>` for HOST apps when an apps domain is configured.
+    async fn url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        let config = api(ctx)?;
+        Ok(
+            match (self.0.access_mode, self.0.current_port, &config.apps_domain) {
+                (app::AccessMode::Port, Some(port), _) => {
+                    Some(format!("http://{}:{port}", config.public_host))
+                }
+                (app::AccessMode::Host, _, Some(domain)) => {
+                    Some(format!("http://{}.{domain}", self.0.name))
+                }
+                _ => None,
+            },
+        )
+    }
+
+    /// The app's deployments, newest first unless `orderBy` says otherwise.
+    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn deployments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<DeploymentFilterInput>,
+        order_by: Option<DeploymentOrder>,
+    ) -> async_graphql::Result<Connection<Cursor, Deployment, TotalCount>> {
+        let page = PageArgs::new(
+            first,
+            after,
+            last,
+            before,
+            order_by.unwrap_or_default().into(),
+        )?;
+        let filter = filter.unwrap_or_default().into_filter(None);
+        let key = DeploymentsOfApp {
+            app_id: self.0.id,
+            filter: filter.clone(),
+            page: page.clone(),
+        };
+        let rows = loaders(ctx)?
+            .load_one(key)
+            .await
+            .or_internal()?
+            .unwrap_or_default();
+        let count = TotalCount::DeploymentsOfApp(DeploymentCount {
+            app_id: self.0.id,
+            filter,
+        });
+        Ok(to_connection::<entity::deployment::Entity, _, _>(
+            rows, &page, count, Deployment,
+        ))
+    }
+
+    /// The most recently created deployment, if any.
+    async fn latest_deployment(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<Deployment>> {
+        let key = DeploymentsOfApp {
+            app_id: self.0.id,
+            filter: DeploymentFilter::default(),
+            page: PageArgs::first(1, Order::new(SortKey::CreatedAt, OrderDirection::Desc)),
+        };
+        let page = loaders(ctx)?
+            .load_one(key)
+            .await
+            .or_internal()?
+            .unwrap_or_default();
+        Ok(page.rows.into_iter().next().map(Deployment))
+    }
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AppOrderField {
+    #[default]
+    Id,
+    Name,
+}
+
+/// How to order apps.
+#[derive(InputObject, Clone, Copy, Debug)]
+pub struct AppOrder {
+    field: AppOrderField,
+    #[graphql(default_with = "OrderDirection::Asc")]
+    direction: OrderDirection,
+}
+
+impl Default for AppOrder {
+    fn default() -> Self {
+        Self {
+            field: AppOrderField::Id,
+            direction: OrderDirection::Asc,
+        }
+    }
+}
+
+impl From<AppOrder> for Order {
+    fn from(order: AppOrder) -> Self {
+        let key = match order.field {
+            AppOrderField::Id => SortKey::Id,
+            AppOrderField::Name => SortKey::Name,
+        };
+        Order::new(key, order.direction)
+    }
+}
+
+/// Which apps to list.
+#[derive(InputObject, Default)]
+#[graphql(name = "AppFilter")]
+pub struct AppFilterInput {
+    /// Only apps in one of these states.
+    status: Option<Vec<AppStatus>>,
+    /// Only apps reached this way.
+    access_mode: Option<AccessMode>,
+}
+
+impl AppFilterInput {
+    pub fn into_filter(self, repo_id: Option<i64>) -> AppFilter {
+        AppFilter {
+            statuses: self
+                .status
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            access_mode: self.access_mode.map(Into::into),
+            repo_id,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct AppQuery;
+
+#[Object]
+impl AppQuery {
+    /// All apps, paginated (default 20, at most 100 per page).
+    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn apps(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        #[graphql(desc = "Only the apps of this repository.")] repository_id: Option<ID>,
+        filter: Option<AppFilterInput>,
+        order_by: Option<AppOrder>,
+    ) -> async_graphql::Result<Connection<Cursor, App, TotalCount>> {
+        let page = PageArgs::new(
+            first,
+            after,
+            last,
+            before,
+            order_by.unwrap_or_default().into(),
+        )?;
+        let repo_id = repository_id
+            .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
+            .transpose()?;
+        let filter = filter.unwrap_or_default().into_filter(repo_id);
+        let select = AppEntity::find().filter(filter.condition());
+        let rows = load_page(&api(ctx)?.db, select, &page)
+            .await
+            .or_internal()?;
+        Ok(to_connection::<app::Entity, _, _>(
+            rows,
+            &page,
+            TotalCount::Apps(filter),
+            App,
+        ))
+    }
+
+    /// One app, by ID or by name (exactly one of them).
+    async fn app(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<ID>,
+        name: Option<String>,
+    ) -> async_graphql::Result<Option<App>> {
+        let found = match (id, name) {
+            (Some(id), None) => {
+                let database_id = decode_as(&id, NodeType::App, "id")?;
+                loaders(ctx)?
+                    .load_one(super::loaders::AppId(database_id))
+                    .await
+                    .or_internal()?
+                    .ok_or_else(|| not_found("id", format!("app {database_id} does not exist")))?
+            }
+            (None, Some(name)) => AppEntity::find()
+                .filter(app::Column::Name.eq(name.as_str()))
+                .one(&api(ctx)?.db)
+                .await
+                .or_internal()?
+                .ok_or_else(|| not_found("name", format!("no app is named {name:?}")))?,
+            _ => return Err(bad_input("id", "pass exactly one of id and name")),
+        };
+        Ok(Some(App(found)))
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateAppInput {
+    /// Unique; a DNS label: 1–63 lowercase letters, digits and hyphens.
+    name: String,
+    repository_id: ID,
+    /// `PORT` when omitted.
+    access_mode: Option<AccessMode>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateAppInput {
+    id: ID,
+    name: Option<String>,
+    repository_id: Option<ID>,
+    /// Switching to `HOST` releases the app's port.
+    access_mode: Option<AccessMode>,
+}
+
+#[derive(InputObject)]
+pub struct DeleteAppInput {
+    id: ID,
+}
+
+#[derive(InputObject)]
+pub struct DeployAppInput {
+    app_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct CreateAppPayload {
+    app: App,
+}
+
+#[derive(SimpleObject)]
+pub struct UpdateAppPayload {
+    app: App,
+}
+
+#[derive(SimpleObject)]
+pub struct DeleteAppPayload {
+    /// The ID the app had.
+    deleted_app_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct DeployAppPayload {
+    /// The new, queued deployment.
+    deployment: Deployment,
+    /// The app, now `DEPLOYING`.
+    app: App,
+}
+
+#[derive(Default)]
+pub struct AppMutation;
+
+#[Object]
+impl AppMutation {
+    /// Defines an app built from a repository.
+    async fn create_app(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateAppInput,
+    ) -> async_graphql::Result<CreateAppPayload> {
+        let repo_id = decode_as(&input.repository_id, NodeType::Repository, "repositoryId")?;
+        let created = apps::create(
+            &api(ctx)?.db,
+            NewApp {
+                name: input.name,
+                repo_id,
+                access_mode: input.access_mode.map(Into::into),
+            },
+        )
+        .await
+        .extend()?;
+        Ok(CreateAppPayload { app: App(created) })
+    }
+
+    /// Renames an app, moves it to another repository or changes its access mode.
+    async fn update_app(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateAppInput,
+    ) -> async_graphql::Result<UpdateAppPayload> {
+        let id = decode_as(&input.id, NodeType::App, "id")?;
+        let repo_id = input
+            .repository_id
+            .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
+            .transpose()?;
+        let updated = apps::update(
+            &api(ctx)?.db,
+            id,
+            AppChanges {
+                name: input.name,
+                repo_id,
+                access_mode: input.access_mode.map(Into::into),
+            },
+        )
+        .await
+        .extend()?;
+        Ok(UpdateAppPayload { app: App(updated) })
+    }
+
+    /// Deletes an app and its deployments. Refused (`CONFLICT`) while one is running.
+    async fn delete_app(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteAppInput,
+    ) -> async_graphql::Result<DeleteAppPayload> {
+        let id = decode_as(&input.id, NodeType::App, "id")?;
+        let deleted = apps::delete(&api(ctx)?.db, id).await.extend()?;
+        Ok(DeleteAppPayload {
+            deleted_app_id: NodeType::App.id(deleted),
+        })
+    }
+
+    /// Queues a deployment of the app and marks the app `DEPLOYING`.
+    async fn deploy_app(
+        &self,
+        ctx: &Context<'_>,
+        input: DeployAppInput,
+    ) -> async_graphql::Result<DeployAppPayload> {
+        let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+        let (deployment, app) = apps::deploy(&api(ctx)?.db, id).await.extend()?;
+        Ok(DeployAppPayload {
+            deployment: Deployment(deployment),
+            app: App(app),
+        })
+    }
+}

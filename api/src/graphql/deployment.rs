@@ -1,0 +1,231 @@
+//! `Deployment`: one attempt to build and run an app; its queries.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, Enum, ID, InputObject, Object};
+use chrono::{DateTime, Utc};
+use entity::deployment;
+use entity::prelude::Deployment as DeploymentEntity;
+use sea_orm::{EntityTrait, QueryFilter};
+
+use super::app::App;
+use super::connection::{
+    Cursor, Order, OrderDirection, PageArgs, SortKey, load_page, to_connection,
+};
+use super::error::{OrInternal, internal, not_found};
+use super::ids::{NodeType, decode_as};
+use super::loaders::{AppId, DeploymentFilter, DeploymentId, FilterCondition};
+use super::total_count::TotalCount;
+use super::{api, loaders, page_complexity};
+
+/// A deployment's lifecycle state.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::deployment::DeploymentStatus")]
+pub enum DeploymentStatus {
+    /// Waiting for a runner.
+    Queued,
+    /// A runner is building or starting it.
+    Running,
+    /// The app was built and started.
+    Success,
+    /// Building or starting failed; see `errorSummary`.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+/// One attempt to build and run an app.
+pub struct Deployment(pub deployment::Model);
+
+#[Object]
+impl Deployment {
+    /// Opaque global ID (see `node`).
+    pub async fn id(&self) -> ID {
+        NodeType::Deployment.id(self.0.id)
+    }
+
+    /// The primary key in Keystone's database.
+    async fn database_id(&self) -> i64 {
+        self.0.id
+    }
+
+    /// The app being deployed.
+    async fn app(&self, ctx: &Context<'_>) -> async_graphql::Result<App> {
+        loaders(ctx)?
+            .load_one(AppId(self.0.app_id))
+            .await
+            .or_internal()?
+            .map(App)
+            .ok_or_else(|| internal(format!("deployment {} has no app", self.0.id)))
+    }
+
+    async fn status(&self) -> DeploymentStatus {
+        self.0.status.into()
+    }
+
+    /// The image built for this deployment; empty until built.
+    async fn image_tag(&self) -> &str {
+        &self.0.image_tag
+    }
+
+    /// The host port the deployment was started on, for PORT apps.
+    async fn assigned_port(&self) -> Option<i32> {
+        self.0.assigned_port
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at.as_utc()
+    }
+
+    /// When a runner started it.
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at.map(|t| t.as_utc())
+    }
+
+    /// When it reached a final state.
+    async fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.0.ended_at.map(|t| t.as_utc())
+    }
+
+    /// Seconds from `startedAt` to `endedAt`, or to now while it runs; null before it started.
+    async fn duration(&self) -> Option<f64> {
+        let started = self.0.started_at?.as_utc();
+        let ended = self.0.ended_at.map_or_else(Utc::now, |t| t.as_utc());
+        Some((ended - started).num_microseconds()? as f64 / 1e6)
+    }
+
+    /// What went wrong, for failed deployments; empty otherwise.
+    async fn error_summary(&self) -> &str {
+        &self.0.error_summary
+    }
+
+    /// Where the runner's log is stored on the server; empty until it has one.
+    async fn logs_path(&self) -> &str {
+        &self.0.logs_path
+    }
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeploymentOrderField {
+    #[default]
+    CreatedAt,
+    Id,
+}
+
+/// How to order deployments. Default: newest first.
+#[derive(InputObject, Clone, Copy, Debug)]
+pub struct DeploymentOrder {
+    field: DeploymentOrderField,
+    #[graphql(default_with = "OrderDirection::Asc")]
+    direction: OrderDirection,
+}
+
+impl Default for DeploymentOrder {
+    fn default() -> Self {
+        Self {
+            field: DeploymentOrderField::CreatedAt,
+            direction: OrderDirection::Desc,
+        }
+    }
+}
+
+impl From<DeploymentOrder> for Order {
+    fn from(order: DeploymentOrder) -> Self {
+        let key = match order.field {
+            DeploymentOrderField::CreatedAt => SortKey::CreatedAt,
+            DeploymentOrderField::Id => SortKey::Id,
+        };
+        Order::new(key, order.direction)
+    }
+}
+
+/// Which deployments to list.
+#[derive(InputObject, Default)]
+#[graphql(name = "DeploymentFilter")]
+pub struct DeploymentFilterInput {
+    /// Only deployments in one of these states.
+    status: Option<Vec<DeploymentStatus>>,
+    /// Only deployments created at or after this instant.
+    created_after: Option<DateTime<Utc>>,
+    /// Only deployments created before this instant.
+    created_before: Option<DateTime<Utc>>,
+}
+
+impl DeploymentFilterInput {
+    pub fn into_filter(self, app_id: Option<i64>) -> DeploymentFilter {
+        DeploymentFilter {
+            statuses: self
+                .status
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            created_after: self.created_after.map(Into::into),
+            created_before: self.created_before.map(Into::into),
+            app_id,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct DeploymentQuery;
+
+#[Object]
+impl DeploymentQuery {
+    /// All deployments, newest first unless `orderBy` says otherwise; paginated (default 20,
+    /// at most 100 per page).
+    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn deployments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        #[graphql(desc = "Only the deployments of this app.")] app_id: Option<ID>,
+        filter: Option<DeploymentFilterInput>,
+        order_by: Option<DeploymentOrder>,
+    ) -> async_graphql::Result<Connection<Cursor, Deployment, TotalCount>> {
+        let page = PageArgs::new(
+            first,
+            after,
+            last,
+            before,
+            order_by.unwrap_or_default().into(),
+        )?;
+        let app_id = app_id
+            .map(|id| decode_as(&id, NodeType::App, "appId"))
+            .transpose()?;
+        let filter = filter.unwrap_or_default().into_filter(app_id);
+        let select = DeploymentEntity::find().filter(filter.condition());
+        let rows = load_page(&api(ctx)?.db, select, &page)
+            .await
+            .or_internal()?;
+        Ok(to_connection::<deployment::Entity, _, _>(
+            rows,
+            &page,
+            TotalCount::Deployments(filter),
+            Deployment,
+        ))
+    }
+
+    /// One deployment by its ID.
+    async fn deployment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<Deployment>> {
+        let database_id = decode_as(&id, NodeType::Deployment, "id")?;
+        match loaders(ctx)?
+            .load_one(DeploymentId(database_id))
+            .await
+            .or_internal()?
+        {
+            Some(model) => Ok(Some(Deployment(model))),
+            None => Err(not_found(
+                "id",
+                format!("deployment {database_id} does not exist"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Opaque global IDs for the `Node` interface: base64url of `<Type>:<databaseId>`. Clients
+//! must treat them as opaque; `databaseId` exposes the number.
+
+use async_graphql::ID;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::error::bad_input;
+
+/// The types that have global IDs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeType {
+    Repository,
+    App,
+    Deployment,
+}
+
+impl NodeType {
+    fn name(self) -> &'static str {
+        match self {
+            NodeType::Repository => "Repository",
+            NodeType::App => "App",
+            NodeType::Deployment => "Deployment",
+        }
+    }
+
+    pub fn id(self, database_id: i64) -> ID {
+        ID(URL_SAFE_NO_PAD.encode(format!("{}:{database_id}", self.name())))
+    }
+}
+
+/// Decodes any global ID into its type and database id.
+pub fn decode(id: &ID, field: &str) -> async_graphql::Result<(NodeType, i64)> {
+    let invalid = || bad_input(field, format!("{:?} is not a valid ID", id.as_str()));
+    let bytes = URL_SAFE_NO_PAD
+        .decode(id.as_bytes())
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (kind, number) = text.split_once(':').ok_or_else(invalid)?;
+    let kind = match kind {
+        "Repository" => NodeType::Repository,
+        "App" => NodeType::App,
+        "Deployment" => NodeType::Deployment,
+        _ => return Err(invalid()),
+    };
+    let number = number.parse::<i64>().map_err(|_| invalid())?;
+    Ok((kind, number))
+}
+
+/// Decodes a global ID that must name an object of type `expected`.
+pub fn decode_as(id: &ID, expected: NodeType, field: &str) -> async_graphql::Result<i64> {
+    match decode(id, field)? {
+        (kind, number) if kind == expected => Ok(number),
+        (kind, _) => Err(bad_input(
+            field,
+            format!(
+                "expected the ID of a {}, got the ID of a {}",
+                expected.name(),
+                kind.name()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,85 @@
+//! The GraphQL API: schema building, one module per GraphQL type (queries and mutations
+//! beside the type), cursor pagination, DataLoaders, global IDs and error mapping.
+//! Resolvers are thin: reads go through loaders or one paginated query, writes through
+//! [`crate::domain`].
+
+pub mod app;
+pub mod connection;
+pub mod deployment;
+pub mod error;
+pub mod ids;
+pub mod loaders;
+pub mod node;
+pub mod repository;
+pub mod total_count;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use sea_orm::DatabaseConnection;
+
+use self::error::internal;
+use self::loaders::Loaders;
+
+#[derive(MergedObject, Default)]
+pub struct Query(
+    node::NodeQuery,
+    repository::RepositoryQuery,
+    app::AppQuery,
+    deployment::DeploymentQuery,
+);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(repository::RepositoryMutation, app::AppMutation);
+
+pub type KeystoneSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// What every resolver may need, put into the schema once.
+pub struct ApiContext {
+    pub db: DatabaseConnection,
+    /// Host name in the `url` of PORT apps (`http://<public_host>:<port>`).
+    pub public_host: String,
+    /// Domain under which HOST apps are served (`http://<app>.<apps_domain>`), if any.
+    pub apps_domain: Option<String>,
+}
+
+/// Query depth and complexity limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub depth: usize,
+    pub complexity: usize,
+}
+
+/// The schema without data: enough to print the SDL.
+pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+}
+
+pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {
+    schema_builder()
+        .data(context)
+        .limit_depth(limits.depth)
+        .limit_complexity(limits.complexity)
+        .finish()
+}
+
+/// The SDL that `schema.graphql` must equal (`keystone schema`).
+pub fn sdl() -> String {
+    schema_builder().finish().sdl()
+}
+
+pub(crate) fn api<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a ApiContext> {
+    ctx.data::<ApiContext>().map_err(|e| internal(e.message))
+}
+
+pub(crate) fn loaders<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Loaders> {
+    ctx.data::<Loaders>().map_err(|e| internal(e.message))
+}
+
+/// Complexity of a connection field: its page size times the cost of one node.
+pub(crate) fn page_complexity(first: Option<i32>, last: Option<i32>, child: usize) -> usize {
+    let size = first
+        .or(last)
+        .map_or(connection::DEFAULT_PAGE_SIZE as usize, |n| {
+            n.max(0) as usize
+        });
+    size.max(1) * child + 1
+}

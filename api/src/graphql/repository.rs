@@ -1,0 +1,302 @@
+//! `Repository`: a Git repository apps are built from; its queries and mutations.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
+use entity::prelude::Repository as RepositoryEntity;
+use entity::repository;
+
+use super::app::{App, AppFilterInput, AppOrder};
+use super::connection::{
+    Cursor, Order, OrderDirection, PageArgs, SortKey, load_page, to_connection,
+};
+use super::error::{OrInternal, not_found};
+use super::ids::{NodeType, decode_as};
+use super::loaders::{AppCount, AppsOfRepository, RepositoryFilter, RepositoryId};
+use super::total_count::TotalCount;
+use super::{api, loaders, page_complexity};
+use crate::domain::repositories::{self, NewRepository, RepositoryChanges};
+use sea_orm::{EntityTrait, QueryFilter};
+
+/// A Git repository that apps are built from.
+pub struct Repository(pub repository::Model);
+
+#[Object]
+impl Repository {
+    /// Opaque global ID (see `node`).
+    pub async fn id(&self) -> ID {
+        NodeType::Repository.id(self.0.id)
+    }
+
+    /// The primary key in Keystone's database.
+    async fn database_id(&self) -> i64 {
+        self.0.id
+    }
+
+    /// A display name (not necessarily unique).
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Where runners clone from: `https://`, `ssh://`, `git://` or `user@host:path`.
+    async fn git_url(&self) -> &str {
+        &self.0.git_url
+    }
+
+    /// The branch deployments build.
+    async fn default_branch(&self) -> &str {
+        &self.0.default_branch
+    }
+
+    /// The apps built from this repository.
+    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn apps(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<AppFilterInput>,
+        order_by: Option<AppOrder>,
+    ) -> async_graphql::Result<Connection<Cursor, App, TotalCount>> {
+        let page = PageArgs::new(
+            first,
+            after,
+            last,
+            before,
+            order_by.unwrap_or_default().into(),
+        )?;
+        let filter = filter.unwrap_or_default().into_filter(None);
+        let key = AppsOfRepository {
+            repo_id: self.0.id,
+            filter: filter.clone(),
+            page: page.clone(),
+        };
+        let rows = loaders(ctx)?
+            .load_one(key)
+            .await
+            .or_internal()?
+            .unwrap_or_default();
+        let count = TotalCount::AppsOfRepository(AppCount {
+            repo_id: self.0.id,
+            filter,
+        });
+        Ok(to_connection::<entity::app::Entity, _, _>(
+            rows, &page, count, App,
+        ))
+    }
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RepositoryOrderField {
+    #[default]
+    Id,
+    Name,
+}
+
+/// How to order repositories.
+#[derive(InputObject, Clone, Copy, Debug)]
+pub struct RepositoryOrder {
+    field: RepositoryOrderField,
+    #[graphql(default_with = "OrderDirection::Asc")]
+    direction: OrderDirection,
+}
+
+impl Default for RepositoryOrder {
+    fn default() -> Self {
+        Self {
+            field: RepositoryOrderField::Id,
+            direction: OrderDirection::Asc,
+        }
+    }
+}
+
+impl From<RepositoryOrder> for Order {
+    fn from(order: RepositoryOrder) -> Self {
+        let key = match order.field {
+            RepositoryOrderField::Id => SortKey::Id,
+            RepositoryOrderField::Name => SortKey::Name,
+        };
+        Order::new(key, order.direction)
+    }
+}
+
+/// Which repositories to list.
+#[derive(InputObject, Default)]
+#[graphql(name = "RepositoryFilter")]
+pub struct RepositoryFilterInput {
+    /// Only repositories whose name contains this text.
+    name_contains: Option<String>,
+}
+
+#[derive(Default)]
+pub struct RepositoryQuery;
+
+#[Object]
+impl RepositoryQuery {
+    /// All repositories, paginated (default 20, at most 100 per page).
+    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn repositories(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<RepositoryFilterInput>,
+        order_by: Option<RepositoryOrder>,
+    ) -> async_graphql::Result<Connection<Cursor, Repository, TotalCount>> {
+        let page = PageArgs::new(
+            first,
+            after,
+            last,
+            before,
+            order_by.unwrap_or_default().into(),
+        )?;
+        let filter = RepositoryFilter {
+            name_contains: filter.and_then(|f| f.name_contains),
+        };
+        let select =
+            RepositoryEntity::find().filter(super::loaders::FilterCondition::condition(&filter));
+        let rows = load_page(&api(ctx)?.db, select, &page)
+            .await
+            .or_internal()?;
+        Ok(to_connection::<repository::Entity, _, _>(
+            rows,
+            &page,
+            TotalCount::Repositories(filter),
+            Repository,
+        ))
+    }
+
+    /// One repository by its ID.
+    async fn repository(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<Repository>> {
+        let database_id = decode_as(&id, NodeType::Repository, "id")?;
+        match loaders(ctx)?
+            .load_one(RepositoryId(database_id))
+            .await
+            .or_internal()?
+        {
+            Some(model) => Ok(Some(Repository(model))),
+            None => Err(not_found(
+                "id",
+                format!("repository {database_id} does not exist"),
+            )),
+        }
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateRepositoryInput {
+    /// At most 120 characters.
+    name: String,
+    /// `https://`, `ssh://`, `git://` or scp-style `user@host:path`; at most 200 characters.
+    git_url: String,
+    /// A valid git branch name; `main` when omitted.
+    default_branch: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateRepositoryInput {
+    id: ID,
+    name: Option<String>,
+    git_url: Option<String>,
+    default_branch: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct DeleteRepositoryInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct CreateRepositoryPayload {
+    repository: Repository,
+}
+
+#[derive(SimpleObject)]
+pub struct UpdateRepositoryPayload {
+    repository: Repository,
+}
+
+#[derive(SimpleObject)]
+pub struct DeleteRepositoryPayload {
+    /// The ID the repository had.
+    deleted_repository_id: ID,
+    /// How many apps were deleted with it.
+    deleted_app_count: i64,
+    /// How many deployments were deleted with it.
+    deleted_deployment_count: i64,
+}
+
+#[derive(Default)]
+pub struct RepositoryMutation;
+
+#[Object]
+impl RepositoryMutation {
+    /// Registers a Git repository.
+    async fn create_repository(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateRepositoryInput,
+    ) -> async_graphql::Result<CreateRepositoryPayload> {
+        let created = repositories::create(
+            &api(ctx)?.db,
+            NewRepository {
+                name: input.name,
+                git_url: input.git_url,
+                default_branch: input.default_branch,
+            },
+        )
+        .await
+        .extend()?;
+        Ok(CreateRepositoryPayload {
+            repository: Repository(created),
+        })
+    }
+
+    /// Changes a repository's name, URL or default branch.
+    async fn update_repository(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateRepositoryInput,
+    ) -> async_graphql::Result<UpdateRepositoryPayload> {
+        let id = decode_as(&input.id, NodeType::Repository, "id")?;
+        let updated = repositories::update(
+            &api(ctx)?.db,
+            id,
+            RepositoryChanges {
+                name: input.name,
+                git_url: input.git_url,
+                default_branch: input.default_branch,
+            },
+        )
+        .await
+        .extend()?;
+        Ok(UpdateRepositoryPayload {
+            repository: Repository(updated),
+        })
+    }
+
+    /// Deletes a repository with its apps and their deployments. Refused (`CONFLICT`) while
+    /// one of those deployments is running.
+    async fn delete_repository(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteRepositoryInput,
+    ) -> async_graphql::Result<DeleteRepositoryPayload> {
+        let id = decode_as(&input.id, NodeType::Repository, "id")?;
+        let deleted = repositories::delete(&api(ctx)?.db, id).await.extend()?;
+        Ok(DeleteRepositoryPayload {
+            deleted_repository_id: NodeType::Repository.id(deleted.id),
+            deleted_app_count: deleted.apps as i64,
+            deleted_deployment_count: deleted.deployments as i64,
+        })
+    }
+}

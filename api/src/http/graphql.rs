@@ -1,0 +1,268 @@
+//! `/graphql` over HTTP, following the GraphQL-over-HTTP specification, and `/graphql/ws`
+//! (the `graphql-transport-ws` protocol, plus the legacy `graphql-ws` one).
+//!
+//! - POST takes `application/json`; anything else is 415. A body that is not a GraphQL
+//!   request is 400.
+//! - GET takes `query`, `variables` and `operationName` in the query string, for queries
+//!   only: a mutation over GET is 405 (`Allow: POST`).
+//! - The response is `application/graphql-response+json` or `application/json`, whichever
+//!   the `Accept` header prefers (`application/json` when it names neither and has no
+//!   wildcard: 406). With `application/graphql-response+json`, a request that fails to parse
+//!   or validate is 400 and its body has no `data`; with `application/json` it is 200, as
+//!   legacy clients expect.
+//!
+//! Every operation is logged with its name, duration and outcome.
+
+use std::time::Instant;
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{Data, ServerError};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use crate::graphql::loaders::loaders;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const APPLICATION_JSON: &str = "application/json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MediaType {
+    GraphqlResponseJson,
+    Json,
+}
+
+impl MediaType {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            MediaType::GraphqlResponseJson => "application/graphql-response+json; charset=utf-8",
+            MediaType::Json => "application/json; charset=utf-8",
+        })
+    }
+}
+
+/// Picks the response media type from `Accept` (highest q wins; on a tie, the GraphQL one).
+fn negotiate(headers: &HeaderMap) -> Result<MediaType, Response> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(MediaType::Json);
+    };
+    let mut best: Option<(f32, MediaType)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let candidate = match media.as_str() {
+            GRAPHQL_RESPONSE_JSON => MediaType::GraphqlResponseJson,
+            APPLICATION_JSON | "application/*" | "*/*" => MediaType::Json,
+            _ => continue,
+        };
+        let better = match best {
+            None => true,
+            Some((best_q, best_type)) => {
+                q > best_q
+                    || (q == best_q
+                        && candidate == MediaType::GraphqlResponseJson
+                        && best_type == MediaType::Json)
+            }
+        };
+        if q > 0.0 && better {
+            best = Some((q, candidate));
+        }
+    }
+    best.map(|(_, media)| media).ok_or_else(|| {
+        plain_error(
+            StatusCode::NOT_ACCEPTABLE,
+            MediaType::Json,
+            "NOT_ACCEPTABLE",
+            "this endpoint answers application/graphql-response+json or application/json",
+        )
+    })
+}
+
+/// An error that is not a GraphQL execution result (no `data`).
+fn plain_error(status: StatusCode, media: MediaType, code: &str, message: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (
+        status,
+        [(header::CONTENT_TYPE, media.header())],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let media = match negotiate(&headers) {
+        Ok(media) => media,
+        Err(response) => return response,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case(APPLICATION_JSON) {
+        return plain_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            media,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the request as application/json",
+        );
+    }
+    match serde_json::from_slice::<async_graphql::Request>(&body) {
+        Ok(request) => execute(&state, request, media).await,
+        Err(error) => plain_error(
+            StatusCode::BAD_REQUEST,
+            media,
+            "BAD_REQUEST",
+            &format!("the body is not a GraphQL request: {error}"),
+        ),
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let media = match negotiate(&headers) {
+        Ok(media) => media,
+        Err(response) => return response,
+    };
+    let mut request =
+        match async_graphql::http::parse_query_string(query.as_deref().unwrap_or_default()) {
+            Ok(request) => request,
+            Err(error) => {
+                return plain_error(
+                    StatusCode::BAD_REQUEST,
+                    media,
+                    "BAD_REQUEST",
+                    &format!("invalid query string: {error}"),
+                );
+            }
+        };
+    if is_mutation(&mut request) {
+        let mut response = plain_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            media,
+            "METHOD_NOT_ALLOWED",
+            "mutations are only accepted over POST",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    execute(&state, request, media).await
+}
+
+/// Whether the operation the request would run is a mutation (parse errors are left to the
+/// executor, which reports them properly).
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return false;
+    };
+    let ty = match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(name)) => {
+            ops.get(name.as_str()).map(|op| op.node.ty)
+        }
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| op.node.ty)
+        }
+        _ => None,
+    };
+    ty == Some(OperationType::Mutation)
+}
+
+/// A request error: it failed before execution (syntax, validation, limits).
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response
+            .errors
+            .iter()
+            .all(|e: &ServerError| e.path.is_empty())
+}
+
+async fn execute(state: &AppState, request: async_graphql::Request, media: MediaType) -> Response {
+    let started = Instant::now();
+    let operation = request
+        .operation_name
+        .clone()
+        .unwrap_or_else(|| "-".to_owned());
+    state.metrics.count_request();
+    let response = state
+        .schema
+        .execute(request.data(loaders(state.db.clone())))
+        .await;
+    let request_error = is_request_error(&response);
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if response.errors.is_empty() {
+        tracing::info!(%operation, elapsed_ms, outcome = "ok", "graphql");
+    } else {
+        let codes: Vec<String> = response
+            .errors
+            .iter()
+            .map(|e| {
+                e.extensions
+                    .as_ref()
+                    .and_then(|x| x.get("code"))
+                    .map_or_else(|| "GRAPHQL_VALIDATION_FAILED".to_owned(), |c| c.to_string())
+            })
+            .collect();
+        tracing::info!(%operation, elapsed_ms, outcome = "error", codes = ?codes, "graphql");
+    }
+
+    let status = if request_error && media == MediaType::GraphqlResponseJson {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let body = if request_error {
+        // No `data` entry: the request never executed.
+        serde_json::to_vec(&json!({ "errors": response.errors }))
+    } else {
+        serde_json::to_vec(&response)
+    };
+    match body {
+        Ok(body) => (status, [(header::CONTENT_TYPE, media.header())], body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot serialize a GraphQL response");
+            plain_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                media,
+                "INTERNAL",
+                "internal error",
+            )
+        }
+    }
+}
+
+/// `/graphql/ws`: each connection gets its own loaders, made at `connection_init`.
+pub async fn websocket(
+    State(state): State<AppState>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let db = state.db.clone();
+            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+                .on_connection_init(move |_payload| async move {
+                    let mut data = Data::default();
+                    data.insert(loaders(db));
+                    Ok(data)
+                })
+                .serve()
+        })
+}
