@@ -4,6 +4,8 @@
 mod support;
 
 mod adoption;
+mod graphql;
+mod http_api;
 mod migrations;
 mod server;
 

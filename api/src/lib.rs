@@ -43,7 +43,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = Arc::new(http::Metrics::default());
     let mut db = connection::connect(&config.database_url, &config.pool).await?;
     let counter = metrics.clone();
-    db.set_metric_callback(move |_| counter.count_statement());
+    db.set_metric_callback(move |info| {
+        counter.count_statement();
+        tracing::debug!(target: "keystone::sql", elapsed_us = info.elapsed.as_micros() as u64, sql = %info.statement.sql);
+    });
     let schema = graphql::schema(
         graphql::ApiContext {
             db: db.clone(),

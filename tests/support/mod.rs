@@ -460,3 +460,54 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+impl Server {
+    /// POSTs a GraphQL request and returns the JSON body (asserting HTTP 200).
+    pub async fn graphql(&self, query: &str, variables: serde_json::Value) -> serde_json::Value {
+        let response = http()
+            .post(self.url("/graphql"))
+            .json(&serde_json::json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("POST /graphql");
+        assert_eq!(response.status(), 200, "POST /graphql status");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// Like [`Server::graphql`], asserting there are no errors, and returning `data`.
+    #[track_caller]
+    pub fn data(body: &serde_json::Value) -> &serde_json::Value {
+        assert!(body.get("errors").is_none(), "unexpected errors: {body:#}");
+        &body["data"]
+    }
+
+    /// How many SQL statements the server has run (from `/metrics`).
+    pub async fn sql_statements(&self) -> u64 {
+        let text = http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix("keystone_sql_statements_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("keystone_sql_statements_total in /metrics")
+    }
+}
+
+/// The error of a GraphQL response that failed with exactly one error: (code, field).
+#[track_caller]
+pub fn only_error(body: &serde_json::Value) -> (String, Option<String>) {
+    let errors = body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected errors: {body:#}"));
+    assert_eq!(errors.len(), 1, "expected one error: {body:#}");
+    let ext = &errors[0]["extensions"];
+    (
+        ext["code"].as_str().unwrap_or_default().to_owned(),
+        ext["field"].as_str().map(str::to_owned),
+    )
+}

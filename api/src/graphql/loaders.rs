@@ -3,7 +3,12 @@
 //! never crosses callers. Every batch is one SQL statement, however many parents asked.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use async_graphql::dataloader::{DataLoader, Loader};
 use entity::Timestamp;
@@ -11,6 +16,9 @@ use entity::app::{self, AccessMode, AppStatus};
 use entity::deployment::{self, DeploymentStatus};
 use entity::prelude::*;
 use entity::repository;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter,
@@ -23,8 +31,98 @@ use super::connection::{
 
 pub type Loaders = DataLoader<Reader>;
 
+/// Loaders whose batches run as tasks of their own, after async-graphql's default 1 ms
+/// delay. For WebSocket connections, whose operations run inside async-graphql-axum.
 pub fn loaders(db: DatabaseConnection) -> Loaders {
     DataLoader::new(Reader { db }, tokio::spawn)
+}
+
+/// Runs `work` (one GraphQL request) with loaders whose batches run inside the same task,
+/// and start only once every resolver of the request is waiting.
+///
+/// Each batch then holds every key of its level however long the resolvers took to get
+/// there, and starts at once, with no timer. (With batches spawned onto other worker
+/// threads after a fixed delay, a slow or preempted request splits a level into several
+/// statements; and list resolution yields part-way through long lists, so "the request
+/// returned Pending" does not yet mean "every resolver is waiting".)
+pub async fn with_request_loaders<T>(
+    db: DatabaseConnection,
+    work: impl FnOnce(Loaders) -> BoxFuture<'static, T>,
+) -> T {
+    let (spawn, spawned) = tokio::sync::mpsc::unbounded_channel::<BoxFuture<'static, ()>>();
+    let loaders = DataLoader::new(Reader { db }, move |batch| {
+        let _ = spawn.send(batch);
+    })
+    .delay(Duration::ZERO);
+    RequestDriver {
+        work: work(loaders),
+        spawned,
+        batches: FuturesUnordered::new(),
+    }
+    .await
+}
+
+struct RequestDriver<T> {
+    work: BoxFuture<'static, T>,
+    spawned: tokio::sync::mpsc::UnboundedReceiver<BoxFuture<'static, ()>>,
+    batches: FuturesUnordered<BoxFuture<'static, ()>>,
+}
+
+/// Forwards wake-ups, noting whether one happened (a future that wakes itself while being
+/// polled wants to be polled again: it yielded, it is not waiting).
+struct NotingWaker {
+    inner: Waker,
+    woken: AtomicBool,
+}
+
+impl Wake for NotingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.inner.wake_by_ref();
+    }
+}
+
+impl<T> Future for RequestDriver<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        /// Re-polls of a self-waking request before batches run anyway (and the task
+        /// yields to the runtime), so tokio's cooperative budget can never make this spin.
+        const MAX_REPOLLS: usize = 64;
+        let noting = Arc::new(NotingWaker {
+            inner: cx.waker().clone(),
+            woken: AtomicBool::new(false),
+        });
+        let waker = Waker::from(noting.clone());
+        let this = &mut *self;
+        loop {
+            let mut repolls = 0;
+            loop {
+                noting.woken.store(false, Ordering::Release);
+                if let Poll::Ready(output) =
+                    this.work.as_mut().poll(&mut Context::from_waker(&waker))
+                {
+                    return Poll::Ready(output);
+                }
+                repolls += 1;
+                if !noting.woken.load(Ordering::Acquire) || repolls == MAX_REPOLLS {
+                    break;
+                }
+            }
+            while let Poll::Ready(Some(batch)) = this.spawned.poll_recv(cx) {
+                this.batches.push(batch);
+            }
+            match this.batches.poll_next_unpin(cx) {
+                // A batch finished: its results may let the request go on.
+                Poll::Ready(Some(())) => continue,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 pub struct Reader {

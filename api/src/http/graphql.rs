@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use crate::graphql::loaders::loaders;
+use crate::graphql::loaders::{loaders, with_request_loaders};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const APPLICATION_JSON: &str = "application/json";
@@ -47,9 +47,9 @@ impl MediaType {
 }
 
 /// Picks the response media type from `Accept` (highest q wins; on a tie, the GraphQL one).
-fn negotiate(headers: &HeaderMap) -> Result<MediaType, Response> {
+fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return Ok(MediaType::Json);
+        return Some(MediaType::Json);
     };
     let mut best: Option<(f32, MediaType)> = None;
     for range in accept.split(',') {
@@ -77,14 +77,16 @@ fn negotiate(headers: &HeaderMap) -> Result<MediaType, Response> {
             best = Some((q, candidate));
         }
     }
-    best.map(|(_, media)| media).ok_or_else(|| {
-        plain_error(
-            StatusCode::NOT_ACCEPTABLE,
-            MediaType::Json,
-            "NOT_ACCEPTABLE",
-            "this endpoint answers application/graphql-response+json or application/json",
-        )
-    })
+    best.map(|(_, media)| media)
+}
+
+fn not_acceptable() -> Response {
+    plain_error(
+        StatusCode::NOT_ACCEPTABLE,
+        MediaType::Json,
+        "NOT_ACCEPTABLE",
+        "this endpoint answers application/graphql-response+json or application/json",
+    )
 }
 
 /// An error that is not a GraphQL execution result (no `data`).
@@ -99,9 +101,8 @@ fn plain_error(status: StatusCode, media: MediaType, code: &str, message: &str) 
 }
 
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let media = match negotiate(&headers) {
-        Ok(media) => media,
-        Err(response) => return response,
+    let Some(media) = negotiate(&headers) else {
+        return not_acceptable();
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -132,9 +133,8 @@ pub async fn get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let media = match negotiate(&headers) {
-        Ok(media) => media,
-        Err(response) => return response,
+    let Some(media) = negotiate(&headers) else {
+        return not_acceptable();
     };
     let mut request =
         match async_graphql::http::parse_query_string(query.as_deref().unwrap_or_default()) {
@@ -193,18 +193,38 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
             .all(|e: &ServerError| e.path.is_empty())
 }
 
-async fn execute(state: &AppState, request: async_graphql::Request, media: MediaType) -> Response {
+async fn execute(
+    state: &AppState,
+    mut request: async_graphql::Request,
+    media: MediaType,
+) -> Response {
     let started = Instant::now();
     let operation = request
         .operation_name
         .clone()
         .unwrap_or_else(|| "-".to_owned());
     state.metrics.count_request();
-    let response = state
-        .schema
-        .execute(request.data(loaders(state.db.clone())))
-        .await;
+    // Parsed once here (the executor reuses it) to tell syntax errors from invalid queries.
+    let parse_failed = request.parsed_query().is_err();
+    let schema = state.schema.clone();
+    let mut response = with_request_loaders(state.db.clone(), move |loaders| {
+        Box::pin(async move { schema.execute(request.data(loaders)).await })
+    })
+    .await;
     let request_error = is_request_error(&response);
+    if request_error {
+        let code = if parse_failed {
+            "GRAPHQL_PARSE_FAILED"
+        } else {
+            "GRAPHQL_VALIDATION_FAILED"
+        };
+        for error in &mut response.errors {
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", code);
+        }
+    }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if response.errors.is_empty() {
         tracing::info!(%operation, elapsed_ms, outcome = "ok", "graphql");
@@ -216,7 +236,7 @@ async fn execute(state: &AppState, request: async_graphql::Request, media: Media
                 e.extensions
                     .as_ref()
                     .and_then(|x| x.get("code"))
-                    .map_or_else(|| "GRAPHQL_VALIDATION_FAILED".to_owned(), |c| c.to_string())
+                    .map_or_else(|| "?".to_owned(), |c| c.to_string())
             })
             .collect();
         tracing::info!(%operation, elapsed_ms, outcome = "error", codes = ?codes, "graphql");
