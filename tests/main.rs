@@ -4,6 +4,7 @@
 mod support;
 
 mod adoption;
+mod browser;
 mod graphql;
 mod http_api;
 mod migrations;

@@ -52,6 +52,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             db: db.clone(),
             public_host: config.public_host.clone(),
             apps_domain: config.apps_domain.clone(),
+            events: domain::events::EventBus::default(),
         },
         config.limits,
     );

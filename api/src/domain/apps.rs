@@ -10,6 +10,9 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 
+use std::sync::Arc;
+
+use super::events::{Event, EventBus};
 use super::{DomainError, check, repositories, validation};
 
 pub struct NewApp {
@@ -98,8 +101,10 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<i64, DomainError
 
 /// Queues a deployment of the app and marks the app `deploying` (the old
 /// `POST /apps/{id}/deploy`). The deployment takes the app's current port, if any.
+/// Subscribers hear of the new deployment once it is committed.
 pub async fn deploy(
     db: &DatabaseConnection,
+    events: &EventBus,
     app_id: i64,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     let txn = db.begin().await?;
@@ -122,6 +127,7 @@ pub async fn deploy(
     active.status = Set(AppStatus::Deploying);
     let app = active.update(&txn).await?;
     txn.commit().await?;
+    events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
     Ok((deployment, app))
 }
 

@@ -3,6 +3,7 @@
 //! module never imports async-graphql.
 
 pub mod apps;
+pub mod events;
 pub mod repositories;
 pub mod validation;
 

@@ -417,7 +417,8 @@ impl AppMutation {
         input: DeployAppInput,
     ) -> async_graphql::Result<DeployAppPayload> {
         let id = decode_as(&input.app_id, NodeType::App, "appId")?;
-        let (deployment, app) = apps::deploy(&api(ctx)?.db, id).await.extend()?;
+        let api = api(ctx)?;
+        let (deployment, app) = apps::deploy(&api.db, &api.events, id).await.extend()?;
         Ok(DeployAppPayload {
             deployment: Deployment(deployment),
             app: App(app),

@@ -13,8 +13,10 @@ pub mod node;
 pub mod repository;
 pub mod total_count;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
+
+use crate::domain::events::EventBus;
 
 use self::error::internal;
 use self::loaders::Loaders;
@@ -30,7 +32,10 @@ pub struct Query(
 #[derive(MergedObject, Default)]
 pub struct Mutation(repository::RepositoryMutation, app::AppMutation);
 
-pub type KeystoneSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(deployment::DeploymentSubscription);
+
+pub type KeystoneSchema = Schema<Query, Mutation, Subscription>;
 
 /// What every resolver may need, put into the schema once.
 pub struct ApiContext {
@@ -39,6 +44,8 @@ pub struct ApiContext {
     pub public_host: String,
     /// Domain under which HOST apps are served (`http://<app>.<apps_domain>`), if any.
     pub apps_domain: Option<String>,
+    /// Where changes are published for subscriptions.
+    pub events: EventBus,
 }
 
 /// Query depth and complexity limits.
@@ -49,8 +56,12 @@ pub struct Limits {
 }
 
 /// The schema without data: enough to print the SDL.
-pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
 }
 
 pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {

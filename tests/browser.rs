@@ -1,0 +1,132 @@
+//! GraphiQL in a real browser and a stock GraphQL WebSocket client, both against the real
+//! server: Debian's Chromium driven by npm's `playwright-core`, and npm's `graphql-ws`
+//! (`tests/browser/`, installed with `npm ci --prefix tests/browser`).
+//!
+//! Without Node.js, those packages or Chromium, these tests say so and pass, unless
+//! `KEYSTONE_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them), which makes them fail.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::support::{Backend, Server, TestDb};
+
+fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+}
+
+/// Whether `node`, the npm packages and (if `chromium`) the browser are there.
+fn tools_ready(chromium: bool) -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let packages = tools_dir().join("node_modules/playwright-core").exists()
+        && tools_dir().join("node_modules/graphql-ws").exists();
+    let browser = !chromium
+        || Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
+            .exists();
+    if node && packages && browser {
+        return true;
+    }
+    if std::env::var("KEYSTONE_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+        panic!(
+            "KEYSTONE_REQUIRE_BROWSER=1 but node ({node}), tests/browser/node_modules ({packages}) or chromium ({browser}) is missing"
+        );
+    }
+    eprintln!(
+        "note: browser tests need Node.js, `npm ci --prefix tests/browser` and Debian's chromium; \
+         they pass without running here (`.ci/run` installs them)"
+    );
+    false
+}
+
+/// A server with one repository and one app named `browser-app`; returns the app's ID.
+async fn server_with_app() -> (TestDb, Server, String) {
+    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let body = server
+        .graphql(
+            "mutation { createRepository(input: { name: \"web\", gitUrl: \"https://e.com/web.git\" }) { repository { id } } }",
+            json!({}),
+        )
+        .await;
+    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+    let body = server
+        .graphql(
+            "mutation($r: ID!) { createApp(input: { name: \"browser-app\", repositoryId: $r }) { app { id } } }",
+            json!({ "r": repository }),
+        )
+        .await;
+    let app = Server::data(&body)["createApp"]["app"]["id"]
+        .as_str()
+        .expect("app id")
+        .to_owned();
+    (db, server, app)
+}
+
+async fn node(script: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .arg(tools_dir().join(script))
+            .args(args)
+            .current_dir(tools_dir())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finished within 90 s")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// GraphiQL renders with the network cut off, runs a query, and shows a subscription's
+/// update caused by a mutation made elsewhere.
+#[tokio::test]
+async fn graphiql_works_offline_in_chromium() {
+    if !tools_ready(true) {
+        return;
+    }
+    let (db, server, app) = server_with_app().await;
+    let screenshot = db.dir().join("graphiql.png");
+    let out = node(
+        "graphiql.mjs",
+        &[&server.base_url, &app, &screenshot.display().to_string()],
+    )
+    .await;
+    for step in ["query ok", "subscription ok", "offline ok"] {
+        assert!(out.contains(step), "{out}");
+    }
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot"
+    );
+    if let Ok(keep) = std::env::var("KEYSTONE_SCREENSHOT") {
+        std::fs::copy(&screenshot, keep).expect("copy screenshot");
+    }
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// A stock graphql-ws client runs a query and receives a subscription event.
+#[tokio::test]
+async fn stock_graphql_ws_client() {
+    if !tools_ready(false) {
+        return;
+    }
+    let (db, server, app) = server_with_app().await;
+    let out = node("stock-client.mjs", &[&server.base_url, &app]).await;
+    assert!(
+        out.contains("query ok") && out.contains("subscription ok"),
+        "{out}"
+    );
+    server.stop().await;
+    db.cleanup().await;
+}

@@ -1,0 +1,77 @@
+// Drives GraphiQL in Debian's headless Chromium with every non-local request blocked:
+// the page must render, run a query, and show a live subscription update.
+// Usage: node graphiql.mjs <base-url> <app-id> <screenshot-path>
+import { chromium } from "playwright-core";
+
+const [base, appId, screenshot] = process.argv.slice(2);
+const origin = new URL(base).origin;
+const fail = (message) => {
+  console.error(`FAIL: ${message}`);
+  process.exit(1);
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage();
+  const external = [];
+  // Offline: anything not served by Keystone is recorded and refused.
+  await page.route("**/*", (route) => {
+    const url = route.request().url();
+    if (url.startsWith(origin) || url.startsWith("data:")) return route.continue();
+    external.push(url);
+    return route.abort();
+  });
+  const pageErrors = [];
+  page.on("pageerror", (error) => pageErrors.push(String(error)));
+  page.on("response", (response) => {
+    if (response.status() >= 400) pageErrors.push(`${response.status()} for ${response.url()}`);
+  });
+
+  await page.goto(base, { waitUntil: "load" });
+  await page.waitForSelector(".graphiql-container", { timeout: 20000 });
+  await page.waitForSelector(".graphiql-query-editor .CodeMirror", { timeout: 20000 });
+
+  const run = async (query, expected) => {
+    await page.evaluate((q) => {
+      document.querySelector(".graphiql-query-editor .CodeMirror").CodeMirror.setValue(q);
+    }, query);
+    // GraphiQL picks up the edited document (and its operation name) asynchronously.
+    await page.waitForTimeout(500);
+    await page.click(".graphiql-execute-button");
+    await page.waitForFunction(
+      (text) => document.querySelector(".graphiql-response")?.innerText.includes(text),
+      expected,
+      { timeout: 20000 },
+    );
+  };
+
+  await run("{ apps { nodes { name status } } }", "browser-app");
+  console.log("query ok");
+
+  // A subscription over the WebSocket, then a deployment made over HTTP.
+  await run(`subscription { deploymentUpdated(appId: "${appId}") { status app { name } } }`, "");
+  await page.waitForTimeout(500);
+  const response = await fetch(`${origin}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ query: `mutation { deployApp(input: { appId: "${appId}" }) { deployment { id } } }` }),
+  });
+  if (!response.ok) fail(`deployApp over HTTP: ${response.status}`);
+  await page.waitForFunction(
+    () => document.querySelector(".graphiql-response")?.innerText.includes("QUEUED"),
+    undefined,
+    { timeout: 20000 },
+  );
+  console.log("subscription ok");
+
+  if (screenshot) await page.screenshot({ path: screenshot });
+  if (external.length) fail(`requests left the server: ${external.join(", ")}`);
+  if (pageErrors.length) fail(`page errors: ${pageErrors.join("; ")}`);
+  console.log("offline ok");
+} finally {
+  await browser.close();
+}
