@@ -300,6 +300,16 @@ async fn apps_and_deployments(backend: Backend) {
         ["deploying"]
     );
 
+    let body = server
+        .graphql(
+            "query($id: ID!) { deployment(id: $id) { databaseId status app { databaseId } } }",
+            json!({ "id": deployment["id"] }),
+        )
+        .await;
+    let fetched = &Server::data(&body)["deployment"];
+    assert_eq!(fetched["databaseId"], deployment["databaseId"]);
+    assert_eq!(fetched["app"]["databaseId"], app_db_id);
+
     // What a runner will record: a port, a start and an end.
     let deployment_db_id = deployment["databaseId"].as_i64().expect("databaseId");
     let (start, end) = match backend {
