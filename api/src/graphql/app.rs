@@ -7,18 +7,16 @@ use entity::app;
 use entity::prelude::App as AppEntity;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::connection::{
-    Cursor, Order, OrderDirection, PageArgs, SortKey, load_page, to_connection,
-};
+use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder};
 use super::error::{OrInternal, bad_input, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{
-    AppFilter, DeploymentCount, DeploymentFilter, DeploymentsOfApp, FilterCondition, RepositoryId,
+    AppFilter, DeploymentCount, DeploymentFilter, DeploymentsOfApp, RepositoryId,
 };
 use super::repository::Repository;
 use super::total_count::TotalCount;
-use super::{api, loaders, page_complexity};
+use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::apps::{self, AppChanges, NewApp};
 
 /// How an app is reached.
@@ -133,18 +131,12 @@ impl App {
             filter: filter.clone(),
             page: page.clone(),
         };
-        let rows = loaders(ctx)?
-            .load_one(key)
-            .await
-            .or_internal()?
-            .unwrap_or_default();
         let count = TotalCount::DeploymentsOfApp(DeploymentCount {
             app_id: self.0.id,
             filter,
         });
-        Ok(to_connection::<entity::deployment::Entity, _, _>(
-            rows, &page, count, Deployment,
-        ))
+        nested_connection::<_, entity::deployment::Entity, _>(ctx, key, &page, count, Deployment)
+            .await
     }
 
     /// The most recently created deployment, if any.
@@ -255,16 +247,7 @@ impl AppQuery {
             .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
             .transpose()?;
         let filter = filter.unwrap_or_default().into_filter(repo_id);
-        let select = AppEntity::find().filter(filter.condition());
-        let rows = load_page(&api(ctx)?.db, select, &page)
-            .await
-            .or_internal()?;
-        Ok(to_connection::<app::Entity, _, _>(
-            rows,
-            &page,
-            TotalCount::Apps(filter),
-            App,
-        ))
+        root_connection::<app::Entity, _, _>(ctx, page, filter, TotalCount::Apps, App).await
     }
 
     /// One app, by ID or by name (exactly one of them).

@@ -4,20 +4,16 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, ID, InputObject, Object, Subscription};
 use chrono::{DateTime, Utc};
 use entity::deployment;
-use entity::prelude::Deployment as DeploymentEntity;
 use futures_util::Stream;
-use sea_orm::{EntityTrait, QueryFilter};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::app::App;
-use super::connection::{
-    Cursor, Order, OrderDirection, PageArgs, SortKey, load_page, to_connection,
-};
+use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::error::{OrInternal, internal, not_found};
 use super::ids::{NodeType, decode_as};
-use super::loaders::{AppId, DeploymentFilter, DeploymentId, FilterCondition};
+use super::loaders::{AppId, DeploymentFilter, DeploymentId};
 use super::total_count::TotalCount;
-use super::{api, loaders, page_complexity};
+use super::{api, loaders, page_complexity, root_connection};
 use crate::domain::events::Event;
 
 /// A deployment's lifecycle state.
@@ -200,16 +196,14 @@ impl DeploymentQuery {
             .map(|id| decode_as(&id, NodeType::App, "appId"))
             .transpose()?;
         let filter = filter.unwrap_or_default().into_filter(app_id);
-        let select = DeploymentEntity::find().filter(filter.condition());
-        let rows = load_page(&api(ctx)?.db, select, &page)
-            .await
-            .or_internal()?;
-        Ok(to_connection::<deployment::Entity, _, _>(
-            rows,
-            &page,
-            TotalCount::Deployments(filter),
+        root_connection::<deployment::Entity, _, _>(
+            ctx,
+            page,
+            filter,
+            TotalCount::Deployments,
             Deployment,
-        ))
+        )
+        .await
     }
 
     /// One deployment by its ID.

@@ -18,8 +18,17 @@ use sea_orm::DatabaseConnection;
 
 use crate::domain::events::EventBus;
 
-use self::error::internal;
-use self::loaders::Loaders;
+use std::sync::Arc;
+
+use async_graphql::OutputType;
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::Loader;
+use sea_orm::{DbErr, QueryFilter};
+
+use self::connection::{Cursor, PageArgs, PageRows, Paged, load_page, to_connection};
+use self::error::{OrInternal, internal};
+use self::loaders::{FilterCondition, Loaders, Reader};
+use self::total_count::TotalCount;
 
 #[derive(MergedObject, Default)]
 pub struct Query(
@@ -83,6 +92,53 @@ pub(crate) fn api<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a ApiContext
 
 pub(crate) fn loaders<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Loaders> {
     ctx.data::<Loaders>().map_err(|e| internal(e.message))
+}
+
+/// A connection over every row of `E` matching `filter`, with a lazy `totalCount`.
+pub(crate) async fn root_connection<E, F, N>(
+    ctx: &Context<'_>,
+    page: PageArgs,
+    filter: F,
+    total_count: fn(F) -> TotalCount,
+    node: fn(E::Model) -> N,
+) -> async_graphql::Result<Connection<Cursor, N, TotalCount>>
+where
+    E: Paged,
+    F: FilterCondition,
+    N: OutputType,
+{
+    let select = E::find().filter(filter.condition());
+    let rows = load_page(&api(ctx)?.db, select, &page)
+        .await
+        .or_internal()?;
+    Ok(to_connection::<E, _, _>(
+        rows,
+        &page,
+        total_count(filter),
+        node,
+    ))
+}
+
+/// A nested connection: `key`'s page, loaded in one statement with its siblings' pages.
+pub(crate) async fn nested_connection<K, E, N>(
+    ctx: &Context<'_>,
+    key: K,
+    page: &PageArgs,
+    total_count: TotalCount,
+    node: fn(E::Model) -> N,
+) -> async_graphql::Result<Connection<Cursor, N, TotalCount>>
+where
+    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+    E: Paged,
+    Reader: Loader<K, Value = PageRows<E::Model>, Error = Arc<DbErr>>,
+    N: OutputType,
+{
+    let rows = loaders(ctx)?
+        .load_one(key)
+        .await
+        .or_internal()?
+        .unwrap_or_default();
+    Ok(to_connection::<E, _, _>(rows, page, total_count, node))
 }
 
 /// Complexity of a connection field: its page size times the cost of one node.

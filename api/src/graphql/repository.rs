@@ -2,20 +2,16 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
-use entity::prelude::Repository as RepositoryEntity;
 use entity::repository;
 
 use super::app::{App, AppFilterInput, AppOrder};
-use super::connection::{
-    Cursor, Order, OrderDirection, PageArgs, SortKey, load_page, to_connection,
-};
+use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::error::{OrInternal, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppCount, AppsOfRepository, RepositoryFilter, RepositoryId};
 use super::total_count::TotalCount;
-use super::{api, loaders, page_complexity};
+use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::repositories::{self, NewRepository, RepositoryChanges};
-use sea_orm::{EntityTrait, QueryFilter};
 
 /// A Git repository that apps are built from.
 pub struct Repository(pub repository::Model);
@@ -73,18 +69,11 @@ impl Repository {
             filter: filter.clone(),
             page: page.clone(),
         };
-        let rows = loaders(ctx)?
-            .load_one(key)
-            .await
-            .or_internal()?
-            .unwrap_or_default();
         let count = TotalCount::AppsOfRepository(AppCount {
             repo_id: self.0.id,
             filter,
         });
-        Ok(to_connection::<entity::app::Entity, _, _>(
-            rows, &page, count, App,
-        ))
+        nested_connection::<_, entity::app::Entity, _>(ctx, key, &page, count, App).await
     }
 }
 
@@ -158,17 +147,14 @@ impl RepositoryQuery {
         let filter = RepositoryFilter {
             name_contains: filter.and_then(|f| f.name_contains),
         };
-        let select =
-            RepositoryEntity::find().filter(super::loaders::FilterCondition::condition(&filter));
-        let rows = load_page(&api(ctx)?.db, select, &page)
-            .await
-            .or_internal()?;
-        Ok(to_connection::<repository::Entity, _, _>(
-            rows,
-            &page,
-            TotalCount::Repositories(filter),
+        root_connection::<repository::Entity, _, _>(
+            ctx,
+            page,
+            filter,
+            TotalCount::Repositories,
             Repository,
-        ))
+        )
+        .await
     }
 
     /// One repository by its ID.
