@@ -32,6 +32,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// Measure throughput against the database floor (run a release build; needs `wrk`).
+    Bench(crate::bench::BenchArgs),
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
     Schema,
     /// Check that migrations apply, match the entities, and round-trip.
@@ -63,6 +65,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Database: {}", redact(&cli.database.database_url));
             migration::cli::run(&cli.database.database_url, &command, &mut std::io::stdout())
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            crate::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

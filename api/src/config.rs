@@ -81,7 +81,11 @@ pub struct ServeArgs {
     pub max_query_depth: usize,
     /// Highest query complexity accepted (each field costs 1, times the page size of the
     /// connections around it).
-    #[arg(long, env = "KEYSTONE_MAX_QUERY_COMPLEXITY", default_value_t = 250_000)]
+    #[arg(
+        long,
+        env = "KEYSTONE_MAX_QUERY_COMPLEXITY",
+        default_value_t = 1_000_000
+    )]
     pub max_query_complexity: usize,
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "KEYSTONE_MAX_BODY_BYTES", default_value_t = 1 << 20)]

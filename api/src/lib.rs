@@ -2,6 +2,7 @@
 //! that are more than a call into another crate (`verify`). `main.rs` only parses the command
 //! line and calls in here.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;

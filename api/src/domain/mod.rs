@@ -7,7 +7,10 @@ pub mod events;
 pub mod repositories;
 pub mod validation;
 
-use sea_orm::{DbErr, SqlErr};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 
 /// Why a domain operation was refused. Nothing was written in any case.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,18 @@ impl From<DbErr> for DomainError {
         }
         DomainError::Database(error)
     }
+}
+
+/// Starts a transaction that will write. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later cannot
+/// wait for a concurrent writer (SQLite answers `SQLITE_BUSY` at once to avoid deadlock),
+/// while an immediate one waits on the busy timeout like any other writer.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
 }
 
 /// Checks one input value, naming the field on failure.

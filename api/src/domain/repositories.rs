@@ -5,10 +5,10 @@ use entity::prelude::*;
 use entity::{app, deployment, repository};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set,
 };
 
-use super::{DomainError, check, validation};
+use super::{DomainError, begin_write, check, validation};
 
 pub struct NewRepository {
     pub name: String,
@@ -58,7 +58,7 @@ pub async fn update(
     if let Some(branch) = &changes.default_branch {
         check("defaultBranch", validation::branch_name, branch)?;
     }
-    let txn = db.begin().await?;
+    let txn = begin_write(db).await?;
     let mut active: repository::ActiveModel = find(&txn, id, "id").await?.into();
     if let Some(name) = changes.name {
         active.name = Set(name);
@@ -84,7 +84,7 @@ pub struct DeletedRepository {
 /// Deletes a repository with its apps and their deployments (the database cascades),
 /// refused while any of those deployments is running.
 pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<DeletedRepository, DomainError> {
-    let txn = db.begin().await?;
+    let txn = begin_write(db).await?;
     find(&txn, id, "id").await?;
     let app_ids = App::find()
         .select_only()

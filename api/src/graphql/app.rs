@@ -4,7 +4,8 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
 use entity::app;
-use entity::prelude::App as AppEntity;
+use entity::prelude::{App as AppEntity, Repository as RepositoryEntity};
+use entity::repository;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
@@ -46,46 +47,64 @@ pub enum AppStatus {
 }
 
 /// Something deployable, built from one repository.
-pub struct App(pub app::Model);
+pub struct App {
+    model: app::Model,
+    /// The repository, when it was read together with the app (saves a statement).
+    repository: Option<repository::Model>,
+}
+
+impl From<app::Model> for App {
+    fn from(model: app::Model) -> Self {
+        Self {
+            model,
+            repository: None,
+        }
+    }
+}
 
 #[Object]
 impl App {
     /// Opaque global ID (see `node`).
     pub async fn id(&self) -> ID {
-        NodeType::App.id(self.0.id)
+        NodeType::App.id(self.model.id)
     }
 
     /// The primary key in Keystone's database.
     async fn database_id(&self) -> i64 {
-        self.0.id
+        self.model.id
     }
 
     /// Unique; a DNS label (it names containers, directories and host names).
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.model.name
     }
 
     /// The repository the app is built from.
     async fn repository(&self, ctx: &Context<'_>) -> async_graphql::Result<Repository> {
+        if let Some(repository) = &self.repository {
+            return Ok(Repository(repository.clone()));
+        }
         loaders(ctx)?
-            .load_one(RepositoryId(self.0.repo_id))
+            .load_one(RepositoryId(self.model.repo_id))
             .await
             .or_internal()?
             .map(Repository)
-            .ok_or_else(|| super::error::internal(format!("app {} has no repository", self.0.id)))
+            .ok_or_else(|| {
+                super::error::internal(format!("app {} has no repository", self.model.id))
+            })
     }
 
     async fn access_mode(&self) -> AccessMode {
-        self.0.access_mode.into()
+        self.model.access_mode.into()
     }
 
     /// The host port the app listens on, for PORT apps that have one.
     async fn current_port(&self) -> Option<i32> {
-        self.0.current_port
+        self.model.current_port
     }
 
     async fn status(&self) -> AppStatus {
-        self.0.status.into()
+        self.model.status.into()
     }
 
     /// Where the app is reached: `http://<public host>:<port>` for PORT apps with a port,
@@ -93,12 +112,16 @@ impl App {
     async fn url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
         let config = api(ctx)?;
         Ok(
-            match (self.0.access_mode, self.0.current_port, &config.apps_domain) {
+            match (
+                self.model.access_mode,
+                self.model.current_port,
+                &config.apps_domain,
+            ) {
                 (app::AccessMode::Port, Some(port), _) => {
                     Some(format!("http://{}:{port}", config.public_host))
                 }
                 (app::AccessMode::Host, _, Some(domain)) => {
-                    Some(format!("http://{}.{domain}", self.0.name))
+                    Some(format!("http://{}.{domain}", self.model.name))
                 }
                 _ => None,
             },
@@ -127,12 +150,12 @@ impl App {
         )?;
         let filter = filter.unwrap_or_default().into_filter(None);
         let key = DeploymentsOfApp {
-            app_id: self.0.id,
+            app_id: self.model.id,
             filter: filter.clone(),
             page: page.clone(),
         };
         let count = TotalCount::DeploymentsOfApp(DeploymentCount {
-            app_id: self.0.id,
+            app_id: self.model.id,
             filter,
         });
         nested_connection::<_, entity::deployment::Entity, _>(ctx, key, &page, count, Deployment)
@@ -145,7 +168,7 @@ impl App {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<Deployment>> {
         let key = DeploymentsOfApp {
-            app_id: self.0.id,
+            app_id: self.model.id,
             filter: DeploymentFilter::default(),
             page: PageArgs::first(1, Order::new(SortKey::CreatedAt, OrderDirection::Desc)),
         };
@@ -247,7 +270,7 @@ impl AppQuery {
             .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
             .transpose()?;
         let filter = filter.unwrap_or_default().into_filter(repo_id);
-        root_connection::<app::Entity, _, _>(ctx, page, filter, TotalCount::Apps, App).await
+        root_connection::<app::Entity, _, _>(ctx, page, filter, TotalCount::Apps, App::from).await
     }
 
     /// One app, by ID or by name (exactly one of them).
@@ -257,24 +280,36 @@ impl AppQuery {
         id: Option<ID>,
         name: Option<String>,
     ) -> async_graphql::Result<Option<App>> {
-        let found = match (id, name) {
+        let (condition, field, missing) = match (id, name) {
             (Some(id), None) => {
                 let database_id = decode_as(&id, NodeType::App, "id")?;
-                loaders(ctx)?
-                    .load_one(super::loaders::AppId(database_id))
-                    .await
-                    .or_internal()?
-                    .ok_or_else(|| not_found("id", format!("app {database_id} does not exist")))?
+                (
+                    app::Column::Id.eq(database_id),
+                    "id",
+                    format!("app {database_id} does not exist"),
+                )
             }
-            (None, Some(name)) => AppEntity::find()
-                .filter(app::Column::Name.eq(name.as_str()))
-                .one(&api(ctx)?.db)
-                .await
-                .or_internal()?
-                .ok_or_else(|| not_found("name", format!("no app is named {name:?}")))?,
+            (None, Some(name)) => (
+                app::Column::Name.eq(name.as_str()),
+                "name",
+                format!("no app is named {name:?}"),
+            ),
             _ => return Err(bad_input("id", "pass exactly one of id and name")),
         };
-        Ok(Some(App(found)))
+        let query = AppEntity::find().filter(condition);
+        let db = &api(ctx)?.db;
+        // When the repository is selected, read it in the same statement.
+        let found = if ctx.look_ahead().field("repository").exists() {
+            query
+                .find_also_related(RepositoryEntity)
+                .one(db)
+                .await
+                .or_internal()?
+                .map(|(model, repository)| App { model, repository })
+        } else {
+            query.one(db).await.or_internal()?.map(App::from)
+        };
+        found.map(Some).ok_or_else(|| not_found(field, missing))
     }
 }
 
@@ -352,7 +387,9 @@ impl AppMutation {
         )
         .await
         .extend()?;
-        Ok(CreateAppPayload { app: App(created) })
+        Ok(CreateAppPayload {
+            app: created.into(),
+        })
     }
 
     /// Renames an app, moves it to another repository or changes its access mode.
@@ -377,7 +414,9 @@ impl AppMutation {
         )
         .await
         .extend()?;
-        Ok(UpdateAppPayload { app: App(updated) })
+        Ok(UpdateAppPayload {
+            app: updated.into(),
+        })
     }
 
     /// Deletes an app and its deployments. Refused (`CONFLICT`) while one is running.
@@ -404,7 +443,7 @@ impl AppMutation {
         let (deployment, app) = apps::deploy(&api.db, &api.events, id).await.extend()?;
         Ok(DeployAppPayload {
             deployment: Deployment(deployment),
-            app: App(app),
+            app: app.into(),
         })
     }
 }

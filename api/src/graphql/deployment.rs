@@ -53,7 +53,7 @@ impl Deployment {
             .load_one(AppId(self.0.app_id))
             .await
             .or_internal()?
-            .map(App)
+            .map(App::from)
             .ok_or_else(|| internal(format!("deployment {} has no app", self.0.id)))
     }
 

@@ -35,7 +35,7 @@ async fn load(ctx: &Context<'_>, id: &ID, field: &str) -> async_graphql::Result<
             .load_one(AppId(n))
             .await
             .or_internal()?
-            .map(|m| Node::App(App(m))),
+            .map(|m| Node::App(m.into())),
         (NodeType::Deployment, n) => loaders
             .load_one(DeploymentId(n))
             .await

@@ -73,7 +73,7 @@ impl Repository {
             repo_id: self.0.id,
             filter,
         });
-        nested_connection::<_, entity::app::Entity, _>(ctx, key, &page, count, App).await
+        nested_connection::<_, entity::app::Entity, _>(ctx, key, &page, count, App::from).await
     }
 }
 
