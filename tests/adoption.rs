@@ -5,6 +5,7 @@ use crate::on_both_backends;
 use crate::support::{Backend, Server, TestDb, http, keystone};
 
 const INITIAL: &str = "m20261126_000001_create_tables";
+const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -75,8 +76,10 @@ async fn django_database(backend: Backend) -> Option<TestDb> {
 /// cascade deletes; and Django's other tables are left alone.
 async fn assert_behaves_like_fresh(db: &TestDb) {
     assert_eq!(
-        db.rows("SELECT version FROM seaql_migrations").await,
-        [INITIAL]
+        db.rows("SELECT version FROM seaql_migrations ORDER BY version")
+            .await,
+        [INITIAL, INDEX],
+        "adopted, then migrated on"
     );
     db.exec(
         "INSERT INTO api_repository (name, git_url) VALUES ('new', 'https://example.com/new.git')",

@@ -5,6 +5,7 @@ use crate::on_both_backends;
 use crate::support::{Backend, TestDb, keystone};
 
 const INITIAL: &str = "m20261126_000001_create_tables";
+const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 const KEYSTONE_TABLES: [&str; 3] = ["api_app", "api_deployment", "api_repository"];
 
 fn keystone_tables(tables: &[String]) -> Vec<&str> {
@@ -27,9 +28,15 @@ async fn migrate_from_empty(backend: Backend) {
         out.stdout
     );
     assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
+    assert!(
+        out.stdout.contains(&format!("Applied {INDEX}")),
+        "{}",
+        out.stdout
+    );
     assert_eq!(
-        db.rows("SELECT version FROM seaql_migrations").await,
-        [INITIAL]
+        db.rows("SELECT version FROM seaql_migrations ORDER BY version")
+            .await,
+        [INITIAL, INDEX]
     );
 
     // Applying again is a no-op that says so.
@@ -72,7 +79,16 @@ async fn down_up_round_trip(backend: Backend) {
         return;
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
+    // One step back: only the newest migration, the tables stay.
     let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {INDEX}")),
+        "{}",
+        down.stdout
+    );
+    assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
+    let down = keystone(&db, &["migrate", "down", "1"]).await;
     down.assert_success();
     assert!(
         down.stdout.contains(&format!("Rolled back {INITIAL}")),
@@ -83,6 +99,23 @@ async fn down_up_round_trip(backend: Backend) {
     let status = keystone(&db, &["migrate", "status"]).await;
     assert!(
         status.stdout.contains(&format!(" [ ] {INITIAL}")),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains(&format!(" [ ] {INDEX}")),
+        "{}",
+        status.stdout
+    );
+
+    // Partial up: the first migration only.
+    keystone(&db, &["migrate", "up", "1"])
+        .await
+        .assert_success();
+    let status = keystone(&db, &["migrate", "status"]).await;
+    assert!(
+        status.stdout.contains(&format!(" [X] {INITIAL}"))
+            && status.stdout.contains(&format!(" [ ] {INDEX}")),
         "{}",
         status.stdout
     );

@@ -14,13 +14,17 @@ pub mod connection;
 pub mod history;
 pub mod introspect;
 mod m20261126_000001_create_tables;
+mod m20261126_000002_index_deployments_by_app_and_time;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_create_tables::Migration)]
+        vec![
+            Box::new(m20261126_000001_create_tables::Migration),
+            Box::new(m20261126_000002_index_deployments_by_app_and_time::Migration),
+        ]
     }
 }
 
