@@ -75,7 +75,7 @@ pub async fn load(db: &DatabaseConnection, size: Size) -> Result<(), DbErr> {
                 let newest = k == DEPLOYMENTS_PER_APP - 1;
                 let status = match (newest, status, id % 20) {
                     (true, "deploying", _) => {
-                        if id % 2 == 0 {
+                        if id.is_multiple_of(2) {
                             "queued"
                         } else {
                             "running"
