@@ -1,6 +1,6 @@
 //! The Keystone server crate: configuration, the HTTP server, and the `keystone` subcommands
-//! that are more than a call into another crate (`verify`). `main.rs` only parses the command
-//! line and calls in here.
+//! that are more than a call into another crate (`verify`, `bench`). `main.rs` only sets up
+//! the runtime and logging and calls in here.
 
 pub mod bench;
 pub mod cli;
@@ -10,11 +10,11 @@ pub mod graphql;
 pub mod http;
 pub mod verify;
 
+use std::sync::Arc;
+
 use migration::connection::{self, redact};
 use migration::{MigrateError, history};
 use sea_orm::DbErr;
-use std::sync::Arc;
-
 use tokio::net::TcpListener;
 
 use crate::config::Config;

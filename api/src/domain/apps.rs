@@ -1,5 +1,7 @@
 //! Creating, changing, deleting and deploying apps.
 
+use std::sync::Arc;
+
 use entity::Timestamp;
 use entity::app::{AccessMode, AppStatus};
 use entity::deployment::DeploymentStatus;
@@ -9,8 +11,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
-
-use std::sync::Arc;
 
 use super::events::{Event, EventBus};
 use super::{DomainError, begin_write, check, repositories, validation};
@@ -32,7 +32,7 @@ pub struct AppChanges {
 
 pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, DomainError> {
     check("name", validation::app_name, &new.name)?;
-    let txn = begin_write(db).await?;
+    let (_turn, txn) = begin_write(db).await?;
     repositories::find(&txn, new.repo_id, "repositoryId").await?;
     let created = app::ActiveModel {
         name: Set(new.name),
@@ -57,7 +57,7 @@ pub async fn update(
     if let Some(name) = &changes.name {
         check("name", validation::app_name, name)?;
     }
-    let txn = begin_write(db).await?;
+    let (_turn, txn) = begin_write(db).await?;
     let mut active: app::ActiveModel = find_for_update(&txn, id, "id").await?.into();
     if let Some(name) = changes.name {
         active.name = Set(name);
@@ -79,7 +79,7 @@ pub async fn update(
 
 /// Deletes an app and its deployments, refused while one of them is running.
 pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<i64, DomainError> {
-    let txn = begin_write(db).await?;
+    let (_turn, txn) = begin_write(db).await?;
     find_for_update(&txn, id, "id").await?;
     let running = Deployment::find()
         .filter(deployment::Column::AppId.eq(id))
@@ -107,7 +107,7 @@ pub async fn deploy(
     events: &EventBus,
     app_id: i64,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
-    let txn = begin_write(db).await?;
+    let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
     let deployment = deployment::ActiveModel {
         app_id: Set(app.id),

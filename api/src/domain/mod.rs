@@ -7,8 +7,10 @@ pub mod events;
 pub mod repositories;
 pub mod validation;
 
+use tokio::sync::{Mutex, MutexGuard};
+
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, SqliteTransactionMode,
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqlErr, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
 };
 
@@ -54,16 +56,33 @@ impl From<DbErr> for DomainError {
     }
 }
 
-/// Starts a transaction that will write. On SQLite it takes the write lock at once
-/// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later cannot
-/// wait for a concurrent writer (SQLite answers `SQLITE_BUSY` at once to avoid deadlock),
-/// while an immediate one waits on the busy timeout like any other writer.
-pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    })
-    .await
+/// SQLite has one writer at a time. This process's writers take turns here, first come
+/// first served, instead of waiting inside SQLite's busy handler, which polls the lock with
+/// sleeps of up to 100 ms (long tails under concurrent writes). Other processes on the same
+/// file still wait on the busy timeout.
+static SQLITE_WRITERS: Mutex<()> = Mutex::const_new(());
+
+/// Held until the write transaction has ended (declare it before the transaction).
+pub(crate) struct WriterTurn(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
+
+/// Starts a transaction that will write. On SQLite it first waits for this process's turn,
+/// then takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that reads
+/// first and writes later cannot wait for a concurrent writer (SQLite answers `SQLITE_BUSY`
+/// at once to avoid a deadlock).
+pub(crate) async fn begin_write(
+    db: &DatabaseConnection,
+) -> Result<(WriterTurn, DatabaseTransaction), DbErr> {
+    let turn = match db.get_database_backend() {
+        DbBackend::Sqlite => Some(SQLITE_WRITERS.lock().await),
+        _ => None,
+    };
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    Ok((WriterTurn(turn), txn))
 }
 
 /// Checks one input value, naming the field on failure.

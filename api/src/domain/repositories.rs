@@ -26,21 +26,23 @@ pub struct RepositoryChanges {
 }
 
 pub async fn create(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     new: NewRepository,
 ) -> Result<repository::Model, DomainError> {
     check("name", validation::repository_name, &new.name)?;
     check("gitUrl", validation::git_url, &new.git_url)?;
     let branch = new.default_branch.unwrap_or_else(|| "main".to_owned());
     check("defaultBranch", validation::branch_name, &branch)?;
+    let (_turn, txn) = begin_write(db).await?;
     let created = repository::ActiveModel {
         name: Set(new.name),
         git_url: Set(new.git_url),
         default_branch: Set(branch),
         ..Default::default()
     }
-    .insert(db)
+    .insert(&txn)
     .await?;
+    txn.commit().await?;
     Ok(created)
 }
 
@@ -58,7 +60,7 @@ pub async fn update(
     if let Some(branch) = &changes.default_branch {
         check("defaultBranch", validation::branch_name, branch)?;
     }
-    let txn = begin_write(db).await?;
+    let (_turn, txn) = begin_write(db).await?;
     let mut active: repository::ActiveModel = find(&txn, id, "id").await?.into();
     if let Some(name) = changes.name {
         active.name = Set(name);
@@ -84,7 +86,7 @@ pub struct DeletedRepository {
 /// Deletes a repository with its apps and their deployments (the database cascades),
 /// refused while any of those deployments is running.
 pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<DeletedRepository, DomainError> {
-    let txn = begin_write(db).await?;
+    let (_turn, txn) = begin_write(db).await?;
     find(&txn, id, "id").await?;
     let app_ids = App::find()
         .select_only()
