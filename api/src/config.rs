@@ -14,14 +14,9 @@ pub struct DatabaseArgs {
     /// `sqlite://path?mode=rwc` or `postgres://user:password@host/db`.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
-    /// Most connections the pool opens.
-    #[arg(
-        long,
-        env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10,
-        global = true
-    )]
-    pub database_max_connections: u32,
+    /// Most connections the pool opens (default: 4 for SQLite, 10 for PostgreSQL).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
+    pub database_max_connections: Option<u32>,
     /// Connections kept open while idle.
     #[arg(
         long,
@@ -50,8 +45,11 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     pub fn pool(&self) -> PoolSettings {
+        let defaults = PoolSettings::for_url(&self.database_url);
         PoolSettings {
-            max_connections: self.database_max_connections,
+            max_connections: self
+                .database_max_connections
+                .unwrap_or(defaults.max_connections),
             min_connections: self.database_min_connections,
             acquire_timeout: Duration::from_secs(self.database_timeout_secs),
             connect_timeout: Duration::from_secs(self.database_timeout_secs),

@@ -363,7 +363,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
     let migrating = connection::connect_for_migrations(&scratch.url).await?;
     migration::upgrade(&migrating, &scratch.url, None).await?;
     migrating.close().await?;
-    let pool = PoolSettings::default();
+    let pool = PoolSettings::for_url(&scratch.url);
     let db = connection::connect(&scratch.url, &pool).await?;
     dataset::load(&db, size).await?;
 
