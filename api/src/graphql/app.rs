@@ -172,12 +172,10 @@ impl App {
             filter: DeploymentFilter::default(),
             page: PageArgs::first(1, Order::new(SortKey::CreatedAt, OrderDirection::Desc)),
         };
-        let page = loaders(ctx)?
-            .load_one(key)
-            .await
-            .or_internal()?
-            .unwrap_or_default();
-        Ok(page.rows.into_iter().next().map(Deployment))
+        let page = loaders(ctx)?.load_one(key).await.or_internal()?;
+        Ok(page
+            .and_then(|page| page.rows.first().cloned())
+            .map(Deployment))
     }
 }
 

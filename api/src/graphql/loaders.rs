@@ -371,6 +371,9 @@ impl Loader<DeploymentId> for Reader {
     }
 }
 
+/// Pages are handed out in an `Arc`: `DataLoader::load_one` clones the value it returns,
+/// and a page holds whole rows.
+///
 /// Loads pages for keys that differ only by parent: one statement per distinct
 /// (filter, page) pair, which in practice is one per nested field of a query.
 async fn pages_per_parent<E, K, F>(
@@ -379,7 +382,7 @@ async fn pages_per_parent<E, K, F>(
     parent_column: E::Column,
     parent_of: fn(&E::Model) -> i64,
     split: fn(&K) -> (i64, &F, &PageArgs),
-) -> LoadResult<K, PageRows<E::Model>>
+) -> LoadResult<K, Arc<PageRows<E::Model>>>
 where
     E: Paged,
     E::Model: FromQueryResult + Clone,
@@ -409,14 +412,17 @@ where
         .map_err(Arc::new)?;
         for key in group {
             let parent = split(key).0;
-            out.insert(key.clone(), pages.remove(&parent).unwrap_or_default());
+            out.insert(
+                key.clone(),
+                Arc::new(pages.remove(&parent).unwrap_or_default()),
+            );
         }
     }
     Ok(out)
 }
 
 impl Loader<AppsOfRepository> for Reader {
-    type Value = PageRows<app::Model>;
+    type Value = Arc<PageRows<app::Model>>;
     type Error = Arc<DbErr>;
 
     async fn load(&self, keys: &[AppsOfRepository]) -> LoadResult<AppsOfRepository, Self::Value> {
@@ -432,7 +438,7 @@ impl Loader<AppsOfRepository> for Reader {
 }
 
 impl Loader<DeploymentsOfApp> for Reader {
-    type Value = PageRows<deployment::Model>;
+    type Value = Arc<PageRows<deployment::Model>>;
     type Error = Arc<DbErr>;
 
     async fn load(&self, keys: &[DeploymentsOfApp]) -> LoadResult<DeploymentsOfApp, Self::Value> {

@@ -130,14 +130,15 @@ pub(crate) async fn nested_connection<K, E, N>(
 where
     K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
     E: Paged,
-    Reader: Loader<K, Value = PageRows<E::Model>, Error = Arc<DbErr>>,
+    Reader: Loader<K, Value = Arc<PageRows<E::Model>>, Error = Arc<DbErr>>,
+    E::Model: Clone,
     N: OutputType,
 {
-    let rows = loaders(ctx)?
-        .load_one(key)
-        .await
-        .or_internal()?
-        .unwrap_or_default();
+    let rows = match loaders(ctx)?.load_one(key).await.or_internal()? {
+        // The loader has let go of its copy by now: take the rows without copying them.
+        Some(shared) => Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()),
+        None => PageRows::default(),
+    };
     Ok(to_connection::<E, _, _>(rows, page, total_count, node))
 }
 
