@@ -48,9 +48,13 @@ impl MediaType {
 
 /// Picks the response media type from `Accept` (highest q wins; on a tie, the GraphQL one).
 fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.trim().is_empty() {
         return Some(MediaType::Json);
-    };
+    }
     let mut best: Option<(f32, MediaType)> = None;
     for range in accept.split(',') {
         let mut parts = range.split(';').map(str::trim);
