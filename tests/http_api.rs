@@ -130,6 +130,10 @@ async fn get_and_post_follow_graphql_over_http() {
         .await
         .expect("POST");
     assert_eq!(response.status(), 406);
+    let response = post("", r#"{"query":"{ __typename }"}"#)
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200, "an empty Accept is no preference");
 
     // Malformed requests.
     let response = post("application/json", r#"{"query":"#)
