@@ -28,19 +28,28 @@ fn placeholders(backend: DbBackend, start: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Reads every column of every row, as a server must before it can answer.
-fn consume(rows: &[sea_orm::QueryResult]) -> Result<Vec<i64>, DbErr> {
+/// The type of a selected column, so each is decoded once, as the server's models are.
+#[derive(Clone, Copy)]
+enum Column {
+    /// The row's id (collected for the next statement).
+    Id,
+    BigInt,
+    NullableInt,
+    Text,
+    Timestamp,
+}
+
+/// Reads every column of every row, as a server must before it can answer; returns the ids.
+fn consume(rows: &[sea_orm::QueryResult], columns: &[Column]) -> Result<Vec<i64>, DbErr> {
     let mut ids = Vec::with_capacity(rows.len());
     for row in rows {
-        for (i, column) in row.column_names().iter().enumerate() {
-            if column == "id" {
-                ids.push(row.try_get_by_index::<i64>(i)?);
-            } else if column == "created_at" {
-                row.try_get_by_index::<entity::Timestamp>(i)?;
-            } else if row.try_get_by_index::<Option<String>>(i).is_err()
-                && row.try_get_by_index::<Option<i64>>(i).is_err()
-            {
-                row.try_get_by_index::<Option<i32>>(i)?;
+        for (i, column) in columns.iter().enumerate() {
+            match column {
+                Column::Id => ids.push(row.try_get_by_index::<i64>(i)?),
+                Column::BigInt => drop(row.try_get_by_index::<i64>(i)?),
+                Column::NullableInt => drop(row.try_get_by_index::<Option<i32>>(i)?),
+                Column::Text => drop(row.try_get_by_index::<String>(i)?),
+                Column::Timestamp => drop(row.try_get_by_index::<entity::Timestamp>(i)?),
             }
         }
     }
@@ -55,7 +64,7 @@ async fn w1(db: &DatabaseConnection) -> Result<(), DbErr> {
             "SELECT id FROM api_repository ORDER BY id LIMIT 50",
         ))
         .await?;
-    let repository_ids = consume(&repositories)?;
+    let repository_ids = consume(&repositories, &[Column::Id])?;
     let apps = db
         .query_all_raw(Statement::from_sql_and_values(
             backend,
@@ -66,7 +75,16 @@ async fn w1(db: &DatabaseConnection) -> Result<(), DbErr> {
             repository_ids.iter().map(|&id| Value::from(id)),
         ))
         .await?;
-    let app_ids = consume(&apps)?;
+    let app_ids = consume(
+        &apps,
+        &[
+            Column::Id,
+            Column::Text,
+            Column::Text,
+            Column::NullableInt,
+            Column::BigInt,
+        ],
+    )?;
     let deployments = db
         .query_all_raw(Statement::from_sql_and_values(
             backend,
@@ -81,7 +99,16 @@ async fn w1(db: &DatabaseConnection) -> Result<(), DbErr> {
             app_ids.iter().map(|&id| Value::from(id)),
         ))
         .await?;
-    consume(&deployments)?;
+    consume(
+        &deployments,
+        &[
+            Column::Id,
+            Column::Text,
+            Column::Text,
+            Column::Timestamp,
+            Column::BigInt,
+        ],
+    )?;
     Ok(())
 }
 
@@ -98,7 +125,10 @@ async fn w2(db: &DatabaseConnection, name: &str) -> Result<(), DbErr> {
             [Value::from(name)],
         ))
         .await?;
-    let ids = consume(&app)?;
+    let ids = consume(
+        &app,
+        &[Column::Id, Column::Text, Column::Text, Column::Text],
+    )?;
     let deployments = db
         .query_all_raw(Statement::from_sql_and_values(
             backend,
@@ -110,7 +140,10 @@ async fn w2(db: &DatabaseConnection, name: &str) -> Result<(), DbErr> {
             [Value::from(ids.first().copied().unwrap_or_default())],
         ))
         .await?;
-    consume(&deployments)?;
+    consume(
+        &deployments,
+        &[Column::Id, Column::Text, Column::Text, Column::Timestamp],
+    )?;
     Ok(())
 }
 
