@@ -187,20 +187,11 @@ pub enum AppOrderField {
 }
 
 /// How to order apps.
-#[derive(InputObject, Clone, Copy, Debug)]
+#[derive(InputObject, Clone, Copy, Debug, Default)]
 pub struct AppOrder {
     field: AppOrderField,
-    #[graphql(default_with = "OrderDirection::Asc")]
+    #[graphql(default)]
     direction: OrderDirection,
-}
-
-impl Default for AppOrder {
-    fn default() -> Self {
-        Self {
-            field: AppOrderField::Id,
-            direction: OrderDirection::Asc,
-        }
-    }
 }
 
 impl From<AppOrder> for Order {

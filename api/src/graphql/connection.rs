@@ -27,9 +27,10 @@ pub const DEFAULT_PAGE_SIZE: u64 = 20;
 /// The largest `first` or `last` accepted.
 pub const MAX_PAGE_SIZE: u64 = 100;
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum OrderDirection {
     /// Ascending: smallest first.
+    #[default]
     Asc,
     /// Descending: largest first.
     Desc,

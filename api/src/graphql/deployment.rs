@@ -114,7 +114,7 @@ pub enum DeploymentOrderField {
 #[derive(InputObject, Clone, Copy, Debug)]
 pub struct DeploymentOrder {
     field: DeploymentOrderField,
-    #[graphql(default_with = "OrderDirection::Asc")]
+    #[graphql(default)]
     direction: OrderDirection,
 }
 

@@ -204,6 +204,15 @@ impl FilterCondition for DeploymentFilter {
     }
 }
 
+/// Repositories and apps are ordered by id or by name.
+fn name_or_id_cursor(key: SortKey, name: &str, id: i64) -> Cursor {
+    let value = match key {
+        SortKey::Name => SortValue::Name(name.to_owned()),
+        SortKey::Id | SortKey::CreatedAt => SortValue::Id,
+    };
+    Cursor { value, id }
+}
+
 impl Paged for repository::Entity {
     fn id_column() -> Self::Column {
         repository::Column::Id
@@ -215,14 +224,7 @@ impl Paged for repository::Entity {
         }
     }
     fn cursor(model: &Self::Model, key: SortKey) -> Cursor {
-        let value = match key {
-            SortKey::Name => SortValue::Name(model.name.clone()),
-            SortKey::Id | SortKey::CreatedAt => SortValue::Id,
-        };
-        Cursor {
-            value,
-            id: model.id,
-        }
+        name_or_id_cursor(key, &model.name, model.id)
     }
 }
 
@@ -237,14 +239,7 @@ impl Paged for app::Entity {
         }
     }
     fn cursor(model: &Self::Model, key: SortKey) -> Cursor {
-        let value = match key {
-            SortKey::Name => SortValue::Name(model.name.clone()),
-            SortKey::Id | SortKey::CreatedAt => SortValue::Id,
-        };
-        Cursor {
-            value,
-            id: model.id,
-        }
+        name_or_id_cursor(key, &model.name, model.id)
     }
 }
 

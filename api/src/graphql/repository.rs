@@ -85,20 +85,11 @@ pub enum RepositoryOrderField {
 }
 
 /// How to order repositories.
-#[derive(InputObject, Clone, Copy, Debug)]
+#[derive(InputObject, Clone, Copy, Debug, Default)]
 pub struct RepositoryOrder {
     field: RepositoryOrderField,
-    #[graphql(default_with = "OrderDirection::Asc")]
+    #[graphql(default)]
     direction: OrderDirection,
-}
-
-impl Default for RepositoryOrder {
-    fn default() -> Self {
-        Self {
-            field: RepositoryOrderField::Id,
-            direction: OrderDirection::Asc,
-        }
-    }
 }
 
 impl From<RepositoryOrder> for Order {
