@@ -98,10 +98,22 @@ async fn graphiql_works_offline_in_chromium() {
     let screenshot = db.dir().join("graphiql.png");
     let out = node(
         "graphiql.mjs",
-        &[&server.base_url, &app, &screenshot.display().to_string()],
+        &[
+            &server.base_url,
+            &app,
+            &screenshot.display().to_string(),
+            &server.admin_token,
+        ],
     )
     .await;
-    for step in ["query ok", "subscription ok", "offline ok"] {
+    for step in [
+        "wrong token refused",
+        "signed in",
+        "query ok",
+        "subscription ok",
+        "signed out",
+        "offline ok",
+    ] {
         assert!(out.contains(step), "{out}");
     }
     assert!(
@@ -122,9 +134,15 @@ async fn stock_graphql_ws_client() {
         return;
     }
     let (db, server, app) = server_with_app().await;
-    let out = node("stock-client.mjs", &[&server.base_url, &app]).await;
+    let out = node(
+        "stock-client.mjs",
+        &[&server.base_url, &app, &server.admin_token],
+    )
+    .await;
     assert!(
-        out.contains("query ok") && out.contains("subscription ok"),
+        out.contains("anonymous refused")
+            && out.contains("query ok")
+            && out.contains("subscription ok"),
         "{out}"
     );
     server.stop().await;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{Backend, Server, TestDb, http, keystone};
+use crate::support::{Backend, Server, TestDb, keystone};
 
 async fn sqlite_server(extra: &[&str]) -> (TestDb, Server) {
     let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
@@ -18,7 +18,7 @@ async fn sqlite_server(extra: &[&str]) -> (TestDb, Server) {
 #[tokio::test]
 async fn get_and_post_follow_graphql_over_http() {
     let (db, server) = sqlite_server(&[]).await;
-    let client = http();
+    let client = server.admin();
     let endpoint = server.url("/graphql");
 
     // GET runs queries.
@@ -171,7 +171,7 @@ async fn limits_refuse_oversized_and_abusive_queries() {
         "5000",
     ])
     .await;
-    let client = http();
+    let client = server.admin();
 
     let big = format!(
         r#"{{"query":"{{ __typename }}", "variables": {{"pad": "{}"}}}}"#,
@@ -234,7 +234,7 @@ async fn limits_refuse_oversized_and_abusive_queries() {
 #[tokio::test]
 async fn graphiql_is_served_offline() {
     let (db, server) = sqlite_server(&[]).await;
-    let client = http();
+    let client = server.admin();
     let response = client.get(server.url("/")).send().await.expect("GET /");
     assert_eq!(response.status(), 200);
     let csp = response.headers()["content-security-policy"]
@@ -323,19 +323,41 @@ async fn websocket_speaks_graphql_transport_ws() {
     db.exec("INSERT INTO api_repository (name, git_url) VALUES ('web', 'https://e.com/web.git')")
         .await;
     let url = server.url("/graphql/ws").replace("http://", "ws://");
-    let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (mut socket, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
-    assert_eq!(
-        response.headers()["sec-websocket-protocol"],
-        "graphql-transport-ws"
-    );
+    let connect = || async {
+        let mut request = url.as_str().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect");
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            "graphql-transport-ws"
+        );
+        socket
+    };
 
+    // Without a token in connection_init, the server closes the connection.
+    let mut anonymous = connect().await;
+    anonymous
+        .send(Message::Text(
+            json!({ "type": "connection_init" }).to_string().into(),
+        ))
+        .await
+        .expect("send");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), anonymous.next())
+        .await
+        .expect("an answer within 10 s");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert!(frame.reason.contains("UNAUTHENTICATED"), "{frame:?}")
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    let mut socket = connect().await;
     let send = |value: Value| Message::Text(value.to_string().into());
     async fn socket_next(
         socket: &mut tokio_tungstenite::WebSocketStream<
@@ -353,7 +375,10 @@ async fn websocket_speaks_graphql_transport_ws() {
         }
     }
     socket
-        .send(send(json!({ "type": "connection_init" })))
+        .send(send(json!({
+            "type": "connection_init",
+            "payload": { "Authorization": format!("Bearer {}", server.admin_token) }
+        })))
         .await
         .expect("send");
     assert_eq!(

@@ -6,7 +6,17 @@ use crate::support::{Backend, TestDb, keystone};
 
 const INITIAL: &str = "m20261126_000001_create_tables";
 const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
-const KEYSTONE_TABLES: [&str; 3] = ["api_app", "api_deployment", "api_repository"];
+const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
+/// Every table the migrations create.
+const KEYSTONE_TABLES: [&str; 5] = [
+    "api_app",
+    "api_audit_event",
+    "api_deployment",
+    "api_repository",
+    "api_token",
+];
+/// The tables of the Django schema (migrations 1 and 2).
+const DJANGO_TABLES: [&str; 3] = ["api_app", "api_deployment", "api_repository"];
 
 fn keystone_tables(tables: &[String]) -> Vec<&str> {
     tables
@@ -29,14 +39,15 @@ async fn migrate_from_empty(backend: Backend) {
     );
     assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
     assert!(
-        out.stdout.contains(&format!("Applied {INDEX}")),
+        out.stdout.contains(&format!("Applied {INDEX}"))
+            && out.stdout.contains(&format!("Applied {TOKENS}")),
         "{}",
         out.stdout
     );
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX]
+        [INITIAL, INDEX, TOKENS]
     );
 
     // Applying again is a no-op that says so.
@@ -79,19 +90,20 @@ async fn down_up_round_trip(backend: Backend) {
         return;
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
-    // One step back: only the newest migration, the tables stay.
+    // One step back: only the newest migration (tokens and audit trail) goes.
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
-        down.stdout.contains(&format!("Rolled back {INDEX}")),
+        down.stdout.contains(&format!("Rolled back {TOKENS}")),
         "{}",
         down.stdout
     );
-    assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
-    let down = keystone(&db, &["migrate", "down", "1"]).await;
+    assert_eq!(keystone_tables(&db.tables().await), DJANGO_TABLES);
+    let down = keystone(&db, &["migrate", "down", "2"]).await;
     down.assert_success();
     assert!(
-        down.stdout.contains(&format!("Rolled back {INITIAL}")),
+        down.stdout.contains(&format!("Rolled back {INDEX}"))
+            && down.stdout.contains(&format!("Rolled back {INITIAL}")),
         "{}",
         down.stdout
     );

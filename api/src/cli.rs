@@ -6,7 +6,12 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use migration::cli::MigrateCommand;
 use migration::connection::redact;
 
+use entity::api_token::Role;
+use migration::connection;
+use sea_orm::ActiveEnum;
+
 use crate::config::{Config, DatabaseArgs, ServeArgs};
+use crate::domain::access::{self, NewToken};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +41,11 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
     Schema,
+    /// Create, list and revoke API tokens (works on the database directly).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Check that migrations apply, match the entities, and round-trip.
     Verify {
         /// Check the configured database itself instead of a scratch one (only the checks
@@ -43,6 +53,38 @@ pub enum Command {
         #[arg(long)]
         in_place: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown once).
+    Create {
+        /// Unique name (letters, digits, spaces, `.`, `_`, `-`).
+        #[arg(long)]
+        name: String,
+        /// admin, viewer or runner.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Days until it stops working (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token at once (servers notice within their token cache time).
+    Revoke {
+        /// The token's name or database id.
+        name_or_id: String,
+    },
+}
+
+fn parse_role(value: &str) -> Result<Role, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "admin" => Ok(Role::Admin),
+        "viewer" => Ok(Role::Viewer),
+        "runner" => Ok(Role::Runner),
+        _ => Err("expected admin, viewer or runner".into()),
+    }
 }
 
 /// `serve`'s settings when no subcommand was given: its defaults and environment.
@@ -71,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token { command } => token(&cli.database.database_url, command).await,
         Command::Schema => {
             print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
@@ -95,4 +138,88 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `keystone token …`: straight on the database, so an operator can always recover access.
+async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    let db = connection::connect_for_migrations(url).await?;
+    let history = migration::history::read(&db).await?;
+    history.ensure_known()?;
+    if history.pending().next().is_some() {
+        anyhow::bail!(
+            "the database at {} has pending migrations; run `keystone migrate up` (or start the server) first",
+            redact(url)
+        );
+    }
+    let result = async {
+        match command {
+            TokenCommand::Create {
+                name,
+                role,
+                expires_in_days,
+            } => {
+                let expires_at = expires_in_days.map(|days| {
+                    entity::Timestamp::new(chrono::Utc::now() + chrono::Duration::days(days.into()))
+                });
+                let (token, secret) = access::create_token(
+                    &db,
+                    NewToken {
+                        name,
+                        role,
+                        expires_at,
+                        created_by: "keystone token create".to_owned(),
+                    },
+                )
+                .await?;
+                eprintln!(
+                    "Created token {:?} (role {}, id {}). Its secret, shown once:",
+                    token.name,
+                    token.role.to_value(),
+                    token.id
+                );
+                println!("{}", secret.0);
+            }
+            TokenCommand::List => {
+                println!(
+                    "{:<6} {:<24} {:<7} {:<13} {:<20} {:<20} STATUS",
+                    "ID", "NAME", "ROLE", "PREFIX", "CREATED", "LAST USED"
+                );
+                let now = entity::Timestamp::now();
+                let day = |t: Option<entity::Timestamp>| {
+                    t.map_or_else(
+                        || "-".to_owned(),
+                        |t| t.as_utc().format("%Y-%m-%d %H:%M").to_string(),
+                    )
+                };
+                for token in access::list_tokens(&db).await? {
+                    let status = match (token.revoked_at, token.expires_at) {
+                        (Some(at), _) => format!("revoked {}", day(Some(at))),
+                        (None, Some(at)) if at <= now => format!("expired {}", day(Some(at))),
+                        (None, Some(at)) => format!("active until {}", day(Some(at))),
+                        (None, None) => "active".to_owned(),
+                    };
+                    println!(
+                        "{:<6} {:<24} {:<7} {:<13} {:<20} {:<20} {status}",
+                        token.id,
+                        token.name,
+                        token.role.to_value(),
+                        format!("{}…", token.secret_prefix),
+                        day(Some(token.created_at)),
+                        day(token.last_used_at),
+                    );
+                }
+            }
+            TokenCommand::Revoke { name_or_id } => {
+                let Some(token) = access::find_token(&db, &name_or_id).await? else {
+                    anyhow::bail!("no token named {name_or_id:?} or with that id");
+                };
+                let revoked = access::revoke_token(&db, token.id).await?;
+                println!("Revoked token {:?} (id {}).", revoked.name, revoked.id);
+            }
+        }
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    }
+    .await;
+    db.close().await?;
+    result
 }

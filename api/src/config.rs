@@ -2,11 +2,13 @@
 //! every setting has a default that works with zero setup (SQLite file, loopback port).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
 
 use crate::graphql::Limits;
+use crate::graphql::guardrails::DocumentLimits;
 
 /// Where the database is and how the pool behaves (shared by every subcommand).
 #[derive(Clone, Debug, clap::Args)]
@@ -88,6 +90,50 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "KEYSTONE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Most aliases in one query document.
+    #[arg(long, env = "KEYSTONE_MAX_ALIASES", default_value_t = 30)]
+    pub max_aliases: usize,
+    /// Most field selections written in one query document (duplicates included).
+    #[arg(long, env = "KEYSTONE_MAX_FIELDS", default_value_t = 500)]
+    pub max_fields: usize,
+    /// Seconds a query or mutation over HTTP may run before it is cancelled (`TIMEOUT`).
+    #[arg(long, env = "KEYSTONE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Requests per second each token may make on average (0: no limit).
+    #[arg(long, env = "KEYSTONE_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+    /// Requests a token may make at once above its average rate.
+    #[arg(long, env = "KEYSTONE_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// Milliseconds a verified token is trusted without reading it again (0: every request
+    /// reads it). A revocation made elsewhere takes effect within this time.
+    #[arg(long, env = "KEYSTONE_TOKEN_CACHE_MS", default_value_t = 1000)]
+    pub token_cache_ms: u64,
+    /// Where the first start writes the admin token it creates (readable only by you).
+    #[arg(
+        long,
+        env = "KEYSTONE_ADMIN_TOKEN_FILE",
+        default_value = "keystone-admin.token"
+    )]
+    pub admin_token_file: PathBuf,
+    /// Do not answer schema introspection (`__schema`, `__type`); GraphiQL then cannot work.
+    #[arg(long, env = "KEYSTONE_NO_INTROSPECTION")]
+    pub no_introspection: bool,
+    /// Do not serve GraphiQL at `/`.
+    #[arg(long, env = "KEYSTONE_NO_GRAPHIQL")]
+    pub no_graphiql: bool,
+    /// A browser origin allowed to call the API (repeat, or comma-separate in the
+    /// environment); none by default.
+    #[arg(
+        long = "cors-origin",
+        env = "KEYSTONE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// TLS is terminated by a reverse proxy in front: silences the warning about listening
+    /// on a non-loopback address in clear text.
+    #[arg(long, env = "KEYSTONE_BEHIND_TLS_PROXY")]
+    pub behind_tls_proxy: bool,
 }
 
 /// Everything the server needs, resolved.
@@ -101,6 +147,14 @@ pub struct Config {
     pub apps_domain: Option<String>,
     pub limits: Limits,
     pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub token_cache: Duration,
+    pub admin_token_file: PathBuf,
+    pub graphiql: bool,
+    pub cors_origins: Vec<String>,
+    pub behind_tls_proxy: bool,
 }
 
 impl Config {
@@ -115,8 +169,21 @@ impl Config {
             limits: Limits {
                 depth: serve.max_query_depth,
                 complexity: serve.max_query_complexity,
+                document: DocumentLimits {
+                    aliases: serve.max_aliases,
+                    fields: serve.max_fields,
+                },
+                introspection: !serve.no_introspection,
             },
             max_body_bytes: serve.max_body_bytes,
+            request_timeout: Duration::from_secs(serve.request_timeout_secs),
+            rate_limit_per_second: serve.rate_limit_per_second,
+            rate_limit_burst: serve.rate_limit_burst,
+            token_cache: Duration::from_millis(serve.token_cache_ms),
+            admin_token_file: serve.admin_token_file.clone(),
+            graphiql: !serve.no_graphiql,
+            cors_origins: serve.cors_origins.clone(),
+            behind_tls_proxy: serve.behind_tls_proxy,
         }
     }
 }

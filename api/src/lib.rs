@@ -10,7 +10,11 @@ pub mod graphql;
 pub mod http;
 pub mod verify;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use axum::http::HeaderValue;
 
 use migration::connection::{self, redact};
 use migration::{MigrateError, history};
@@ -18,6 +22,8 @@ use sea_orm::DbErr;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::domain::access::{self, Authenticator, Secret};
+use crate::graphql::guardrails::RateLimit;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +39,22 @@ pub enum ServeError {
     },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Access(#[from] domain::DomainError),
+    #[error("cannot write the admin token to {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid setting: {0}")]
+    Config(String),
 }
 
 /// Runs the server until SIGTERM or Ctrl-C: migrates (unless turned off), listens, and on
 /// shutdown stops accepting, lets in-flight requests finish and closes the pool.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(database = %redact(&config.database_url), "starting Keystone");
-    prepare_schema(&config).await?;
+    let schema_current = prepare_schema(&config).await?;
 
     let metrics = Arc::new(http::Metrics::default());
     let mut db = connection::connect(&config.database_url, &config.pool).await?;
@@ -48,12 +63,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         counter.count_statement();
         tracing::debug!(target: "keystone::sql", elapsed_us = info.elapsed.as_micros() as u64, sql = %info.statement.sql);
     });
+    let cors_origins = cors_origins(&config.cors_origins)?;
+    let authenticator = Arc::new(Authenticator::new(config.token_cache));
     let schema = graphql::schema(
         graphql::ApiContext {
             db: db.clone(),
             public_host: config.public_host.clone(),
             apps_domain: config.apps_domain.clone(),
             events: domain::events::EventBus::default(),
+            authenticator: authenticator.clone(),
+            rate_limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
         },
         config.limits,
     );
@@ -62,8 +81,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             db: db.clone(),
             schema,
             metrics,
+            authenticator,
+            request_timeout: config.request_timeout,
         },
-        config.max_body_bytes,
+        http::RouterOptions {
+            max_body_bytes: config.max_body_bytes,
+            graphiql: config.graphiql,
+            cors_origins,
+        },
     );
     let listener = TcpListener::bind(config.bind)
         .await
@@ -72,8 +97,35 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     let address = listener.local_addr()?;
+    if !address.ip().is_loopback() && !config.behind_tls_proxy {
+        tracing::warn!(
+            "listening on {address}, which other machines can reach, without TLS: tokens would \
+             cross the network in clear text. Put a TLS-terminating reverse proxy in front \
+             (README, \"Production\") and pass --behind-tls-proxy, or bind to 127.0.0.1."
+        );
+    }
+    let base = browser_base(address);
+    let first_admin = if schema_current {
+        access::create_first_admin(&db).await?
+    } else {
+        tracing::warn!("tokens cannot be checked until the migrations are applied");
+        None
+    };
+    match first_admin {
+        Some(secret) => announce_first_admin(&config, &base, &secret)?,
+        None if config.graphiql => {
+            let hint = if config.admin_token_file.exists() {
+                format!("the token in {}", config.admin_token_file.display())
+            } else {
+                "an admin token (`keystone token create --name me --role admin`)".to_owned()
+            };
+            tracing::info!(
+                "GraphiQL: {base}/ (sign in with {hint})  ·  GraphQL endpoint: {base}/graphql"
+            );
+        }
+        None => tracing::info!("GraphQL endpoint: {base}/graphql"),
+    }
     tracing::info!("listening on http://{address}");
-    tracing::info!("GraphiQL: http://{address}/  ·  GraphQL endpoint: http://{address}/graphql");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -82,9 +134,87 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// `http://host:port` as a browser on this machine reaches the server.
+fn browser_base(address: SocketAddr) -> String {
+    if address.ip().is_unspecified() {
+        format!("http://localhost:{}", address.port())
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// Writes the first admin token to its file (owner-only) and prints it once, with a link
+/// that signs GraphiQL in (the secret travels in the URL fragment, which browsers never
+/// send to the server; the page stores it and removes it from the address bar).
+fn announce_first_admin(config: &Config, base: &str, secret: &Secret) -> Result<(), ServeError> {
+    let path = &config.admin_token_file;
+    write_owner_only(path, &secret.0).map_err(|source| ServeError::TokenFile {
+        path: path.clone(),
+        source,
+    })?;
+    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let mut text = format!(
+        "\nKeystone created its first admin token (shown once; also saved, readable only by \
+         you, to {}):\n\n    {}\n\nSend it as `Authorization: Bearer <token>`.",
+        shown.display(),
+        secret.0
+    );
+    if config.graphiql {
+        text.push_str(&format!(
+            "\nGraphiQL, signed in: {base}/#token={}\n",
+            secret.0
+        ));
+    }
+    // Printed, not logged: log collectors should not keep the secret.
+    println!("{text}");
+    Ok(())
+}
+
+/// Replaces `path` with a file only its owner can read and write, holding `secret`.
+fn write_owner_only(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{secret}")
+}
+
+/// Parses `--cors-origin` values: `scheme://host[:port]`, exactly as browsers send
+/// `Origin` (no path, no wildcard: with tokens, every allowed origin must be named).
+fn cors_origins(origins: &[String]) -> Result<Vec<HeaderValue>, ServeError> {
+    origins
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .map(|origin| {
+            let invalid =
+                |why: &str| ServeError::Config(format!("--cors-origin {origin:?}: {why}"));
+            let url = url::Url::parse(origin.trim())
+                .map_err(|_| invalid("expected an origin such as https://app.example.com"))?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.path() != "/"
+                || url.query().is_some()
+            {
+                return Err(invalid(
+                    "expected scheme://host[:port] with nothing after it",
+                ));
+            }
+            HeaderValue::from_str(&url.origin().ascii_serialization())
+                .map_err(|_| invalid("not a valid header value"))
+        })
+        .collect()
+}
+
 /// Applies pending migrations (adopting a Django database first), or with migrations turned
-/// off only checks that the schema is not newer than this binary.
-async fn prepare_schema(config: &Config) -> Result<(), ServeError> {
+/// off only checks that the schema is not newer than this binary. Returns whether the schema
+/// is now current.
+async fn prepare_schema(config: &Config) -> Result<bool, ServeError> {
     let db = connection::connect_for_migrations(&config.database_url).await?;
     let result = async {
         if config.migrate_on_start {
@@ -98,6 +228,7 @@ async fn prepare_schema(config: &Config) -> Result<(), ServeError> {
             for name in &upgrade.applied {
                 tracing::info!(migration = %name, "applied migration");
             }
+            Ok(true)
         } else {
             let history = history::read(&db).await?;
             history.ensure_known()?;
@@ -105,8 +236,8 @@ async fn prepare_schema(config: &Config) -> Result<(), ServeError> {
             if !pending.is_empty() {
                 tracing::warn!(?pending, "migrations are pending and --no-migrate is set; /ready reports 503 until they are applied");
             }
+            Ok::<_, ServeError>(pending.is_empty())
         }
-        Ok::<_, ServeError>(())
     }
     .await;
     db.close().await?;

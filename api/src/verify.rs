@@ -159,6 +159,8 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(Repository, backend),
             table_shape(App, backend),
             table_shape(Deployment, backend),
+            table_shape(ApiToken, backend),
+            table_shape(AuditEvent, backend),
         ]
         .into_iter()
         .collect(),

@@ -1,11 +1,14 @@
-//! SeaORM entities for Keystone's three tables, exactly as the Django version created them
-//! (`api_repository`, `api_app`, `api_deployment`). One file per table; no business logic.
+//! SeaORM entities, one file per table, no business logic: the three tables the Django
+//! version created (`api_repository`, `api_app`, `api_deployment`), exactly as it created
+//! them, and Keystone's own `api_token` and `api_audit_event`.
 //!
 //! Column names, types and lengths must match `../shared/fixtures/` so an existing Django
 //! database can be taken over in place; `keystone verify` checks these definitions against
 //! the migrated schema.
 
+pub mod api_token;
 pub mod app;
+pub mod audit_event;
 pub mod deployment;
 pub mod repository;
 mod timestamp;
@@ -13,7 +16,9 @@ mod timestamp;
 pub use timestamp::Timestamp;
 
 pub mod prelude {
+    pub use super::api_token::{Entity as ApiToken, Role};
     pub use super::app::{AccessMode, AppStatus, Entity as App};
+    pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
     pub use super::repository::Entity as Repository;
 }

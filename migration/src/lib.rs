@@ -15,6 +15,7 @@ pub mod history;
 pub mod introspect;
 mod m20261126_000001_create_tables;
 mod m20261126_000002_index_deployments_by_app_and_time;
+mod m20261126_000003_create_tokens_and_audit_events;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_index_deployments_by_app_and_time::Migration),
+            Box::new(m20261126_000003_create_tokens_and_audit_events::Migration),
         ]
     }
 }

@@ -58,7 +58,7 @@ fn with_default(mut column: ColumnDef, table: &str, name: &str) -> ColumnDef {
     column
 }
 
-fn id() -> ColumnDef {
+pub(crate) fn id() -> ColumnDef {
     ColumnDef::new("id")
         .big_integer()
         .not_null()
@@ -79,7 +79,7 @@ fn varchar(table: &str, name: &str, len: u32) -> ColumnDef {
 }
 
 /// `timestamp with time zone` on PostgreSQL; `datetime` on SQLite, as Django declared it.
-fn timestamp(backend: DbBackend, table: &str, name: &str, not_null: bool) -> ColumnDef {
+pub(crate) fn timestamp(backend: DbBackend, table: &str, name: &str, not_null: bool) -> ColumnDef {
     let mut column = ColumnDef::new(name.to_owned());
     match backend {
         DbBackend::Sqlite => column.custom("datetime"),

@@ -1,9 +1,10 @@
 // Drives GraphiQL in Debian's headless Chromium with every non-local request blocked:
-// the page must render, run a query, and show a live subscription update.
-// Usage: node graphiql.mjs <base-url> <app-id> <screenshot-path>
+// the page must refuse a wrong token, sign in through the `#token=` link the server prints,
+// run a query, show a live subscription update, and sign out.
+// Usage: node graphiql.mjs <base-url> <app-id> <screenshot-path> <token>
 import { chromium } from "playwright-core";
 
-const [base, appId, screenshot] = process.argv.slice(2);
+const [base, appId, screenshot, token] = process.argv.slice(2);
 const origin = new URL(base).origin;
 const fail = (message) => {
   console.error(`FAIL: ${message}`);
@@ -28,10 +29,26 @@ try {
   const pageErrors = [];
   page.on("pageerror", (error) => pageErrors.push(String(error)));
   page.on("response", (response) => {
-    if (response.status() >= 400) pageErrors.push(`${response.status()} for ${response.url()}`);
+    // 401 is expected while signed out (GraphiQL asks for the schema anyway).
+    if (response.status() >= 400 && response.status() !== 401) pageErrors.push(`${response.status()} for ${response.url()}`);
   });
 
+  const status = () => page.locator("#keystone-auth-status").innerText();
   await page.goto(base, { waitUntil: "load" });
+  await page.waitForSelector("#keystone-token", { timeout: 20000 });
+  await page.fill("#keystone-token", "kst_" + "x".repeat(43));
+  await page.click("#keystone-auth button[type=submit]");
+  await page.waitForFunction(
+    () => document.querySelector("#keystone-auth-status")?.innerText.includes("not accepted"),
+    undefined, { timeout: 20000 });
+  console.log(`wrong token refused: ${await status()}`);
+
+  await page.goto(`${base}/#token=${token}`, { waitUntil: "load" });
+  await page.waitForFunction(
+    () => document.querySelector("#keystone-auth-status")?.innerText.startsWith("Signed in as admin"),
+    undefined, { timeout: 20000 });
+  if (new URL(page.url()).hash) fail(`the token stayed in the address bar: ${page.url()}`);
+  console.log("signed in");
   await page.waitForSelector(".graphiql-container", { timeout: 20000 });
   await page.waitForSelector(".graphiql-query-editor .CodeMirror", { timeout: 20000 });
 
@@ -57,7 +74,7 @@ try {
   await page.waitForTimeout(500);
   const response = await fetch(`${origin}/graphql`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
     body: JSON.stringify({ query: `mutation { deployApp(input: { appId: "${appId}" }) { deployment { id } } }` }),
   });
   if (!response.ok) fail(`deployApp over HTTP: ${response.status}`);
@@ -69,6 +86,17 @@ try {
   console.log("subscription ok");
 
   if (screenshot) await page.screenshot({ path: screenshot });
+
+  // A reload keeps the session (localStorage); signing out forgets it.
+  await page.reload({ waitUntil: "load" });
+  await page.waitForFunction(
+    () => document.querySelector("#keystone-auth-status")?.innerText.startsWith("Signed in"),
+    undefined, { timeout: 20000 });
+  await page.click("#keystone-sign-out");
+  await page.waitForSelector("#keystone-token", { timeout: 20000 });
+  const kept = await page.evaluate(() => window.localStorage.getItem("keystone.token"));
+  if (kept) fail("the token was kept after signing out");
+  console.log("signed out");
   if (external.length) fail(`requests left the server: ${external.join(", ")}`);
   if (pageErrors.length) fail(`page errors: ${pageErrors.join("; ")}`);
   console.log("offline ok");

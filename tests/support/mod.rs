@@ -353,6 +353,8 @@ fn keystone_command(db: &TestDb) -> Command {
     command
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "info,sqlx=warn")
+        // Tests make many requests quickly; the rate-limit test sets its own limit.
+        .env("KEYSTONE_RATE_LIMIT_PER_SECOND", "0")
         .env("NO_COLOR", "1")
         .current_dir(db.dir())
         .stdin(Stdio::null())
@@ -379,6 +381,8 @@ pub async fn keystone(db: &TestDb, args: &[&str]) -> Output {
 /// A running `keystone serve` on a free loopback port.
 pub struct Server {
     pub base_url: String,
+    /// The admin token the first start wrote to `keystone-admin.token` (empty if none).
+    pub admin_token: String,
     child: Child,
     log: tokio::task::JoinHandle<String>,
 }
@@ -420,8 +424,12 @@ impl Server {
                     }
                     rest
                 });
+                let admin_token = std::fs::read_to_string(db.dir().join("keystone-admin.token"))
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_default();
                 Ok(Server {
                     base_url,
+                    admin_token,
                     child,
                     log,
                 })
@@ -461,17 +469,69 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
+/// An HTTP client that sends `token` as a bearer token on every request.
+pub fn http_as(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
 impl Server {
-    /// POSTs a GraphQL request and returns the JSON body (asserting HTTP 200).
+    /// A client signed in with the admin token.
+    pub fn admin(&self) -> reqwest::Client {
+        http_as(&self.admin_token)
+    }
+
+    /// POSTs a GraphQL request as admin and returns the JSON body (asserting HTTP 200).
     pub async fn graphql(&self, query: &str, variables: serde_json::Value) -> serde_json::Value {
-        let response = http()
+        let (status, body) = self.graphql_as(&self.admin_token, query, variables).await;
+        assert_eq!(status, 200, "POST /graphql status: {body:#}");
+        body
+    }
+
+    /// POSTs a GraphQL request with `token` (none when empty): the status and JSON body.
+    pub async fn graphql_as(
+        &self,
+        token: &str,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let client = if token.is_empty() {
+            http()
+        } else {
+            http_as(token)
+        };
+        let response = client
             .post(self.url("/graphql"))
             .json(&serde_json::json!({ "query": query, "variables": variables }))
             .send()
             .await
             .expect("POST /graphql");
-        assert_eq!(response.status(), 200, "POST /graphql status");
-        response.json().await.expect("a JSON body")
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Creates a token with `role` through the API; returns its secret.
+    pub async fn create_token(&self, name: &str, role: &str) -> String {
+        let body = self
+            .graphql(
+                &format!(
+                    "mutation {{ createApiToken(input: {{ name: \"{name}\", role: {role} }}) {{ secret }} }}"
+                ),
+                serde_json::json!({}),
+            )
+            .await;
+        Self::data(&body)["createApiToken"]["secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned()
     }
 
     /// Like [`Server::graphql`], asserting there are no errors, and returning `data`.

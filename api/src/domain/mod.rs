@@ -2,7 +2,9 @@
 //! repositories, apps and deployments, each in one transaction. Resolvers call these; this
 //! module never imports async-graphql.
 
+pub mod access;
 pub mod apps;
+pub mod audit;
 pub mod events;
 pub mod repositories;
 pub mod validation;
@@ -35,6 +37,9 @@ pub enum DomainError {
     Invalid { field: &'static str, reason: String },
     #[error("database error: {0}")]
     Database(DbErr),
+    /// Something the server needs failed (not the database).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<DbErr> for DomainError {
@@ -49,6 +54,12 @@ impl From<DbErr> for DomainError {
                 return DomainError::Conflict {
                     field: Some("name"),
                     message: "an app with this name already exists".into(),
+                };
+            }
+            if message.contains("api_token.name") || message.contains("api_token_name_key") {
+                return DomainError::Conflict {
+                    field: Some("name"),
+                    message: "a token with this name exists (names stay taken after revocation, so the audit trail stays unambiguous)".into(),
                 };
             }
         }

@@ -3,11 +3,41 @@
 //!
 //! Lengths count characters, as Django's `max_length` and PostgreSQL's `varchar(n)` do.
 
-/// Repository names: what people call them in the UI (not used in paths or commands).
+/// Repository names: what people call them in the UI. Keystone does not use them in paths
+/// or commands, but other tools may (a runner's work directory, a log file name), so they
+/// are plain words: letters, digits, spaces, `.`, `_` and `-`, starting with a letter or
+/// digit, without `..`, slashes or control characters.
 pub fn repository_name(name: &str) -> Result<(), String> {
     not_blank(name)?;
     max_chars(name, 120)?;
-    no_control_chars(name)
+    no_control_chars(name)?;
+    plain_words(name)
+}
+
+/// API token names: like repository names, at most 100 characters.
+pub fn token_name(name: &str) -> Result<(), String> {
+    not_blank(name)?;
+    max_chars(name, 100)?;
+    no_control_chars(name)?;
+    plain_words(name)
+}
+
+fn plain_words(name: &str) -> Result<(), String> {
+    if !name.chars().next().is_some_and(char::is_alphanumeric) {
+        return Err("must start with a letter or digit".into());
+    }
+    if name.contains("..") {
+        return Err("must not contain '..'".into());
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "must contain only letters, digits, spaces, '.', '_' and '-' (found {c:?})"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Where a runner clones from. Only remote transports: `https://`, `ssh://`, `git://`, or

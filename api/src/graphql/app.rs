@@ -8,6 +8,7 @@ use entity::prelude::{App as AppEntity, Repository as RepositoryEntity};
 use entity::repository;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
+use super::auth::{AuditObject, Require, audited};
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder};
 use super::error::{OrInternal, bad_input, not_found};
@@ -18,6 +19,7 @@ use super::loaders::{
 use super::repository::Repository;
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
+use crate::domain::access::Capability;
 use crate::domain::apps::{self, AppChanges, NewApp};
 
 /// How an app is reached.
@@ -235,7 +237,10 @@ pub struct AppQuery;
 #[Object]
 impl AppQuery {
     /// All apps, paginated (default 20, at most 100 per page).
-    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        guard = "Require(Capability::Read)",
+        complexity = "page_complexity(first, last, child_complexity)"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn apps(
         &self,
@@ -263,6 +268,7 @@ impl AppQuery {
     }
 
     /// One app, by ID or by name (exactly one of them).
+    #[graphql(guard = "Require(Capability::Read)")]
     async fn app(
         &self,
         ctx: &Context<'_>,
@@ -354,6 +360,30 @@ pub struct DeployAppPayload {
     app: App,
 }
 
+impl AuditObject for CreateAppPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::App.id(self.app.model.id))
+    }
+}
+
+impl AuditObject for UpdateAppPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::App.id(self.app.model.id))
+    }
+}
+
+impl AuditObject for DeleteAppPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(self.deleted_app_id.clone())
+    }
+}
+
+impl AuditObject for DeployAppPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::App.id(self.app.model.id))
+    }
+}
+
 #[derive(Default)]
 pub struct AppMutation;
 
@@ -365,20 +395,23 @@ impl AppMutation {
         ctx: &Context<'_>,
         input: CreateAppInput,
     ) -> async_graphql::Result<CreateAppPayload> {
-        let repo_id = decode_as(&input.repository_id, NodeType::Repository, "repositoryId")?;
-        let created = apps::create(
-            &api(ctx)?.db,
-            NewApp {
-                name: input.name,
-                repo_id,
-                access_mode: input.access_mode.map(Into::into),
-            },
-        )
-        .await
-        .extend()?;
-        Ok(CreateAppPayload {
-            app: created.into(),
+        audited(ctx, Capability::Write, async {
+            let repo_id = decode_as(&input.repository_id, NodeType::Repository, "repositoryId")?;
+            let created = apps::create(
+                &api(ctx)?.db,
+                NewApp {
+                    name: input.name,
+                    repo_id,
+                    access_mode: input.access_mode.map(Into::into),
+                },
+            )
+            .await
+            .extend()?;
+            Ok(CreateAppPayload {
+                app: created.into(),
+            })
         })
+        .await
     }
 
     /// Renames an app, moves it to another repository or changes its access mode.
@@ -387,25 +420,28 @@ impl AppMutation {
         ctx: &Context<'_>,
         input: UpdateAppInput,
     ) -> async_graphql::Result<UpdateAppPayload> {
-        let id = decode_as(&input.id, NodeType::App, "id")?;
-        let repo_id = input
-            .repository_id
-            .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
-            .transpose()?;
-        let updated = apps::update(
-            &api(ctx)?.db,
-            id,
-            AppChanges {
-                name: input.name,
-                repo_id,
-                access_mode: input.access_mode.map(Into::into),
-            },
-        )
-        .await
-        .extend()?;
-        Ok(UpdateAppPayload {
-            app: updated.into(),
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.id, NodeType::App, "id")?;
+            let repo_id = input
+                .repository_id
+                .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
+                .transpose()?;
+            let updated = apps::update(
+                &api(ctx)?.db,
+                id,
+                AppChanges {
+                    name: input.name,
+                    repo_id,
+                    access_mode: input.access_mode.map(Into::into),
+                },
+            )
+            .await
+            .extend()?;
+            Ok(UpdateAppPayload {
+                app: updated.into(),
+            })
         })
+        .await
     }
 
     /// Deletes an app and its deployments. Refused (`CONFLICT`) while one is running.
@@ -414,11 +450,14 @@ impl AppMutation {
         ctx: &Context<'_>,
         input: DeleteAppInput,
     ) -> async_graphql::Result<DeleteAppPayload> {
-        let id = decode_as(&input.id, NodeType::App, "id")?;
-        let deleted = apps::delete(&api(ctx)?.db, id).await.extend()?;
-        Ok(DeleteAppPayload {
-            deleted_app_id: NodeType::App.id(deleted),
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.id, NodeType::App, "id")?;
+            let deleted = apps::delete(&api(ctx)?.db, id).await.extend()?;
+            Ok(DeleteAppPayload {
+                deleted_app_id: NodeType::App.id(deleted),
+            })
         })
+        .await
     }
 
     /// Queues a deployment of the app and marks the app `DEPLOYING`.
@@ -427,12 +466,15 @@ impl AppMutation {
         ctx: &Context<'_>,
         input: DeployAppInput,
     ) -> async_graphql::Result<DeployAppPayload> {
-        let id = decode_as(&input.app_id, NodeType::App, "appId")?;
-        let api = api(ctx)?;
-        let (deployment, app) = apps::deploy(&api.db, &api.events, id).await.extend()?;
-        Ok(DeployAppPayload {
-            deployment: Deployment(deployment),
-            app: app.into(),
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+            let api = api(ctx)?;
+            let (deployment, app) = apps::deploy(&api.db, &api.events, id).await.extend()?;
+            Ok(DeployAppPayload {
+                deployment: Deployment(deployment),
+                app: app.into(),
+            })
         })
+        .await
     }
 }

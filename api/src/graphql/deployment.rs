@@ -8,12 +8,14 @@ use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::app::App;
+use super::auth::Require;
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::error::{OrInternal, internal, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppId, DeploymentFilter, DeploymentId};
 use super::total_count::TotalCount;
 use super::{api, loaders, page_complexity, root_connection};
+use crate::domain::access::Capability;
 use crate::domain::events::Event;
 
 /// A deployment's lifecycle state.
@@ -172,7 +174,10 @@ pub struct DeploymentQuery;
 impl DeploymentQuery {
     /// All deployments, newest first unless `orderBy` says otherwise; paginated (default 20,
     /// at most 100 per page).
-    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        guard = "Require(Capability::Read)",
+        complexity = "page_complexity(first, last, child_complexity)"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn deployments(
         &self,
@@ -207,6 +212,7 @@ impl DeploymentQuery {
     }
 
     /// One deployment by its ID.
+    #[graphql(guard = "Require(Capability::Read)")]
     async fn deployment(
         &self,
         ctx: &Context<'_>,
@@ -236,6 +242,7 @@ impl DeploymentSubscription {
     ///
     /// A subscriber that falls more than 1024 updates behind loses the oldest ones it has
     /// not read: it receives one `EVENTS_DROPPED` error saying how many, then goes on.
+    #[graphql(guard = "Require(Capability::Read)")]
     async fn deployment_updated(
         &self,
         ctx: &Context<'_>,

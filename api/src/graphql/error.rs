@@ -63,6 +63,7 @@ impl ErrorExtensions for DomainError {
                 })
             }
             DomainError::Database(db) => internal(db),
+            DomainError::Internal(message) => internal(message),
         }
     }
 }

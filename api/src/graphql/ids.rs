@@ -13,6 +13,8 @@ pub enum NodeType {
     Repository,
     App,
     Deployment,
+    ApiToken,
+    AuditEvent,
 }
 
 impl NodeType {
@@ -21,6 +23,8 @@ impl NodeType {
             NodeType::Repository => "Repository",
             NodeType::App => "App",
             NodeType::Deployment => "Deployment",
+            NodeType::ApiToken => "ApiToken",
+            NodeType::AuditEvent => "AuditEvent",
         }
     }
 
@@ -41,6 +45,8 @@ pub fn decode(id: &ID, field: &str) -> async_graphql::Result<(NodeType, i64)> {
         "Repository" => NodeType::Repository,
         "App" => NodeType::App,
         "Deployment" => NodeType::Deployment,
+        "ApiToken" => NodeType::ApiToken,
+        "AuditEvent" => NodeType::AuditEvent,
         _ => return Err(invalid()),
     };
     let number = number.parse::<i64>().map_err(|_| invalid())?;

@@ -3,10 +3,14 @@
 //! Resolvers are thin: reads go through loaders or one paginated query, writes through
 //! [`crate::domain`].
 
+pub mod api_token;
 pub mod app;
+pub mod audit_event;
+pub mod auth;
 pub mod connection;
 pub mod deployment;
 pub mod error;
+pub mod guardrails;
 pub mod ids;
 pub mod loaders;
 pub mod node;
@@ -16,6 +20,8 @@ pub mod total_count;
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
+use self::guardrails::{DocumentLimits, Guardrails, RateLimit};
+use crate::domain::access::Authenticator;
 use crate::domain::events::EventBus;
 
 use std::sync::Arc;
@@ -36,10 +42,17 @@ pub struct Query(
     repository::RepositoryQuery,
     app::AppQuery,
     deployment::DeploymentQuery,
+    auth::ViewerQuery,
+    api_token::ApiTokenQuery,
+    audit_event::AuditEventQuery,
 );
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(repository::RepositoryMutation, app::AppMutation);
+pub struct Mutation(
+    repository::RepositoryMutation,
+    app::AppMutation,
+    api_token::ApiTokenMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(deployment::DeploymentSubscription);
@@ -55,13 +68,20 @@ pub struct ApiContext {
     pub apps_domain: Option<String>,
     /// Where changes are published for subscriptions.
     pub events: EventBus,
+    /// Checks the token of every operation.
+    pub authenticator: Arc<Authenticator>,
+    /// Per-token request budget (none: unlimited).
+    pub rate_limit: Option<RateLimit>,
 }
 
-/// Query depth and complexity limits.
+/// What a query document may cost.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub depth: usize,
     pub complexity: usize,
+    pub document: DocumentLimits,
+    /// Whether `__schema` and `__type` answer (GraphiQL needs them).
+    pub introspection: bool,
 }
 
 /// The schema without data: enough to print the SDL.
@@ -74,12 +94,22 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 }
 
 pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {
-    schema_builder()
+    let mut builder = schema_builder()
         .data(context)
+        .extension(Guardrails {
+            limits: limits.document,
+        })
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
-        .finish()
+        .limit_directives(MAX_DIRECTIVES_PER_FIELD);
+    if !limits.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
 }
+
+/// Directives accepted on one field (`@include` and `@skip` are all there is).
+const MAX_DIRECTIVES_PER_FIELD: usize = 4;
 
 /// The SDL that `schema.graphql` must equal (`keystone schema`).
 pub fn sdl() -> String {

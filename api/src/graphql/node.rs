@@ -3,7 +3,10 @@
 use async_graphql::{Context, ID, Interface, Object};
 use futures_util::future::try_join_all;
 
+use crate::domain::access::Capability;
+
 use super::app::App;
+use super::auth::Require;
 use super::deployment::Deployment;
 use super::error::{OrInternal, bad_input};
 use super::ids::{NodeType, decode};
@@ -41,6 +44,13 @@ async fn load(ctx: &Context<'_>, id: &ID, field: &str) -> async_graphql::Result<
             .await
             .or_internal()?
             .map(|m| Node::Deployment(Deployment(m))),
+        // Admin-only objects are not reachable through `node`, which viewers may call.
+        (NodeType::ApiToken | NodeType::AuditEvent, _) => {
+            return Err(bad_input(
+                field,
+                "tokens and audit events are listed by apiTokens and auditEvents, not node",
+            ));
+        }
     })
 }
 
@@ -50,12 +60,14 @@ pub struct NodeQuery;
 #[Object]
 impl NodeQuery {
     /// Any object by its global ID; null when it does not exist.
+    #[graphql(guard = "Require(Capability::Read)")]
     async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
         load(ctx, &id, "id").await
     }
 
     /// Several objects by global ID (at most 100), in the same order; null for each that does
     /// not exist. Batched: one query per type.
+    #[graphql(guard = "Require(Capability::Read)")]
     async fn nodes(
         &self,
         ctx: &Context<'_>,

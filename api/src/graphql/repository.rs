@@ -5,12 +5,14 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObj
 use entity::repository;
 
 use super::app::{App, AppFilterInput, AppOrder};
+use super::auth::{AuditObject, Require, audited};
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::error::{OrInternal, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppCount, AppsOfRepository, RepositoryFilter, RepositoryId};
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
+use crate::domain::access::Capability;
 use crate::domain::repositories::{self, NewRepository, RepositoryChanges};
 
 /// A Git repository that apps are built from.
@@ -116,7 +118,10 @@ pub struct RepositoryQuery;
 #[Object]
 impl RepositoryQuery {
     /// All repositories, paginated (default 20, at most 100 per page).
-    #[graphql(complexity = "page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        guard = "Require(Capability::Read)",
+        complexity = "page_complexity(first, last, child_complexity)"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn repositories(
         &self,
@@ -149,6 +154,7 @@ impl RepositoryQuery {
     }
 
     /// One repository by its ID.
+    #[graphql(guard = "Require(Capability::Read)")]
     async fn repository(
         &self,
         ctx: &Context<'_>,
@@ -212,6 +218,24 @@ pub struct DeleteRepositoryPayload {
     deleted_deployment_count: i64,
 }
 
+impl AuditObject for CreateRepositoryPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::Repository.id(self.repository.0.id))
+    }
+}
+
+impl AuditObject for UpdateRepositoryPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::Repository.id(self.repository.0.id))
+    }
+}
+
+impl AuditObject for DeleteRepositoryPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(self.deleted_repository_id.clone())
+    }
+}
+
 #[derive(Default)]
 pub struct RepositoryMutation;
 
@@ -223,19 +247,22 @@ impl RepositoryMutation {
         ctx: &Context<'_>,
         input: CreateRepositoryInput,
     ) -> async_graphql::Result<CreateRepositoryPayload> {
-        let created = repositories::create(
-            &api(ctx)?.db,
-            NewRepository {
-                name: input.name,
-                git_url: input.git_url,
-                default_branch: input.default_branch,
-            },
-        )
-        .await
-        .extend()?;
-        Ok(CreateRepositoryPayload {
-            repository: Repository(created),
+        audited(ctx, Capability::Write, async {
+            let created = repositories::create(
+                &api(ctx)?.db,
+                NewRepository {
+                    name: input.name,
+                    git_url: input.git_url,
+                    default_branch: input.default_branch,
+                },
+            )
+            .await
+            .extend()?;
+            Ok(CreateRepositoryPayload {
+                repository: Repository(created),
+            })
         })
+        .await
     }
 
     /// Changes a repository's name, URL or default branch.
@@ -244,21 +271,24 @@ impl RepositoryMutation {
         ctx: &Context<'_>,
         input: UpdateRepositoryInput,
     ) -> async_graphql::Result<UpdateRepositoryPayload> {
-        let id = decode_as(&input.id, NodeType::Repository, "id")?;
-        let updated = repositories::update(
-            &api(ctx)?.db,
-            id,
-            RepositoryChanges {
-                name: input.name,
-                git_url: input.git_url,
-                default_branch: input.default_branch,
-            },
-        )
-        .await
-        .extend()?;
-        Ok(UpdateRepositoryPayload {
-            repository: Repository(updated),
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.id, NodeType::Repository, "id")?;
+            let updated = repositories::update(
+                &api(ctx)?.db,
+                id,
+                RepositoryChanges {
+                    name: input.name,
+                    git_url: input.git_url,
+                    default_branch: input.default_branch,
+                },
+            )
+            .await
+            .extend()?;
+            Ok(UpdateRepositoryPayload {
+                repository: Repository(updated),
+            })
         })
+        .await
     }
 
     /// Deletes a repository with its apps and their deployments. Refused (`CONFLICT`) while
@@ -268,12 +298,15 @@ impl RepositoryMutation {
         ctx: &Context<'_>,
         input: DeleteRepositoryInput,
     ) -> async_graphql::Result<DeleteRepositoryPayload> {
-        let id = decode_as(&input.id, NodeType::Repository, "id")?;
-        let deleted = repositories::delete(&api(ctx)?.db, id).await.extend()?;
-        Ok(DeleteRepositoryPayload {
-            deleted_repository_id: NodeType::Repository.id(deleted.id),
-            deleted_app_count: deleted.apps as i64,
-            deleted_deployment_count: deleted.deployments as i64,
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.id, NodeType::Repository, "id")?;
+            let deleted = repositories::delete(&api(ctx)?.db, id).await.extend()?;
+            Ok(DeleteRepositoryPayload {
+                deleted_repository_id: NodeType::Repository.id(deleted.id),
+                deleted_app_count: deleted.apps as i64,
+                deleted_deployment_count: deleted.deployments as i64,
+            })
         })
+        .await
     }
 }

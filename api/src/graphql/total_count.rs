@@ -5,6 +5,8 @@ use async_graphql::{Context, Object};
 use entity::prelude::*;
 use sea_orm::{EntityTrait, PaginatorTrait, QueryFilter};
 
+use super::api_token::ApiTokenFilter;
+use super::audit_event::AuditEventFilter;
 use super::error::OrInternal;
 use super::loaders::{
     AppCount, AppFilter, DeploymentCount, DeploymentFilter, FilterCondition, RepositoryFilter,
@@ -17,6 +19,8 @@ pub enum TotalCount {
     Deployments(DeploymentFilter),
     AppsOfRepository(AppCount),
     DeploymentsOfApp(DeploymentCount),
+    ApiTokens(ApiTokenFilter),
+    AuditEvents(AuditEventFilter),
 }
 
 #[Object]
@@ -28,6 +32,8 @@ impl TotalCount {
             TotalCount::Repositories(f) => Repository::find().filter(f.condition()).count(db).await,
             TotalCount::Apps(f) => App::find().filter(f.condition()).count(db).await,
             TotalCount::Deployments(f) => Deployment::find().filter(f.condition()).count(db).await,
+            TotalCount::ApiTokens(f) => ApiToken::find().filter(f.condition()).count(db).await,
+            TotalCount::AuditEvents(f) => AuditEvent::find().filter(f.condition()).count(db).await,
             TotalCount::AppsOfRepository(key) => {
                 return Ok(loaders(ctx)?
                     .load_one(key.clone())

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use crate::graphql::guardrails::Credential;
 use crate::graphql::loaders::{loaders, with_request_loaders};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
@@ -104,6 +105,16 @@ fn plain_error(status: StatusCode, media: MediaType, code: &str, message: &str) 
         .into_response()
 }
 
+/// The `Authorization` header, for [`crate::graphql::guardrails`] to check.
+fn credential(headers: &HeaderMap) -> Credential {
+    Credential(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    )
+}
+
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(media) = negotiate(&headers) else {
         return not_acceptable();
@@ -122,7 +133,7 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         );
     }
     match serde_json::from_slice::<async_graphql::Request>(&body) {
-        Ok(request) => execute(&state, request, media).await,
+        Ok(request) => execute(&state, request.data(credential(&headers)), media).await,
         Err(error) => plain_error(
             StatusCode::BAD_REQUEST,
             media,
@@ -164,7 +175,7 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, request, media).await
+    execute(&state, request.data(credential(&headers)), media).await
 }
 
 /// Whether the operation the request would run is a mutation (parse errors are left to the
@@ -211,10 +222,22 @@ async fn execute(
     // Parsed once here (the executor reuses it) to tell syntax errors from invalid queries.
     let parse_failed = request.parsed_query().is_err();
     let schema = state.schema.clone();
-    let mut response = with_request_loaders(state.db.clone(), move |loaders| {
+    let run = with_request_loaders(state.db.clone(), move |loaders| {
         Box::pin(async move { schema.execute(request.data(loaders)).await })
-    })
-    .await;
+    });
+    // Dropping the execution on timeout rolls back any open transaction.
+    let Ok(mut response) = tokio::time::timeout(state.request_timeout, run).await else {
+        tracing::warn!(%operation, timeout_s = state.request_timeout.as_secs_f64(), "graphql request timed out");
+        return plain_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            media,
+            "TIMEOUT",
+            &format!(
+                "the request did not finish within {} s and was cancelled; nothing it was changing was kept",
+                state.request_timeout.as_secs_f64()
+            ),
+        );
+    };
     let request_error = is_request_error(&response);
     if request_error {
         let code = if parse_failed {
@@ -223,10 +246,10 @@ async fn execute(
             "GRAPHQL_VALIDATION_FAILED"
         };
         for error in &mut response.errors {
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", code);
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            if extensions.get("code").is_none() {
+                extensions.set("code", code);
+            }
         }
     }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -246,10 +269,13 @@ async fn execute(
         tracing::info!(%operation, elapsed_ms, outcome = "error", codes = ?codes, "graphql");
     }
 
-    let status = if request_error && media == MediaType::GraphqlResponseJson {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
+    let refusal = request_error
+        .then(|| response.errors.first().and_then(refusal_status))
+        .flatten();
+    let status = match &refusal {
+        Some((status, _)) => *status,
+        None if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
+        None => StatusCode::OK,
     };
     let body = if request_error {
         // No `data` entry: the request never executed.
@@ -258,7 +284,14 @@ async fn execute(
         serde_json::to_vec(&response)
     };
     match body {
-        Ok(body) => (status, [(header::CONTENT_TYPE, media.header())], body).into_response(),
+        Ok(body) => {
+            let mut response =
+                (status, [(header::CONTENT_TYPE, media.header())], body).into_response();
+            if let Some((_, Some((name, value)))) = refusal {
+                response.headers_mut().insert(name, value);
+            }
+            response
+        }
         Err(error) => {
             tracing::error!(%error, "cannot serialize a GraphQL response");
             plain_error(
@@ -271,19 +304,89 @@ async fn execute(
     }
 }
 
-/// `/graphql/ws`: each connection gets its own loaders, made at `connection_init`.
+/// The HTTP status (and header) for a request refused before it ran: 401 without a valid
+/// token, 429 over the rate limit, 503 when tokens cannot be checked.
+fn refusal_status(
+    error: &ServerError,
+) -> Option<(StatusCode, Option<(header::HeaderName, HeaderValue)>)> {
+    let extensions = error.extensions.as_ref()?;
+    let code = match extensions.get("code")? {
+        async_graphql::Value::String(code) => code.as_str(),
+        _ => return None,
+    };
+    match code {
+        "UNAUTHENTICATED" => Some((
+            StatusCode::UNAUTHORIZED,
+            Some((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keystone\""),
+            )),
+        )),
+        "RATE_LIMITED" => {
+            let retry = match extensions.get("retryAfterSeconds") {
+                Some(async_graphql::Value::Number(n)) => n.as_u64().unwrap_or(1),
+                _ => 1,
+            };
+            Some((
+                StatusCode::TOO_MANY_REQUESTS,
+                Some((header::RETRY_AFTER, HeaderValue::from(retry))),
+            ))
+        }
+        "SERVICE_UNAVAILABLE" => Some((StatusCode::SERVICE_UNAVAILABLE, None)),
+        _ => None,
+    }
+}
+
+/// The token a WebSocket client sent in its `connection_init` payload: `Authorization`
+/// (any case, at the top or under `headers`, as Apollo and Hasura clients send it) or
+/// `token` (a bare secret).
+fn init_credential(payload: &serde_json::Value) -> Option<String> {
+    let object = payload.as_object()?;
+    let authorization = |map: &serde_json::Map<String, serde_json::Value>| {
+        map.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, value)| value.as_str())
+            .map(str::to_owned)
+    };
+    authorization(object)
+        .or_else(|| object.get("headers")?.as_object().and_then(authorization))
+        .or_else(|| {
+            object
+                .get("token")?
+                .as_str()
+                .map(|token| format!("Bearer {token}"))
+        })
+}
+
+/// `/graphql/ws`: the client authenticates in `connection_init` (or with the upgrade
+/// request's `Authorization` header); a connection without a valid token is closed
+/// (`UNAUTHENTICATED: …` as the close reason). Every operation on it is checked again, so
+/// a revoked token cannot start new ones. Each connection gets its own loaders.
 pub async fn websocket(
     State(state): State<AppState>,
+    headers: HeaderMap,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let header_credential = credential(&headers);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
             let db = state.db.clone();
+            let authenticator = state.authenticator.clone();
             GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .on_connection_init(move |_payload| async move {
+                .on_connection_init(move |payload| async move {
+                    let credential = Credential(init_credential(&payload).or(header_credential.0));
+                    if let Err(error) = authenticator
+                        .authenticate(&db, credential.0.as_deref())
+                        .await
+                    {
+                        return Err(async_graphql::Error::new(format!(
+                            "UNAUTHENTICATED: {error}"
+                        )));
+                    }
                     let mut data = Data::default();
+                    data.insert(credential);
                     data.insert(loaders(db));
                     Ok(data)
                 })

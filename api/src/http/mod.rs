@@ -7,15 +7,20 @@ mod graphql;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::domain::access::Authenticator;
 use crate::graphql::KeystoneSchema;
 
 /// Shared by all handlers.
@@ -24,6 +29,18 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub schema: KeystoneSchema,
     pub metrics: Arc<Metrics>,
+    pub authenticator: Arc<Authenticator>,
+    /// Longest a query or mutation over HTTP may run.
+    pub request_timeout: Duration,
+}
+
+/// What the router serves besides the API.
+pub struct RouterOptions {
+    pub max_body_bytes: usize,
+    /// Serve GraphiQL at `/`.
+    pub graphiql: bool,
+    /// Browser origins allowed to call the API (CORS); none: same-origin only.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 /// Counters served at `/metrics` (Prometheus text format).
@@ -44,17 +61,45 @@ impl Metrics {
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/", get(graphiql::page))
-        .route("/graphiql/{file}", get(graphiql::serve_asset))
+pub fn router(state: AppState, options: RouterOptions) -> Router {
+    let mut router = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(graphql::websocket))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route("/metrics", get(metrics));
+    if options.graphiql {
+        router = router
+            .route("/", get(graphiql::page))
+            .route("/graphiql/{file}", get(graphiql::serve_asset));
+    }
+    if !options.cors_origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(options.cors_origins))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    router
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// A panic in a handler (a bug) becomes a generic 500 with a correlation id; the details go
+/// to the log only.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    let error = crate::graphql::error::internal(format!("handler panicked: {detail}"));
+    let body =
+        json!({ "errors": [{ "message": error.message, "extensions": { "code": "INTERNAL" } }] });
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,0 +1,248 @@
+//! `ApiToken`: tokens as admins see them (never their secret), and the mutations that
+//! create and revoke them.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, ID, InputObject, Object, ResultExt, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::api_token;
+use sea_orm::{ColumnTrait, Condition};
+
+use super::auth::{AuditObject, Require, Role, audited, principal};
+use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
+use super::ids::{NodeType, decode_as};
+use super::loaders::FilterCondition;
+use super::total_count::TotalCount;
+use super::{api, page_complexity, root_connection};
+use crate::domain::access::{self, Capability, NewToken};
+
+/// An API token. Its secret was shown once, when it was created.
+pub struct ApiToken(pub api_token::Model);
+
+#[Object]
+impl ApiToken {
+    /// Opaque global ID.
+    async fn id(&self) -> ID {
+        NodeType::ApiToken.id(self.0.id)
+    }
+
+    async fn database_id(&self) -> i64 {
+        self.0.id
+    }
+
+    /// Unique, also after revocation (audit events name tokens by it).
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn role(&self) -> Role {
+        self.0.role.into()
+    }
+
+    /// The secret's first characters (`kst_` and 8 more), to recognise it.
+    async fn prefix(&self) -> &str {
+        &self.0.secret_prefix
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at.as_utc()
+    }
+
+    /// The token (or command) that created it.
+    async fn created_by(&self) -> &str {
+        &self.0.created_by
+    }
+
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at.map(|t| t.as_utc())
+    }
+
+    /// When it was last used, to the minute.
+    async fn last_used_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_used_at.map(|t| t.as_utc())
+    }
+
+    async fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.0.revoked_at.map(|t| t.as_utc())
+    }
+
+    /// Neither revoked nor expired.
+    async fn active(&self) -> bool {
+        self.0.revoked_at.is_none()
+            && self
+                .0
+                .expires_at
+                .is_none_or(|at| at > entity::Timestamp::now())
+    }
+}
+
+/// Which tokens to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ApiTokenFilter {
+    pub role: Option<api_token::Role>,
+    pub include_revoked: bool,
+}
+
+impl FilterCondition for ApiTokenFilter {
+    fn condition(&self) -> Condition {
+        let mut condition = Condition::all();
+        if let Some(role) = self.role {
+            condition = condition.add(api_token::Column::Role.eq(role));
+        }
+        if !self.include_revoked {
+            condition = condition.add(api_token::Column::RevokedAt.is_null());
+        }
+        condition
+    }
+}
+
+#[derive(InputObject, Default)]
+#[graphql(name = "ApiTokenFilter")]
+pub struct ApiTokenFilterInput {
+    /// Only tokens with this role.
+    role: Option<Role>,
+    /// Also list revoked tokens (default: false).
+    #[graphql(default)]
+    include_revoked: bool,
+}
+
+#[derive(Default)]
+pub struct ApiTokenQuery;
+
+#[Object]
+impl ApiTokenQuery {
+    /// API tokens, oldest first (admin only).
+    #[graphql(
+        guard = "Require(Capability::Administer)",
+        complexity = "page_complexity(first, last, child_complexity)"
+    )]
+    async fn api_tokens(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<ApiTokenFilterInput>,
+    ) -> async_graphql::Result<Connection<Cursor, ApiToken, TotalCount>> {
+        let order = Order::new(SortKey::Id, OrderDirection::Asc);
+        let page = PageArgs::new(first, after, last, before, order)?;
+        let filter = filter.unwrap_or_default();
+        let filter = ApiTokenFilter {
+            role: filter.role.map(Into::into),
+            include_revoked: filter.include_revoked,
+        };
+        root_connection::<api_token::Entity, _, _>(
+            ctx,
+            page,
+            filter,
+            TotalCount::ApiTokens,
+            ApiToken,
+        )
+        .await
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateApiTokenInput {
+    /// Letters, digits, spaces, `.`, `_`, `-`; at most 100 characters; unique forever.
+    name: String,
+    role: Role,
+    /// When it stops working; never when null.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(SimpleObject)]
+pub struct CreateApiTokenPayload {
+    token: ApiToken,
+    /// The secret, shown this once: send it as `Authorization: Bearer <secret>`.
+    secret: String,
+}
+
+impl AuditObject for CreateApiTokenPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::ApiToken.id(self.token.0.id))
+    }
+}
+
+#[derive(InputObject)]
+pub struct RevokeApiTokenInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct RevokeApiTokenPayload {
+    token: ApiToken,
+}
+
+impl AuditObject for RevokeApiTokenPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::ApiToken.id(self.token.0.id))
+    }
+}
+
+#[derive(Default)]
+pub struct ApiTokenMutation;
+
+#[Object]
+impl ApiTokenMutation {
+    /// Creates a token (admin only). The payload carries its secret, which is not stored and
+    /// cannot be shown again.
+    async fn create_api_token(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateApiTokenInput,
+    ) -> async_graphql::Result<CreateApiTokenPayload> {
+        audited(ctx, Capability::Administer, async {
+            let (token, secret) = access::create_token(
+                &api(ctx)?.db,
+                NewToken {
+                    name: input.name,
+                    role: input.role.into(),
+                    expires_at: input.expires_at.map(Into::into),
+                    created_by: principal(ctx)?.name.clone(),
+                },
+            )
+            .await
+            .extend()?;
+            Ok(CreateApiTokenPayload {
+                token: ApiToken(token),
+                secret: secret.0,
+            })
+        })
+        .await
+    }
+
+    /// Revokes a token (admin only), effective at once on this server and within the token
+    /// cache time on others.
+    async fn revoke_api_token(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeApiTokenInput,
+    ) -> async_graphql::Result<RevokeApiTokenPayload> {
+        audited(ctx, Capability::Administer, async {
+            let id = decode_as(&input.id, NodeType::ApiToken, "id")?;
+            let api = api(ctx)?;
+            let token = access::revoke_token(&api.db, id).await.extend()?;
+            api.authenticator.evict(token.id);
+            Ok(RevokeApiTokenPayload {
+                token: ApiToken(token),
+            })
+        })
+        .await
+    }
+}
+
+impl super::connection::Paged for api_token::Entity {
+    fn id_column() -> Self::Column {
+        api_token::Column::Id
+    }
+    fn sort_column(_: SortKey) -> Option<Self::Column> {
+        None
+    }
+    fn cursor(model: &Self::Model, _: SortKey) -> Cursor {
+        Cursor {
+            value: super::connection::SortValue::Id,
+            id: model.id,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `AuditEvent`: the audit trail as admins read it, newest first.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, Enum, InputObject, Object};
+use chrono::{DateTime, Utc};
+use entity::Timestamp;
+use entity::audit_event;
+use sea_orm::{ColumnTrait, Condition};
+
+use super::auth::{Require, Role};
+use super::connection::{Cursor, Order, OrderDirection, PageArgs, Paged, SortKey, SortValue};
+use super::ids::NodeType;
+use super::loaders::FilterCondition;
+use super::total_count::TotalCount;
+use super::{page_complexity, root_connection};
+use crate::domain::access::Capability;
+
+/// How a mutation ended.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::audit_event::Outcome")]
+pub enum AuditOutcome {
+    Success,
+    /// Refused or failed; see `errorCode` and `errorMessage`.
+    Error,
+}
+
+/// One mutation, as recorded when it ran. The trail is append-only.
+pub struct AuditEvent(pub audit_event::Model);
+
+#[Object]
+impl AuditEvent {
+    async fn id(&self) -> async_graphql::ID {
+        NodeType::AuditEvent.id(self.0.id)
+    }
+
+    async fn database_id(&self) -> i64 {
+        self.0.id
+    }
+
+    async fn occurred_at(&self) -> DateTime<Utc> {
+        self.0.occurred_at.as_utc()
+    }
+
+    /// The name of the token that called.
+    async fn token_name(&self) -> &str {
+        &self.0.token_name
+    }
+
+    /// The token's role at the time.
+    async fn token_role(&self) -> Role {
+        self.0.token_role.into()
+    }
+
+    /// The mutation, e.g. `createRepository`.
+    async fn operation(&self) -> &str {
+        &self.0.operation
+    }
+
+    /// The mutation's arguments as JSON, with secrets replaced by `[REDACTED]`.
+    async fn arguments(&self) -> &str {
+        &self.0.arguments
+    }
+
+    /// The global ID of the object acted on, when known.
+    async fn object_id(&self) -> Option<&str> {
+        self.0.object_id.as_deref()
+    }
+
+    async fn outcome(&self) -> AuditOutcome {
+        self.0.outcome.into()
+    }
+
+    /// The error's `extensions.code`, for failed mutations.
+    async fn error_code(&self) -> Option<&str> {
+        self.0.error_code.as_deref()
+    }
+
+    async fn error_message(&self) -> Option<&str> {
+        self.0.error_message.as_deref()
+    }
+}
+
+impl Paged for audit_event::Entity {
+    fn id_column() -> Self::Column {
+        audit_event::Column::Id
+    }
+    fn sort_column(_: SortKey) -> Option<Self::Column> {
+        None
+    }
+    fn cursor(model: &Self::Model, _: SortKey) -> Cursor {
+        Cursor {
+            value: SortValue::Id,
+            id: model.id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AuditEventFilter {
+    pub operation: Option<String>,
+    pub token_name: Option<String>,
+    pub outcome: Option<audit_event::Outcome>,
+    pub object_id: Option<String>,
+    pub occurred_after: Option<Timestamp>,
+    pub occurred_before: Option<Timestamp>,
+}
+
+impl FilterCondition for AuditEventFilter {
+    fn condition(&self) -> Condition {
+        use audit_event::Column;
+        let mut condition = Condition::all();
+        if let Some(operation) = &self.operation {
+            condition = condition.add(Column::Operation.eq(operation.as_str()));
+        }
+        if let Some(name) = &self.token_name {
+            condition = condition.add(Column::TokenName.eq(name.as_str()));
+        }
+        if let Some(outcome) = self.outcome {
+            condition = condition.add(Column::Outcome.eq(outcome));
+        }
+        if let Some(object) = &self.object_id {
+            condition = condition.add(Column::ObjectId.eq(object.as_str()));
+        }
+        if let Some(after) = self.occurred_after {
+            condition = condition.add(Column::OccurredAt.gte(after));
+        }
+        if let Some(before) = self.occurred_before {
+            condition = condition.add(Column::OccurredAt.lt(before));
+        }
+        condition
+    }
+}
+
+/// Which audit events to list.
+#[derive(InputObject, Default)]
+#[graphql(name = "AuditEventFilter")]
+pub struct AuditEventFilterInput {
+    /// Only this mutation, e.g. `deleteRepository`.
+    operation: Option<String>,
+    /// Only calls made with this token.
+    token_name: Option<String>,
+    outcome: Option<AuditOutcome>,
+    /// Only events about this object (a global ID).
+    object_id: Option<async_graphql::ID>,
+    /// Only events at or after this instant.
+    occurred_after: Option<DateTime<Utc>>,
+    /// Only events before this instant.
+    occurred_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+pub struct AuditEventQuery;
+
+#[Object]
+impl AuditEventQuery {
+    /// The audit trail, newest first (admin only): every mutation, with its outcome.
+    #[graphql(
+        guard = "Require(Capability::Administer)",
+        complexity = "page_complexity(first, last, child_complexity)"
+    )]
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<AuditEventFilterInput>,
+    ) -> async_graphql::Result<Connection<Cursor, AuditEvent, TotalCount>> {
+        let order = Order::new(SortKey::Id, OrderDirection::Desc);
+        let page = PageArgs::new(first, after, last, before, order)?;
+        let filter = filter.unwrap_or_default();
+        let filter = AuditEventFilter {
+            operation: filter.operation,
+            token_name: filter.token_name,
+            outcome: filter.outcome.map(Into::into),
+            object_id: filter.object_id.map(|id| id.0),
+            occurred_after: filter.occurred_after.map(Into::into),
+            occurred_before: filter.occurred_before.map(Into::into),
+        };
+        root_connection::<audit_event::Entity, _, _>(
+            ctx,
+            page,
+            filter,
+            TotalCount::AuditEvents,
+            AuditEvent,
+        )
+        .await
+    }
+}

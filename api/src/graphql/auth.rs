@@ -1,0 +1,162 @@
+//! Authorization in the schema: the [`Require`] guard on every query and subscription root
+//! field, [`audited`] around every mutation (it checks the capability itself, so refusals are
+//! audited too), and the `viewer` query (who am I).
+//!
+//! Which role has which capability is [`crate::domain::access::allows`]; authentication
+//! happened before execution ([`super::guardrails`]).
+
+use std::future::Future;
+
+use async_graphql::{Context, Enum, ErrorExtensions, Guard, ID, Object, SimpleObject};
+
+use super::api;
+use super::error::internal;
+use crate::domain::access::{Capability, Principal};
+use crate::domain::audit::{self, Entry};
+
+/// What a token may do.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::api_token::Role")]
+pub enum Role {
+    /// Everything, including tokens and the audit trail.
+    Admin,
+    /// Queries and subscriptions only.
+    Viewer,
+    /// Only the deployment-runner protocol.
+    Runner,
+}
+
+fn capability_name(capability: Capability) -> &'static str {
+    match capability {
+        Capability::Read => "read",
+        Capability::Write => "change repositories and apps",
+        Capability::Administer => "administer tokens and the audit trail",
+        Capability::Run => "use the runner protocol",
+    }
+}
+
+/// The caller, or `UNAUTHENTICATED` (only reachable if authentication was skipped).
+pub fn principal<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Principal> {
+    ctx.data::<Principal>().map_err(|_| {
+        async_graphql::Error::new("authentication required")
+            .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
+    })
+}
+
+/// `Ok` when the caller's role grants `capability`, `FORBIDDEN` otherwise.
+fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result<()> {
+    let principal = principal(ctx)?;
+    if principal.may(capability) {
+        return Ok(());
+    }
+    let role = Role::from(principal.role);
+    Err(async_graphql::Error::new(format!(
+        "the {} role may not {} (token {:?})",
+        format!("{role:?}").to_lowercase(),
+        capability_name(capability),
+        principal.name
+    ))
+    .extend_with(|_, e| e.set("code", "FORBIDDEN")))
+}
+
+/// Guard for root fields: `#[graphql(guard = "Require(Capability::Read)")]`.
+pub struct Require(pub Capability);
+
+impl Guard for Require {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        authorize(ctx, self.0)
+    }
+}
+
+/// The object a mutation acted on, for the audit trail.
+pub trait AuditObject {
+    fn audit_object(&self) -> Option<ID>;
+}
+
+/// Runs a mutation resolver's `body` if the caller holds `capability`, and appends the
+/// outcome to the audit trail either way: the operation, its arguments (secrets redacted),
+/// the object it acted on (from the payload, or the `input.id` it was asked to act on),
+/// the error code and message if it failed.
+///
+/// The audit row is written after the change committed, in its own transaction; if that
+/// write fails the error is logged and the mutation's result still returned.
+pub async fn audited<T, F>(
+    ctx: &Context<'_>,
+    capability: Capability,
+    body: F,
+) -> async_graphql::Result<T>
+where
+    T: AuditObject,
+    F: Future<Output = async_graphql::Result<T>>,
+{
+    let result = match authorize(ctx, capability) {
+        Ok(()) => body.await,
+        Err(refused) => Err(refused),
+    };
+    let field = ctx.field();
+    let arguments: serde_json::Map<String, serde_json::Value> = field
+        .arguments()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            let json = value.into_json().unwrap_or(serde_json::Value::Null);
+            (name.to_string(), json)
+        })
+        .collect();
+    let requested_object = arguments
+        .get("input")
+        .and_then(|input| input.get("id").or_else(|| input.get("appId")))
+        .and_then(|id| id.as_str())
+        .map(str::to_owned);
+    let (object_id, error) = match &result {
+        Ok(payload) => (payload.audit_object().map(|id| id.0), None),
+        Err(error) => {
+            let code = match error.extensions.as_ref().and_then(|e| e.get("code")) {
+                Some(async_graphql::Value::String(code)) => code.clone(),
+                _ => "INTERNAL".to_owned(),
+            };
+            (requested_object, Some((code, error.message.clone())))
+        }
+    };
+    let (Ok(api), Ok(principal)) = (api(ctx), principal(ctx)) else {
+        return result;
+    };
+    let entry = Entry {
+        principal,
+        operation: field.name(),
+        arguments: serde_json::Value::Object(arguments),
+        object_id,
+        error,
+    };
+    if let Err(error) = audit::record(&api.db, entry).await {
+        // Logged with a correlation id; the caller's result stands (the change is made).
+        let _ = internal(format!("cannot append to the audit trail: {error}"));
+    }
+    result
+}
+
+/// The authenticated caller.
+#[derive(SimpleObject)]
+pub struct Viewer {
+    /// The token's name.
+    name: String,
+    role: Role,
+    /// The token's ID (see `apiTokens`).
+    token_id: ID,
+}
+
+#[derive(Default)]
+pub struct ViewerQuery;
+
+#[Object]
+impl ViewerQuery {
+    /// Who is calling: the token used for this request. Allowed for every role.
+    async fn viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<Viewer> {
+        let principal = principal(ctx)?;
+        Ok(Viewer {
+            name: principal.name.clone(),
+            role: principal.role.into(),
+            token_id: super::ids::NodeType::ApiToken.id(principal.token_id),
+        })
+    }
+}

@@ -1,0 +1,50 @@
+//! `api_audit_event`: one mutation, as the audit trail recorded it. Append-only (the
+//! database refuses updates and deletes).
+
+use sea_orm::entity::prelude::*;
+
+use crate::Timestamp;
+use crate::api_token::Role;
+
+/// How a mutation ended, as stored in `api_audit_event.outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum Outcome {
+    #[sea_orm(string_value = "success")]
+    Success,
+    #[sea_orm(string_value = "error")]
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "api_audit_event")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(default_expr = "Expr::current_timestamp()")]
+    pub occurred_at: Timestamp,
+    /// The token's id when the caller had one (no foreign key: the trail outlives tokens).
+    pub token_id: Option<i64>,
+    #[sea_orm(column_type = "String(StringLen::N(100))")]
+    pub token_name: String,
+    pub token_role: Role,
+    /// The mutation field, e.g. `createRepository`.
+    #[sea_orm(column_type = "String(StringLen::N(100))")]
+    pub operation: String,
+    /// The arguments as JSON, secrets redacted.
+    #[sea_orm(column_type = "Text")]
+    pub arguments: String,
+    /// The global ID of the object acted on, when known.
+    #[sea_orm(column_type = "String(StringLen::N(200))", nullable)]
+    pub object_id: Option<String>,
+    pub outcome: Outcome,
+    #[sea_orm(column_type = "String(StringLen::N(50))", nullable)]
+    pub error_code: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub error_message: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
