@@ -3,6 +3,7 @@
 
 mod support;
 
+mod access;
 mod adoption;
 mod browser;
 mod graphql;

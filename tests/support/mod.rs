@@ -388,12 +388,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `keystone serve --bind 127.0.0.1:0 <extra>` and waits until it listens.
-    /// `Err` holds everything it printed when it exited instead.
+    /// Starts `keystone serve --bind 127.0.0.1:0 <extra>` (`extra` may name another
+    /// `--bind`) and waits until it listens. `Err` holds everything it printed when it exited
+    /// instead.
     pub async fn start(db: &TestDb, extra: &[&str]) -> Result<Server, String> {
+        let bind: &[&str] = if extra.contains(&"--bind") {
+            &[]
+        } else {
+            &["--bind", "127.0.0.1:0"]
+        };
         let mut child = keystone_command(db)
             .arg("serve")
-            .args(["--bind", "127.0.0.1:0"])
+            .args(bind)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -16,7 +16,7 @@ mod dataset;
 mod floor;
 mod wrk;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,9 +248,14 @@ async fn drop_database(db: ScratchDatabase) -> anyhow::Result<()> {
 struct ServerProcess {
     child: tokio::process::Child,
     base_url: String,
+    /// The admin token its first start created.
+    token: String,
 }
 
-async fn start_server(database_url: &str) -> anyhow::Result<ServerProcess> {
+/// Starts the server with the rate limit off (the suite measures throughput, and sends all
+/// its requests with one token); its first admin token is written into `dir`.
+async fn start_server(database_url: &str, dir: &Path) -> anyhow::Result<ServerProcess> {
+    let token_file = dir.join("admin.token");
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "serve",
@@ -258,7 +263,11 @@ async fn start_server(database_url: &str) -> anyhow::Result<ServerProcess> {
             "127.0.0.1:0",
             "--database-url",
             database_url,
+            "--rate-limit-per-second",
+            "0",
         ])
+        .arg("--admin-token-file")
+        .arg(&token_file)
         .env("RUST_LOG", "warn,api=info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -271,7 +280,15 @@ async fn start_server(database_url: &str) -> anyhow::Result<ServerProcess> {
         if let Some(at) = line.find("listening on http://") {
             let base_url = line[at + "listening on ".len()..].trim().to_owned();
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok(ServerProcess { child, base_url });
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading {}", token_file.display()))?
+                .trim()
+                .to_owned();
+            return Ok(ServerProcess {
+                child,
+                base_url,
+                token,
+            });
         }
     }
     bail!("the server exited before listening")
@@ -405,8 +422,8 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
         }
     }
 
-    let server = start_server(&scratch.url).await?;
     let work_dir = tempfile::tempdir()?;
+    let server = start_server(&scratch.url, work_dir.path()).await?;
     let mut rows = Vec::new();
     for (name, mix) in WORKLOADS {
         if !args.workloads.iter().any(|w| w.eq_ignore_ascii_case(name)) {
@@ -419,6 +436,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
         );
         wrk::run(
             &server.base_url,
+            &server.token,
             mix,
             &app_names,
             &app_ids,
@@ -432,6 +450,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
         let (sql_before, requests_before) = server.counters().await?;
         let run = wrk::run(
             &server.base_url,
+            &server.token,
             mix,
             &app_names,
             &app_ids,

@@ -29,7 +29,7 @@ fn lua_string(text: &str) -> String {
 }
 
 /// The Lua script for `mix`, with the app names (W2) and app IDs (W3) to draw from.
-fn script(mix: Mix, app_names: &[String], app_ids: &[String]) -> String {
+fn script(mix: Mix, token: &str, app_names: &[String], app_ids: &[String]) -> String {
     let body = |query: &str, variables: Value| {
         json!({ "query": query, "variables": variables }).to_string()
     };
@@ -49,6 +49,7 @@ local w3_bodies = {{ {ids} }}
 local w1_share, w2_share = {w1}, {w2}
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = {authorization}
 local threads = {{}}
 local next_id = 1
 function setup(thread)
@@ -93,6 +94,7 @@ function done(summary, latency, requests)
 end
 "#,
         w1_body = lua_string(&body(W1_QUERY, json!({}))),
+        authorization = lua_string(&format!("Bearer {token}")),
         names = names.join(", "),
         ids = ids.join(", "),
         w1 = mix.w1,
@@ -110,6 +112,7 @@ pub struct WrkRun {
 /// Runs `wrk` against `base_url` for `duration` with `connections` connections.
 pub async fn run(
     base_url: &str,
+    token: &str,
     mix: Mix,
     app_names: &[String],
     app_ids: &[String],
@@ -118,7 +121,7 @@ pub async fn run(
     dir: &Path,
 ) -> std::io::Result<WrkRun> {
     let path = dir.join("workload.lua");
-    std::fs::write(&path, script(mix, app_names, app_ids))?;
+    std::fs::write(&path, script(mix, token, app_names, app_ids))?;
     let output = tokio::process::Command::new("wrk")
         .args(["--threads", "2", "--connections", &connections.to_string()])
         .args(["--duration", &format!("{}s", duration.as_secs().max(1))])
