@@ -424,6 +424,10 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
 
     let work_dir = tempfile::tempdir()?;
     let server = start_server(&scratch.url, work_dir.path()).await?;
+    let endpoint = wrk::Endpoint {
+        base_url: &server.base_url,
+        token: &server.token,
+    };
     let mut rows = Vec::new();
     for (name, mix) in WORKLOADS {
         if !args.workloads.iter().any(|w| w.eq_ignore_ascii_case(name)) {
@@ -435,8 +439,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
             duration.as_secs()
         );
         wrk::run(
-            &server.base_url,
-            &server.token,
+            &endpoint,
             mix,
             &app_names,
             &app_ids,
@@ -449,8 +452,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
         let deployments_before = count(&db, "SELECT COUNT(*) FROM api_deployment").await?;
         let (sql_before, requests_before) = server.counters().await?;
         let run = wrk::run(
-            &server.base_url,
-            &server.token,
+            &endpoint,
             mix,
             &app_names,
             &app_ids,

@@ -109,10 +109,15 @@ pub struct WrkRun {
     pub writes: u64,
 }
 
-/// Runs `wrk` against `base_url` for `duration` with `connections` connections.
+/// Where to send the load, and the token to send it with.
+pub struct Endpoint<'a> {
+    pub base_url: &'a str,
+    pub token: &'a str,
+}
+
+/// Runs `wrk` against `endpoint` for `duration` with `connections` connections.
 pub async fn run(
-    base_url: &str,
-    token: &str,
+    endpoint: &Endpoint<'_>,
     mix: Mix,
     app_names: &[String],
     app_ids: &[String],
@@ -121,13 +126,13 @@ pub async fn run(
     dir: &Path,
 ) -> std::io::Result<WrkRun> {
     let path = dir.join("workload.lua");
-    std::fs::write(&path, script(mix, token, app_names, app_ids))?;
+    std::fs::write(&path, script(mix, endpoint.token, app_names, app_ids))?;
     let output = tokio::process::Command::new("wrk")
         .args(["--threads", "2", "--connections", &connections.to_string()])
         .args(["--duration", &format!("{}s", duration.as_secs().max(1))])
         .args(["--timeout", "10s", "--script"])
         .arg(&path)
-        .arg(format!("{base_url}/graphql"))
+        .arg(format!("{}/graphql", endpoint.base_url))
         .output()
         .await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
