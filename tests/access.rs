@@ -861,6 +861,8 @@ async fn hostile_inputs_are_refused_and_write_nothing(backend: Backend) {
         .await
         .expect("POST");
     assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.expect("a JSON error");
+    assert_eq!(codes(&body), ["PAYLOAD_TOO_LARGE"]);
 
     // Query shapes that cost the server more than they cost the client.
     let deep = format!(

@@ -20,6 +20,7 @@ use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{Data, ServerError};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -115,9 +116,32 @@ fn credential(headers: &HeaderMap) -> Credential {
     )
 }
 
-pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let Some(media) = negotiate(&headers) else {
         return not_acceptable();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return plain_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                media,
+                "PAYLOAD_TOO_LARGE",
+                "the request body is larger than this server accepts (KEYSTONE_MAX_BODY_BYTES)",
+            );
+        }
+        Err(rejection) => {
+            return plain_error(
+                rejection.status(),
+                media,
+                "BAD_REQUEST",
+                &rejection.body_text(),
+            );
+        }
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
