@@ -4,11 +4,12 @@
 
 use entity::Timestamp;
 use entity::audit_event::{self, Outcome};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use entity::prelude::AuditEvent;
+use sea_orm::{DatabaseConnection, EntityTrait, Set};
 use serde_json::Value;
 
 use super::access::Principal;
-use super::{DomainError, begin_write};
+use super::{DomainError, writer_turn};
 
 /// Argument names whose values are never recorded.
 const SECRET_NAMES: &[&str] = &["secret", "token", "password", "passphrase", "privatekey"];
@@ -31,8 +32,9 @@ pub async fn record(db: &DatabaseConnection, entry: Entry<'_>) -> Result<(), Dom
         None => (Outcome::Success, None, None),
         Some((code, message)) => (Outcome::Error, Some(code), Some(message)),
     };
-    let (_turn, txn) = begin_write(db).await?;
-    audit_event::ActiveModel {
+    // One INSERT: atomic without a transaction around it.
+    let _turn = writer_turn(db).await;
+    let row = audit_event::ActiveModel {
         occurred_at: Set(Timestamp::now()),
         token_id: Set(Some(entry.principal.token_id)),
         token_name: Set(entry.principal.name.clone()),
@@ -44,10 +46,8 @@ pub async fn record(db: &DatabaseConnection, entry: Entry<'_>) -> Result<(), Dom
         error_code: Set(error_code),
         error_message: Set(error_message.map(|m| shorten(&m))),
         ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
-    txn.commit().await?;
+    };
+    AuditEvent::insert(row).exec_without_returning(db).await?;
     Ok(())
 }
 

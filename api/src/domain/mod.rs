@@ -76,6 +76,15 @@ static SQLITE_WRITERS: Mutex<()> = Mutex::const_new(());
 /// Held until the write transaction has ended (declare it before the transaction).
 pub(crate) struct WriterTurn(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
 
+/// Waits for this process's turn to write (SQLite only; PostgreSQL writers do not queue).
+/// Enough on its own for a single-statement write, which is atomic by itself.
+pub(crate) async fn writer_turn(db: &DatabaseConnection) -> WriterTurn {
+    WriterTurn(match db.get_database_backend() {
+        DbBackend::Sqlite => Some(SQLITE_WRITERS.lock().await),
+        _ => None,
+    })
+}
+
 /// Starts a transaction that will write. On SQLite it first waits for this process's turn,
 /// then takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that reads
 /// first and writes later cannot wait for a concurrent writer (SQLite answers `SQLITE_BUSY`
@@ -83,17 +92,14 @@ pub(crate) struct WriterTurn(#[allow(dead_code)] Option<MutexGuard<'static, ()>>
 pub(crate) async fn begin_write(
     db: &DatabaseConnection,
 ) -> Result<(WriterTurn, DatabaseTransaction), DbErr> {
-    let turn = match db.get_database_backend() {
-        DbBackend::Sqlite => Some(SQLITE_WRITERS.lock().await),
-        _ => None,
-    };
+    let turn = writer_turn(db).await;
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..Default::default()
         })
         .await?;
-    Ok((WriterTurn(turn), txn))
+    Ok((turn, txn))
 }
 
 /// Checks one input value, naming the field on failure.
