@@ -1175,3 +1175,25 @@ async fn bearer_header_is_case_insensitive() {
     server.stop().await;
     db.cleanup().await;
 }
+
+/// A request that does not finish within the timeout is cancelled with `TIMEOUT`, and
+/// nothing it was writing is kept (a zero timeout cancels at the first wait).
+#[tokio::test]
+async fn requests_over_the_timeout_are_cancelled_and_write_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let server = Server::start(&db, &["--request-timeout-secs", "0"])
+        .await
+        .expect("server starts");
+    let (status, body) = server
+        .graphql_as(
+            &server.admin_token,
+            r#"mutation { createRepository(input: { name: "slow", gitUrl: "https://e.com/slow.git" }) { repository { id } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(codes(&body), ["TIMEOUT"]);
+    assert_eq!(db.count("SELECT COUNT(*) FROM api_repository").await, 0);
+    server.stop().await;
+    db.cleanup().await;
+}

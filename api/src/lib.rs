@@ -167,6 +167,7 @@ fn announce_first_admin(config: &Config, base: &str, secret: &Secret) -> Result<
     }
     // Printed, not logged: log collectors should not keep the secret.
     println!("{text}");
+    tracing::info!(file = %shown.display(), "created the first admin token (printed above, not logged)");
     Ok(())
 }
 
