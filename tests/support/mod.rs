@@ -272,7 +272,7 @@ impl TestDb {
                  UNION ALL SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid), '', '' \
                  FROM pg_constraint WHERE connamespace = current_schema()::regnamespace \
                  UNION ALL SELECT tablename::text, indexname::text, indexdef, '', '' FROM pg_indexes \
-                 WHERE schemaname = current_schema() ORDER BY 1, 2"
+                 WHERE schemaname = current_schema() ORDER BY 1, 2, 3"
             }
         };
         self.rows(sql).await
