@@ -96,7 +96,8 @@ pub struct ServeArgs {
     /// Most field selections written in one query document (duplicates included).
     #[arg(long, env = "KEYSTONE_MAX_FIELDS", default_value_t = 500)]
     pub max_fields: usize,
-    /// Seconds a query or mutation over HTTP may run before it is cancelled (`TIMEOUT`).
+    /// Seconds a query over HTTP may run before it is cancelled (`TIMEOUT`); mutations are
+    /// never cancelled halfway.
     #[arg(long, env = "KEYSTONE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
     /// Requests per second each token may make on average (0: no limit).

@@ -245,22 +245,33 @@ async fn execute(
     state.metrics.count_request();
     // Parsed once here (the executor reuses it) to tell syntax errors from invalid queries.
     let parse_failed = request.parsed_query().is_err();
+    let mutation = is_mutation(&mut request);
     let schema = state.schema.clone();
     let run = with_request_loaders(state.db.clone(), move |loaders| {
         Box::pin(async move { schema.execute(request.data(loaders)).await })
     });
-    // Dropping the execution on timeout rolls back any open transaction.
-    let Ok(mut response) = tokio::time::timeout(state.request_timeout, run).await else {
-        tracing::warn!(%operation, timeout_s = state.request_timeout.as_secs_f64(), "graphql request timed out");
-        return plain_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            media,
-            "TIMEOUT",
-            &format!(
-                "the request did not finish within {} s and was cancelled; nothing it was changing was kept",
-                state.request_timeout.as_secs_f64()
-            ),
-        );
+    // Queries are cancelled at the timeout (they change nothing). Mutations always run to
+    // the end: cancelling one could land between its COMMIT and the answer, and the client
+    // would be told a change failed that was made. Their transactions are short, and bounded
+    // by the pool's and the database's own timeouts.
+    let mut response = if mutation {
+        run.await
+    } else {
+        match tokio::time::timeout(state.request_timeout, run).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(%operation, timeout_s = state.request_timeout.as_secs_f64(), "graphql query timed out");
+                return plain_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    media,
+                    "TIMEOUT",
+                    &format!(
+                        "the query did not finish within {} s and was cancelled",
+                        state.request_timeout.as_secs_f64()
+                    ),
+                );
+            }
+        }
     };
     let request_error = is_request_error(&response);
     if request_error {

@@ -30,7 +30,7 @@ pub struct AppState {
     pub schema: KeystoneSchema,
     pub metrics: Arc<Metrics>,
     pub authenticator: Arc<Authenticator>,
-    /// Longest a query or mutation over HTTP may run.
+    /// Longest a query over HTTP may run (mutations always finish).
     pub request_timeout: Duration,
 }
 
