@@ -136,6 +136,13 @@ fn http_operations(caller: &str) -> Vec<(&'static str, Needs, String)> {
             ),
         ),
         (
+            "stopApp",
+            Needs::Write,
+            format!(
+                r#"mutation {{ stopApp(input: {{ id: "{MISSING_APP}" }}) {{ app {{ id }} }} }}"#
+            ),
+        ),
+        (
             "createApiToken",
             Needs::Admin,
             format!(
@@ -240,16 +247,37 @@ async fn ws_next(socket: &mut Socket) -> Result<Value, String> {
     }
 }
 
-/// Subscribes to `deploymentUpdated` with `token`; an admin then deploys `app`. Returns the
-/// first subscription message's payload, or the close reason.
-async fn subscription_as(server: &Server, token: &str, app: &str) -> Result<Value, String> {
+/// Every subscription root field: a document taking `$app`, and the status its first event
+/// has after `deployApp` (a deployment queued before is superseded first, then the new one
+/// is queued).
+const SUBSCRIPTIONS: [(&str, &str, &str); 2] = [
+    (
+        "deploymentUpdated",
+        "subscription($app: ID) { deploymentUpdated(appId: $app) { status } }",
+        "QUEUED|CANCELLED",
+    ),
+    (
+        "appUpdated",
+        "subscription($app: ID) { appUpdated(id: $app) { status } }",
+        "DEPLOYING",
+    ),
+];
+
+/// Subscribes with `document` and `token`; an admin then deploys `app`. Returns the first
+/// subscription message, or the close reason.
+async fn subscription_as(
+    server: &Server,
+    token: &str,
+    document: &str,
+    app: &str,
+) -> Result<Value, String> {
     let mut socket = ws_connect(server, token).await;
     let ack = ws_next(&mut socket).await?;
     assert_eq!(ack["type"], "connection_ack");
     socket
         .send(Message::Text(
             json!({ "id": "1", "type": "subscribe", "payload": {
-                "query": "subscription($app: ID) { deploymentUpdated(appId: $app) { status } }",
+                "query": document,
                 "variables": { "app": app },
             }})
             .to_string()
@@ -314,7 +342,7 @@ async fn every_operation_checks_the_role(backend: Backend) {
         .into_iter()
         .map(|(name, _, _)| name.to_owned())
         .collect();
-    covered.push("deploymentUpdated".into());
+    covered.extend(SUBSCRIPTIONS.iter().map(|(name, _, _)| name.to_string()));
     covered.sort();
     assert_eq!(
         covered,
@@ -355,25 +383,32 @@ async fn every_operation_checks_the_role(backend: Backend) {
             }
         }
 
-        let subscription = subscription_as(&server, token, &app).await;
-        match (*role, subscription) {
-            ("nobody", Err(reason)) => assert!(reason.contains("UNAUTHENTICATED"), "{reason}"),
-            ("admin" | "viewer", Ok(message)) => {
-                assert_eq!(message["type"], "next", "{role}: {message}");
-                assert_eq!(
-                    message["payload"]["data"]["deploymentUpdated"]["status"],
-                    "QUEUED"
-                );
+        for (name, document, expected_status) in SUBSCRIPTIONS {
+            let subscription = subscription_as(&server, token, document, &app).await;
+            match (*role, subscription) {
+                ("nobody", Err(reason)) => {
+                    assert!(reason.contains("UNAUTHENTICATED"), "{reason}")
+                }
+                ("admin" | "viewer", Ok(message)) => {
+                    assert_eq!(message["type"], "next", "{role} {name}: {message}");
+                    let status = message["payload"]["data"][name]["status"]
+                        .as_str()
+                        .unwrap_or_default();
+                    assert!(
+                        expected_status.split('|').any(|s| s == status),
+                        "{role} {name}: {message}"
+                    );
+                }
+                ("runner", Ok(message)) => {
+                    let errors = if message["type"] == "error" {
+                        message["payload"].clone()
+                    } else {
+                        message["payload"]["errors"].clone()
+                    };
+                    assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{message}");
+                }
+                (role, other) => panic!("{name} as {role}: {other:?}"),
             }
-            ("runner", Ok(message)) => {
-                let errors = if message["type"] == "error" {
-                    message["payload"].clone()
-                } else {
-                    message["payload"]["errors"].clone()
-                };
-                assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{message}");
-            }
-            (role, other) => panic!("subscription as {role}: {other:?}"),
         }
     }
     // Only the admin's calls changed anything.
@@ -936,7 +971,11 @@ async fn internal_errors_are_generic_and_logged(backend: Backend) {
     let server = Server::start(&db, &[]).await.expect("server starts");
     app_fixture(&server, "doomed").await;
     // Break the schema underneath the running server.
-    db.exec("DROP TABLE api_deployment").await;
+    db.exec(match backend {
+        Backend::Sqlite => "DROP TABLE api_deployment",
+        Backend::Postgres => "DROP TABLE api_deployment CASCADE",
+    })
+    .await;
     let body = server
         .graphql("{ deployments { nodes { id } } }", json!({}))
         .await;

@@ -7,6 +7,7 @@ use crate::support::{Backend, Server, TestDb, http, keystone};
 const INITIAL: &str = "m20261126_000001_create_tables";
 const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
+const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -79,7 +80,7 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS],
+        [INITIAL, INDEX, TOKENS, LIFECYCLE],
         "adopted, then migrated on"
     );
     db.exec(

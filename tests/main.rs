@@ -9,6 +9,7 @@ mod browser;
 mod fuzz;
 mod graphql;
 mod http_api;
+mod lifecycle;
 mod migrations;
 mod server;
 

@@ -8,10 +8,12 @@ const INITIAL: &str = "m20261126_000001_create_tables";
 const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 /// Every table the migrations create.
-const KEYSTONE_TABLES: [&str; 5] = [
+const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
+const KEYSTONE_TABLES: [&str; 6] = [
     "api_app",
     "api_audit_event",
     "api_deployment",
+    "api_deployment_run",
     "api_repository",
     "api_token",
 ];
@@ -40,14 +42,15 @@ async fn migrate_from_empty(backend: Backend) {
     assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
     assert!(
         out.stdout.contains(&format!("Applied {INDEX}"))
-            && out.stdout.contains(&format!("Applied {TOKENS}")),
+            && out.stdout.contains(&format!("Applied {TOKENS}"))
+            && out.stdout.contains(&format!("Applied {LIFECYCLE}")),
         "{}",
         out.stdout
     );
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS]
+        [INITIAL, INDEX, TOKENS, LIFECYCLE]
     );
 
     // Applying again is a no-op that says so.
@@ -90,7 +93,15 @@ async fn down_up_round_trip(backend: Backend) {
         return;
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
-    // One step back: only the newest migration (tokens and audit trail) goes.
+    // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {LIFECYCLE}")),
+        "{}",
+        down.stdout
+    );
+    assert!(!db.tables().await.contains(&"api_deployment_run".to_owned()));
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(

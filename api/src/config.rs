@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
 
+use crate::domain::ports::PortRange;
 use crate::graphql::Limits;
 use crate::graphql::guardrails::DocumentLimits;
 
@@ -66,6 +67,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYSTONE_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
+    /// Host ports given to `PORT` apps, `FIRST-LAST`.
+    #[arg(long, env = "KEYSTONE_PORT_RANGE", default_value = "9000-9999")]
+    pub port_range: PortRange,
     /// Do not apply pending migrations at start (for setups where CI migrates); the server
     /// still refuses to start on a schema it does not know, and `/ready` reports pending ones.
     #[arg(long, env = "KEYSTONE_NO_MIGRATE")]
@@ -156,6 +160,7 @@ pub struct Config {
     pub graphiql: bool,
     pub cors_origins: Vec<String>,
     pub behind_tls_proxy: bool,
+    pub ports: PortRange,
 }
 
 impl Config {
@@ -185,6 +190,7 @@ impl Config {
             graphiql: !serve.no_graphiql,
             cors_origins: serve.cors_origins.clone(),
             behind_tls_proxy: serve.behind_tls_proxy,
+            ports: serve.port_range,
         }
     }
 }

@@ -73,6 +73,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             events: domain::events::EventBus::default(),
             authenticator: authenticator.clone(),
             rate_limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
+            ports: config.ports,
         },
         config.limits,
     );

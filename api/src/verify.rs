@@ -161,6 +161,7 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(Deployment, backend),
             table_shape(ApiToken, backend),
             table_shape(AuditEvent, backend),
+            table_shape(DeploymentRun, backend),
         ]
         .into_iter()
         .collect(),

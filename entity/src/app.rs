@@ -37,6 +37,8 @@ pub struct Model {
     pub name: String,
     #[sea_orm(default_value = "PORT")]
     pub access_mode: AccessMode,
+    /// The host port of a PORT app, from its first deploy; unique across apps.
+    #[sea_orm(unique)]
     pub current_port: Option<i32>,
     #[sea_orm(default_value = "draft")]
     pub status: AppStatus,

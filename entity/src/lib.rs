@@ -10,6 +10,7 @@ pub mod api_token;
 pub mod app;
 pub mod audit_event;
 pub mod deployment;
+pub mod deployment_run;
 pub mod repository;
 mod timestamp;
 
@@ -20,5 +21,6 @@ pub mod prelude {
     pub use super::app::{AccessMode, AppStatus, Entity as App};
     pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
+    pub use super::deployment_run::Entity as DeploymentRun;
     pub use super::repository::Entity as Repository;
 }

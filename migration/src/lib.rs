@@ -16,6 +16,7 @@ pub mod introspect;
 mod m20261126_000001_create_tables;
 mod m20261126_000002_index_deployments_by_app_and_time;
 mod m20261126_000003_create_tokens_and_audit_events;
+mod m20261126_000004_deployment_lifecycle;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_index_deployments_by_app_and_time::Migration),
             Box::new(m20261126_000003_create_tokens_and_audit_events::Migration),
+            Box::new(m20261126_000004_deployment_lifecycle::Migration),
         ]
     }
 }

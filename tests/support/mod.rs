@@ -459,12 +459,14 @@ impl Server {
             .status()
             .await
             .expect("kill -TERM");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("server did not stop within 30 s of SIGTERM")
-            .expect("wait");
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
+        else {
+            let _ = self.child.kill().await;
+            let log = self.log.await.unwrap_or_default();
+            panic!("server did not stop within 30 s of SIGTERM; its log:\n{log}");
+        };
         let log = self.log.await.unwrap_or_default();
-        (status, log)
+        (status.expect("wait"), log)
     }
 }
 

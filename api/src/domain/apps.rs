@@ -1,4 +1,5 @@
-//! Creating, changing, deleting and deploying apps.
+//! Creating, changing, deleting, deploying and stopping apps; the app side of the
+//! lifecycle (`draft → deploying → running | failed`, `running → stopped`).
 
 use std::sync::Arc;
 
@@ -6,13 +7,14 @@ use entity::Timestamp;
 use entity::app::{AccessMode, AppStatus};
 use entity::deployment::DeploymentStatus;
 use entity::prelude::*;
-use entity::{app, deployment};
+use entity::{app, deployment, deployment_run};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QuerySelect, Set,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
 
 use super::events::{Event, EventBus};
+use super::ports::{self, PortRange};
 use super::{DomainError, begin_write, check, repositories, validation};
 
 pub struct NewApp {
@@ -100,21 +102,69 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<i64, DomainError
 }
 
 /// Queues a deployment of the app and marks the app `deploying` (the old
-/// `POST /apps/{id}/deploy`). The deployment takes the app's current port, if any.
-/// Subscribers hear of the new deployment once it is committed.
+/// `POST /apps/{id}/deploy`). A `PORT` app without a port gets the lowest free one of
+/// `ports`, kept from then on; the deployment records it.
+///
+/// Policy for a deploy while another is pending: a **queued** deployment is superseded
+/// (cancelled, with `error_summary` naming the new one), since no runner has started it
+/// and the newest request is what the user wants; a **running** one makes this a
+/// `CONFLICT` naming it (cancel it first, or wait). Subscribers hear of every change once
+/// it is committed.
 pub async fn deploy(
     db: &DatabaseConnection,
     events: &EventBus,
+    ports: PortRange,
     app_id: i64,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
-    let deployment = deployment::ActiveModel {
-        app_id: Set(app.id),
+    let pending = Deployment::find()
+        .filter(deployment::Column::AppId.eq(app.id))
+        .filter(
+            deployment::Column::Status.is_in([DeploymentStatus::Queued, DeploymentStatus::Running]),
+        )
+        .all(&txn)
+        .await?;
+    if let Some(running) = pending
+        .iter()
+        .find(|d| d.status == DeploymentStatus::Running)
+    {
+        return Err(DomainError::Conflict {
+            field: Some("appId"),
+            message: format!(
+                "app {} is deploying: deployment {} is running; cancel it or wait for it to end",
+                app.name, running.id
+            ),
+        });
+    }
+    // The status to restore if this deployment is cancelled: what the app was before the
+    // first of the deployments this one supersedes.
+    let mut previous_status = app.status;
+    for queued in &pending {
+        if let Some(run) = DeploymentRun::find_by_id(queued.id).one(&txn).await? {
+            previous_status = run.previous_app_status;
+        }
+    }
+    if previous_status == AppStatus::Deploying {
+        previous_status = AppStatus::Draft;
+    }
+    let mut app: app::ActiveModel = app.into();
+    let port = match (app.access_mode.as_ref(), app.current_port.as_ref()) {
+        (AccessMode::Port, None) => {
+            let port = ports::allocate(&txn, ports).await?;
+            app.current_port = Set(Some(port));
+            Some(port)
+        }
+        (AccessMode::Port, Some(port)) => Some(*port),
+        (AccessMode::Host, _) => None,
+    };
+    let now = Timestamp::now();
+    let created = deployment::ActiveModel {
+        app_id: Set(app_id),
         status: Set(DeploymentStatus::Queued),
         image_tag: Set(String::new()),
-        assigned_port: Set(app.current_port),
-        created_at: Set(Timestamp::now()),
+        assigned_port: Set(port),
+        created_at: Set(now),
         started_at: Set(None),
         ended_at: Set(None),
         error_summary: Set(String::new()),
@@ -123,12 +173,61 @@ pub async fn deploy(
     }
     .insert(&txn)
     .await?;
+    DeploymentRun::insert(deployment_run::ActiveModel {
+        deployment_id: Set(created.id),
+        attempts: Set(0),
+        runner_name: Set(None),
+        lease_expires_at: Set(None),
+        heartbeat_at: Set(None),
+        cancel_requested: Set(false),
+        previous_app_status: Set(previous_status),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    let mut superseded = Vec::new();
+    for queued in pending {
+        let mut active: deployment::ActiveModel = queued.into();
+        active.status = Set(DeploymentStatus::Cancelled);
+        active.ended_at = Set(Some(now));
+        active.error_summary = Set(format!("superseded by deployment {}", created.id));
+        superseded.push(active.update(&txn).await?);
+    }
+    app.status = Set(AppStatus::Deploying);
+    let app = app.update(&txn).await?;
+    txn.commit().await?;
+    for deployment in superseded {
+        events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
+    }
+    events.publish(Event::DeploymentUpdated(Arc::new(created.clone())));
+    events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    Ok((created, app))
+}
+
+/// Stops a running app (`running → stopped`); any other state is a `CONFLICT` naming it.
+/// The app keeps its port.
+pub async fn stop(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    app_id: i64,
+) -> Result<app::Model, DomainError> {
+    let (_turn, txn) = begin_write(db).await?;
+    let app = find_for_update(&txn, app_id, "id").await?;
+    if app.status != AppStatus::Running {
+        return Err(DomainError::Conflict {
+            field: Some("id"),
+            message: format!(
+                "app {} is {}; only a running app can be stopped",
+                app.name,
+                app.status.to_value()
+            ),
+        });
+    }
     let mut active: app::ActiveModel = app.into();
-    active.status = Set(AppStatus::Deploying);
+    active.status = Set(AppStatus::Stopped);
     let app = active.update(&txn).await?;
     txn.commit().await?;
-    events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
-    Ok((deployment, app))
+    events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    Ok(app)
 }
 
 /// The app `id`, locked against concurrent changes until the transaction ends

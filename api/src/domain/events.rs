@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use entity::deployment;
+use entity::{app, deployment};
 use tokio::sync::broadcast;
 
 /// Events a subscriber may lag behind before it loses some.
@@ -17,6 +17,8 @@ pub const CAPACITY: usize = 1024;
 pub enum Event {
     /// A deployment was created or changed; carries its new state.
     DeploymentUpdated(Arc<deployment::Model>),
+    /// An app's status or port changed; carries its new state.
+    AppUpdated(Arc<app::Model>),
 }
 
 #[derive(Clone)]

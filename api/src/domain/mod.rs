@@ -6,6 +6,7 @@ pub mod access;
 pub mod apps;
 pub mod audit;
 pub mod events;
+pub mod ports;
 pub mod repositories;
 pub mod validation;
 

@@ -336,6 +336,23 @@ pub struct DeployAppInput {
     app_id: ID,
 }
 
+#[derive(InputObject)]
+pub struct StopAppInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct StopAppPayload {
+    /// The app, now `STOPPED`.
+    app: App,
+}
+
+impl AuditObject for StopAppPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::App.id(self.app.model.id))
+    }
+}
+
 #[derive(SimpleObject)]
 pub struct CreateAppPayload {
     app: App,
@@ -469,11 +486,29 @@ impl AppMutation {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let (deployment, app) = apps::deploy(&api.db, &api.events, id).await.extend()?;
+            let (deployment, app) = apps::deploy(&api.db, &api.events, api.ports, id)
+                .await
+                .extend()?;
             Ok(DeployAppPayload {
                 deployment: Deployment(deployment),
                 app: app.into(),
             })
+        })
+        .await
+    }
+
+    /// Stops a running app (`RUNNING → STOPPED`); it keeps its port. Any other state is a
+    /// `CONFLICT` naming it.
+    async fn stop_app(
+        &self,
+        ctx: &Context<'_>,
+        input: StopAppInput,
+    ) -> async_graphql::Result<StopAppPayload> {
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.id, NodeType::App, "id")?;
+            let api = api(ctx)?;
+            let app = apps::stop(&api.db, &api.events, id).await.extend()?;
+            Ok(StopAppPayload { app: app.into() })
         })
         .await
     }

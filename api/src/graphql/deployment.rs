@@ -1,11 +1,9 @@
 //! `Deployment`: one attempt to build and run an app; its queries.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, Enum, ErrorExtensions, ID, InputObject, Object, Subscription};
+use async_graphql::{Context, Enum, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 use entity::deployment;
-use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::app::App;
 use super::auth::Require;
@@ -14,9 +12,8 @@ use super::error::{OrInternal, internal, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppId, DeploymentFilter, DeploymentId};
 use super::total_count::TotalCount;
-use super::{api, loaders, page_complexity, root_connection};
+use super::{loaders, page_complexity, root_connection};
 use crate::domain::access::Capability;
-use crate::domain::events::Event;
 
 /// A deployment's lifecycle state.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,51 +228,4 @@ impl DeploymentQuery {
             )),
         }
     }
-}
-
-#[derive(Default)]
-pub struct DeploymentSubscription;
-
-#[Subscription]
-impl DeploymentSubscription {
-    /// Every deployment as it is created or changes state (all apps, or only `appId`'s).
-    ///
-    /// A subscriber that falls more than 1024 updates behind loses the oldest ones it has
-    /// not read: it receives one `EVENTS_DROPPED` error saying how many, then goes on.
-    #[graphql(guard = "Require(Capability::Read)")]
-    async fn deployment_updated(
-        &self,
-        ctx: &Context<'_>,
-        app_id: Option<ID>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Deployment>> + use<>> {
-        let app_id = app_id
-            .map(|id| decode_as(&id, NodeType::App, "appId"))
-            .transpose()?;
-        let receiver = api(ctx)?.events.subscribe();
-        Ok(futures_util::stream::unfold(
-            receiver,
-            move |mut receiver| async move {
-                loop {
-                    let item = match receiver.recv().await {
-                        Ok(Event::DeploymentUpdated(model)) => {
-                            if app_id.is_some_and(|id| id != model.app_id) {
-                                continue;
-                            }
-                            Ok(Deployment((*model).clone()))
-                        }
-                        Err(RecvError::Lagged(missed)) => Err(events_dropped(missed)),
-                        Err(RecvError::Closed) => return None,
-                    };
-                    return Some((item, receiver));
-                }
-            },
-        ))
-    }
-}
-
-fn events_dropped(missed: u64) -> async_graphql::Error {
-    async_graphql::Error::new(format!(
-        "{missed} updates were dropped because this subscription fell behind; refetch the current state"
-    ))
-    .extend_with(|_, e| e.set("code", "EVENTS_DROPPED"))
 }

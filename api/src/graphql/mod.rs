@@ -15,6 +15,7 @@ pub mod ids;
 pub mod loaders;
 pub mod node;
 pub mod repository;
+pub mod subscription;
 pub mod total_count;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
@@ -23,6 +24,7 @@ use sea_orm::DatabaseConnection;
 use self::guardrails::{DocumentLimits, Guardrails, RateLimit};
 use crate::domain::access::Authenticator;
 use crate::domain::events::EventBus;
+use crate::domain::ports::PortRange;
 
 use std::sync::Arc;
 
@@ -55,7 +57,7 @@ pub struct Mutation(
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(deployment::DeploymentSubscription);
+pub struct Subscription(subscription::LiveSubscription);
 
 pub type KeystoneSchema = Schema<Query, Mutation, Subscription>;
 
@@ -72,6 +74,8 @@ pub struct ApiContext {
     pub authenticator: Arc<Authenticator>,
     /// Per-token request budget (none: unlimited).
     pub rate_limit: Option<RateLimit>,
+    /// Host ports given to `PORT` apps.
+    pub ports: PortRange,
 }
 
 /// What a query document may cost.
