@@ -28,6 +28,8 @@ enum Needs {
     Read,
     Write,
     Admin,
+    /// The runner protocol.
+    Run,
 }
 
 const MISSING_REPOSITORY: &str = "UmVwb3NpdG9yeTo5OTk5OTk"; // Repository:999999
@@ -136,6 +138,39 @@ fn http_operations(caller: &str) -> Vec<(&'static str, Needs, String)> {
             ),
         ),
         (
+            "cancelDeployment",
+            Needs::Write,
+            format!(
+                r#"mutation {{ cancelDeployment(input: {{ id: "{MISSING_DEPLOYMENT}" }}) {{ cancelled }} }}"#
+            ),
+        ),
+        (
+            "claimDeployment",
+            Needs::Run,
+            "mutation { claimDeployment { deployment { id } job { appName } } }".into(),
+        ),
+        (
+            "heartbeatDeployment",
+            Needs::Run,
+            format!(
+                r#"mutation {{ heartbeatDeployment(input: {{ deploymentId: "{MISSING_DEPLOYMENT}" }}) {{ cancelRequested }} }}"#
+            ),
+        ),
+        (
+            "reportDeployment",
+            Needs::Run,
+            format!(
+                r#"mutation {{ reportDeployment(input: {{ deploymentId: "{MISSING_DEPLOYMENT}", status: SUCCESS }}) {{ app {{ id }} }} }}"#
+            ),
+        ),
+        (
+            "appendDeploymentLog",
+            Needs::Run,
+            format!(
+                r#"mutation {{ appendDeploymentLog(input: {{ deploymentId: "{MISSING_DEPLOYMENT}", chunk: "x\n" }}) {{ bytesWritten }} }}"#
+            ),
+        ),
+        (
             "stopApp",
             Needs::Write,
             format!(
@@ -163,7 +198,7 @@ fn allowed(role: &str, needs: Needs) -> bool {
     match role {
         "admin" => true,
         "viewer" => matches!(needs, Needs::Token | Needs::Read),
-        "runner" => needs == Needs::Token,
+        "runner" => matches!(needs, Needs::Token | Needs::Run),
         _ => false,
     }
 }
@@ -247,29 +282,40 @@ async fn ws_next(socket: &mut Socket) -> Result<Value, String> {
     }
 }
 
-/// Every subscription root field: a document taking `$app`, and the status its first event
-/// has after `deployApp` (a deployment queued before is superseded first, then the new one
-/// is queued).
-const SUBSCRIPTIONS: [(&str, &str, &str); 2] = [
+/// Every subscription root field: its document (variable `$id`), and the mutation (as
+/// admin, variable `$id`) that makes it send a first event, whose `status` (or value) is
+/// one of `expected`. The deploy supersedes a deployment queued before, so the first
+/// deployment event may be that one's cancellation.
+const SUBSCRIPTIONS: [(&str, &str, &str, &str); 3] = [
     (
         "deploymentUpdated",
-        "subscription($app: ID) { deploymentUpdated(appId: $app) { status } }",
+        "subscription($id: ID) { deploymentUpdated(appId: $id) { status } }",
+        "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
         "QUEUED|CANCELLED",
     ),
     (
         "appUpdated",
-        "subscription($app: ID) { appUpdated(id: $app) { status } }",
+        "subscription($id: ID) { appUpdated(id: $id) { status } }",
+        "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
         "DEPLOYING",
+    ),
+    (
+        "deploymentLog",
+        "subscription($id: ID!) { deploymentLog(deploymentId: $id) }",
+        "mutation($id: ID!) { appendDeploymentLog(input: { deploymentId: $id, chunk: \"step 1\\n\" }) { bytesWritten } }",
+        "step 1\n",
     ),
 ];
 
-/// Subscribes with `document` and `token`; an admin then deploys `app`. Returns the first
-/// subscription message, or the close reason.
+/// Subscribes with `document` and `token`; once the server has the subscription, an admin
+/// runs `trigger`. Both get `{ "id": id }`. Returns the first subscription message, or the
+/// close reason.
 async fn subscription_as(
     server: &Server,
     token: &str,
     document: &str,
-    app: &str,
+    trigger: &str,
+    id: &str,
 ) -> Result<Value, String> {
     let mut socket = ws_connect(server, token).await;
     let ack = ws_next(&mut socket).await?;
@@ -278,7 +324,7 @@ async fn subscription_as(
         .send(Message::Text(
             json!({ "id": "1", "type": "subscribe", "payload": {
                 "query": document,
-                "variables": { "app": app },
+                "variables": { "id": id },
             }})
             .to_string()
             .into(),
@@ -286,20 +332,16 @@ async fn subscription_as(
         .await
         .expect("send");
     // The server registers the subscription before it reads the next message: a ping
-    // round trip proves it is in place before the deployment is made.
+    // round trip proves it is in place before the trigger runs.
     socket
         .send(Message::Text(json!({ "type": "ping" }).to_string().into()))
         .await
         .expect("send");
     let mut first = ws_next(&mut socket).await?;
     if first["type"] == "pong" {
-        let body = server
-            .graphql(
-                "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { id } } }",
-                json!({ "app": app }),
-            )
-            .await;
-        Server::data(&body);
+        // May be refused (a deploy while a runner holds one of the app's deployments); the
+        // subscriptions that need its event run before that can happen.
+        server.graphql(trigger, json!({ "id": id })).await;
         first = ws_next(&mut socket).await?;
     }
     socket.close(None).await.ok();
@@ -336,13 +378,32 @@ async fn every_operation_checks_the_role(backend: Backend) {
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("viewer", "VIEWER").await;
     let runner = server.create_token("runner", "RUNNER").await;
+    // A deployment held by the admin, whose log the `deploymentLog` subscriptions follow.
+    let logged_app = app_fixture(&server, "matrix-log").await;
+    let body = server
+        .graphql(
+            "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { id } } }",
+            json!({ "app": logged_app }),
+        )
+        .await;
+    Server::data(&body);
+    let body = server
+        .graphql(
+            "mutation { claimDeployment { deployment { id } } }",
+            json!({}),
+        )
+        .await;
+    let logged = Server::data(&body)["claimDeployment"]["deployment"]["id"]
+        .as_str()
+        .expect("claimed")
+        .to_owned();
     let app = app_fixture(&server, "matrix").await;
 
     let mut covered: Vec<String> = http_operations("x")
         .into_iter()
         .map(|(name, _, _)| name.to_owned())
         .collect();
-    covered.extend(SUBSCRIPTIONS.iter().map(|(name, _, _)| name.to_string()));
+    covered.extend(SUBSCRIPTIONS.iter().map(|(name, ..)| name.to_string()));
     covered.sort();
     assert_eq!(
         covered,
@@ -383,19 +444,26 @@ async fn every_operation_checks_the_role(backend: Backend) {
             }
         }
 
-        for (name, document, expected_status) in SUBSCRIPTIONS {
-            let subscription = subscription_as(&server, token, document, &app).await;
+        for (name, document, trigger, expected) in SUBSCRIPTIONS {
+            let id = if name == "deploymentLog" {
+                &logged
+            } else {
+                &app
+            };
+            let subscription = subscription_as(&server, token, document, trigger, id).await;
             match (*role, subscription) {
                 ("nobody", Err(reason)) => {
                     assert!(reason.contains("UNAUTHENTICATED"), "{reason}")
                 }
                 ("admin" | "viewer", Ok(message)) => {
                     assert_eq!(message["type"], "next", "{role} {name}: {message}");
-                    let status = message["payload"]["data"][name]["status"]
+                    let data = &message["payload"]["data"][name];
+                    let value = data["status"]
                         .as_str()
+                        .or(data.as_str())
                         .unwrap_or_default();
                     assert!(
-                        expected_status.split('|').any(|s| s == status),
+                        expected.split('|').any(|s| s == value),
                         "{role} {name}: {message}"
                     );
                 }
@@ -415,7 +483,7 @@ async fn every_operation_checks_the_role(backend: Backend) {
     assert_eq!(
         db.rows("SELECT name FROM api_repository ORDER BY name")
             .await,
-        ["by-admin", "matrix"]
+        ["by-admin", "matrix", "matrix-log"]
     );
     assert_eq!(
         db.rows("SELECT name FROM api_token WHERE name LIKE 'made-by-%'")

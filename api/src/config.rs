@@ -8,6 +8,7 @@ use std::time::Duration;
 use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
 
 use crate::domain::ports::PortRange;
+use crate::domain::runs::RunnerPolicy;
 use crate::graphql::Limits;
 use crate::graphql::guardrails::DocumentLimits;
 
@@ -67,6 +68,15 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYSTONE_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
+    /// Seconds a runner's claim or heartbeat holds a deployment.
+    #[arg(long, env = "KEYSTONE_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+    /// Claims a deployment gets before a lapsed lease fails it.
+    #[arg(long, env = "KEYSTONE_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// Where deployment logs are written.
+    #[arg(long, env = "KEYSTONE_LOGS_DIR", default_value = "keystone-logs")]
+    pub logs_dir: PathBuf,
     /// Host ports given to `PORT` apps, `FIRST-LAST`.
     #[arg(long, env = "KEYSTONE_PORT_RANGE", default_value = "9000-9999")]
     pub port_range: PortRange,
@@ -161,6 +171,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub behind_tls_proxy: bool,
     pub ports: PortRange,
+    pub runners: RunnerPolicy,
 }
 
 impl Config {
@@ -191,6 +202,12 @@ impl Config {
             cors_origins: serve.cors_origins.clone(),
             behind_tls_proxy: serve.behind_tls_proxy,
             ports: serve.port_range,
+            runners: RunnerPolicy {
+                lease: Duration::from_secs(serve.lease_secs.max(1)),
+                max_attempts: serve.max_attempts.max(1),
+                logs_dir: std::path::absolute(&serve.logs_dir)
+                    .unwrap_or_else(|_| serve.logs_dir.clone()),
+            },
         }
     }
 }

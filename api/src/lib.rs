@@ -18,11 +18,13 @@ use axum::http::HeaderValue;
 
 use migration::connection::{self, redact};
 use migration::{MigrateError, history};
-use sea_orm::DbErr;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::domain::access::{self, Authenticator, Secret};
+use crate::domain::events::EventBus;
+use crate::domain::runs::{self, RunnerPolicy};
 use crate::graphql::guardrails::RateLimit;
 
 /// Why the server could not start or stopped with an error.
@@ -65,15 +67,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let cors_origins = cors_origins(&config.cors_origins)?;
     let authenticator = Arc::new(Authenticator::new(config.token_cache));
+    let events = domain::events::EventBus::default();
+    let sweeper = tokio::spawn(sweep_leases(
+        db.clone(),
+        events.clone(),
+        config.runners.clone(),
+    ));
     let schema = graphql::schema(
         graphql::ApiContext {
             db: db.clone(),
             public_host: config.public_host.clone(),
             apps_domain: config.apps_domain.clone(),
-            events: domain::events::EventBus::default(),
+            events,
             authenticator: authenticator.clone(),
             rate_limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
             ports: config.ports,
+            runners: config.runners.clone(),
         },
         config.limits,
     );
@@ -130,9 +139,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    sweeper.abort();
     tracing::info!("shutting down: closing the database pool");
     db.close().await?;
     Ok(())
+}
+
+/// Requeues (or fails) deployments whose runner stopped heartbeating, every half lease.
+/// `claimDeployment` does the same first, so this only matters while nobody claims.
+async fn sweep_leases(db: DatabaseConnection, events: EventBus, policy: RunnerPolicy) {
+    let mut every = tokio::time::interval(policy.lease / 2);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(error) = runs::expire_leases(&db, &events, &policy).await {
+            tracing::warn!(%error, "cannot check runner leases");
+        }
+    }
 }
 
 /// `http://host:port` as a browser on this machine reaches the server.

@@ -19,6 +19,8 @@ pub enum Event {
     DeploymentUpdated(Arc<deployment::Model>),
     /// An app's status or port changed; carries its new state.
     AppUpdated(Arc<app::Model>),
+    /// A runner appended `chunk` to a deployment's log.
+    DeploymentLog { deployment_id: i64, chunk: Arc<str> },
 }
 
 #[derive(Clone)]

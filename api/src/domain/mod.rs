@@ -8,6 +8,7 @@ pub mod audit;
 pub mod events;
 pub mod ports;
 pub mod repositories;
+pub mod runs;
 pub mod validation;
 
 use tokio::sync::{Mutex, MutexGuard};

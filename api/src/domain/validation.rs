@@ -158,6 +158,16 @@ pub fn app_name(name: &str) -> Result<(), String> {
     if valid { Ok(()) } else { Err(RULE.into()) }
 }
 
+/// Image tags a runner reports: at most 200 characters (the column), no whitespace or
+/// control characters.
+pub fn image_tag(tag: &str) -> Result<(), String> {
+    max_chars(tag, 200)?;
+    if tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(())
+}
+
 fn not_blank(value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         Err("must not be empty".into())

@@ -1,19 +1,22 @@
 //! `Deployment`: one attempt to build and run an app; its queries.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, Enum, ID, InputObject, Object};
+use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::deployment;
 
+use super::api;
 use super::app::App;
 use super::auth::Require;
+use super::auth::{AuditObject, audited, principal};
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
-use super::error::{OrInternal, internal, not_found};
+use super::error::{OrInternal, bad_input, internal, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppId, DeploymentFilter, DeploymentId};
 use super::total_count::TotalCount;
 use super::{loaders, page_complexity, root_connection};
 use crate::domain::access::Capability;
+use crate::domain::runs;
 
 /// A deployment's lifecycle state.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +102,23 @@ impl Deployment {
     /// Where the runner's log is stored on the server; empty until it has one.
     async fn logs_path(&self) -> &str {
         &self.0.logs_path
+    }
+
+    /// The last `tail` lines of the deployment's log (default 100, at most 10,000).
+    async fn logs(
+        &self,
+        #[graphql(default = 100)] tail: i32,
+    ) -> async_graphql::Result<Vec<String>> {
+        let tail = usize::try_from(tail)
+            .ok()
+            .filter(|n| *n <= runs::MAX_TAIL)
+            .ok_or_else(|| {
+                bad_input(
+                    "tail",
+                    format!("tail must be between 0 and {}", runs::MAX_TAIL),
+                )
+            })?;
+        runs::log_tail(&self.0, tail).await.extend()
     }
 }
 
@@ -227,5 +247,52 @@ impl DeploymentQuery {
                 format!("deployment {database_id} does not exist"),
             )),
         }
+    }
+}
+
+#[derive(InputObject)]
+pub struct CancelDeploymentInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct CancelDeploymentPayload {
+    /// `CANCELLED` when it was queued; still `RUNNING` (until its runner stops) otherwise.
+    deployment: Deployment,
+    /// Whether it is cancelled already (false: its runner was asked to stop).
+    cancelled: bool,
+}
+
+impl AuditObject for CancelDeploymentPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(NodeType::Deployment.id(self.deployment.0.id))
+    }
+}
+
+#[derive(Default)]
+pub struct DeploymentMutation;
+
+#[Object]
+impl DeploymentMutation {
+    /// Cancels a deployment: a queued one at once (its app returns to its status before the
+    /// deploy); a running one is flagged, and its runner learns it from its next heartbeat
+    /// and reports `CANCELLED`. A finished deployment is a `CONFLICT`.
+    async fn cancel_deployment(
+        &self,
+        ctx: &Context<'_>,
+        input: CancelDeploymentInput,
+    ) -> async_graphql::Result<CancelDeploymentPayload> {
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.id, NodeType::Deployment, "id")?;
+            let api = api(ctx)?;
+            let (deployment, cancelled) = runs::cancel(&api.db, &api.events, principal(ctx)?, id)
+                .await
+                .extend()?;
+            Ok(CancelDeploymentPayload {
+                deployment: Deployment(deployment),
+                cancelled,
+            })
+        })
+        .await
     }
 }

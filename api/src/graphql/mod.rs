@@ -15,6 +15,7 @@ pub mod ids;
 pub mod loaders;
 pub mod node;
 pub mod repository;
+pub mod runner;
 pub mod subscription;
 pub mod total_count;
 
@@ -25,6 +26,7 @@ use self::guardrails::{DocumentLimits, Guardrails, RateLimit};
 use crate::domain::access::Authenticator;
 use crate::domain::events::EventBus;
 use crate::domain::ports::PortRange;
+use crate::domain::runs::RunnerPolicy;
 
 use std::sync::Arc;
 
@@ -53,6 +55,8 @@ pub struct Query(
 pub struct Mutation(
     repository::RepositoryMutation,
     app::AppMutation,
+    deployment::DeploymentMutation,
+    runner::RunnerMutation,
     api_token::ApiTokenMutation,
 );
 
@@ -76,6 +80,8 @@ pub struct ApiContext {
     pub rate_limit: Option<RateLimit>,
     /// Host ports given to `PORT` apps.
     pub ports: PortRange,
+    /// Leases, attempts and the logs directory of the runner protocol.
+    pub runners: RunnerPolicy,
 }
 
 /// What a query document may cost.

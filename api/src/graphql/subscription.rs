@@ -60,6 +60,24 @@ impl LiveSubscription {
             _ => None,
         })
     }
+
+    /// A deployment's log as its runner appends to it: each item is one appended chunk
+    /// (whole lines, as the runner sent them). Earlier lines: `Deployment.logs`.
+    #[graphql(guard = "Require(Capability::Read)")]
+    async fn deployment_log(
+        &self,
+        ctx: &Context<'_>,
+        deployment_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<String>> + use<>> {
+        let wanted = decode_as(&deployment_id, NodeType::Deployment, "deploymentId")?;
+        events(ctx, move |event| match event {
+            Event::DeploymentLog {
+                deployment_id,
+                chunk,
+            } if deployment_id == wanted => Some(chunk.to_string()),
+            _ => None,
+        })
+    }
 }
 
 /// The bus's events that `pick` maps to an item, as a stream; readable by `Read` tokens.

@@ -1,0 +1,534 @@
+//! The deployment state machine and the runner protocol.
+//!
+//! ```text
+//!             claim                 report SUCCESS / FAILED / CANCELLED
+//!   queued ─────────▶ running ─────────────────────────────────────────▶ success | failed | cancelled
+//!     │  ▲               │
+//!     │  └───────────────┘ lease expired (attempts left): requeued
+//!     │                  └──────────────▶ failed (lease expired, no attempts left)
+//!     └──────────────────────────────────▶ cancelled (cancelDeployment, or superseded)
+//! ```
+//!
+//! Terminal states are final. `started_at` is set when a runner claims, `ended_at` on every
+//! terminal state. A runner claims the oldest queued deployment (exactly one runner gets
+//! it: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the single writer on SQLite), holds a lease
+//! it renews by heartbeating, appends log chunks to a file the server chose, and reports
+//! the outcome. Every change is one transaction; a refused transition is a `CONFLICT`
+//! naming the current state and changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use entity::Timestamp;
+use entity::app::{self, AppStatus};
+use entity::deployment::{self, DeploymentStatus};
+use entity::deployment_run;
+use entity::prelude::*;
+use entity::repository;
+use sea_orm::sea_query::{LockBehavior, LockType};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::access::Principal;
+use super::events::{Event, EventBus};
+use super::{DomainError, begin_write};
+
+/// How runners are managed (from the server's configuration).
+#[derive(Clone, Debug)]
+pub struct RunnerPolicy {
+    /// How long a claim or heartbeat keeps a deployment held.
+    pub lease: Duration,
+    /// Claims a deployment gets before a lapsed lease fails it.
+    pub max_attempts: i32,
+    /// Where deployment logs are written (`deployment-<id>.log`).
+    pub logs_dir: PathBuf,
+}
+
+/// The most bytes one `appendDeploymentLog` call may carry.
+pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+/// The most lines `Deployment.logs(tail:)` returns.
+pub const MAX_TAIL: usize = 10_000;
+
+/// What a runner needs to run a claimed deployment.
+pub struct Claim {
+    pub deployment: deployment::Model,
+    pub app: app::Model,
+    pub repository: repository::Model,
+    pub attempt: i32,
+    pub lease_expires_at: Timestamp,
+}
+
+/// The outcome a runner reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed,
+    Cancelled,
+}
+
+fn lease_end(policy: &RunnerPolicy) -> Timestamp {
+    let lease = chrono::Duration::from_std(policy.lease).unwrap_or(chrono::Duration::seconds(30));
+    Timestamp::new(chrono::Utc::now() + lease)
+}
+
+fn conflict(field: &'static str, message: String) -> DomainError {
+    DomainError::Conflict {
+        field: Some(field),
+        message,
+    }
+}
+
+fn state(deployment: &deployment::Model) -> &'static str {
+    match deployment.status {
+        DeploymentStatus::Queued => "queued",
+        DeploymentStatus::Running => "running",
+        DeploymentStatus::Success => "success",
+        DeploymentStatus::Failed => "failed",
+        DeploymentStatus::Cancelled => "cancelled",
+    }
+}
+
+/// The deployment `id` locked for this transaction, with its run row (made if missing:
+/// deployments queued before the lifecycle migration have none).
+async fn locked(
+    txn: &DatabaseTransaction,
+    id: i64,
+    field: &'static str,
+) -> Result<(deployment::Model, deployment_run::Model), DomainError> {
+    let mut query = Deployment::find_by_id(id);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        query = query.lock_exclusive();
+    }
+    let deployment = query.one(txn).await?.ok_or(DomainError::NotFound {
+        entity: "deployment",
+        field,
+        id,
+    })?;
+    let run = match DeploymentRun::find_by_id(id).one(txn).await? {
+        Some(run) => run,
+        None => {
+            deployment_run::ActiveModel {
+                deployment_id: Set(id),
+                attempts: Set(0),
+                runner_name: Set(None),
+                lease_expires_at: Set(None),
+                heartbeat_at: Set(None),
+                cancel_requested: Set(false),
+                previous_app_status: Set(AppStatus::Draft),
+            }
+            .insert(txn)
+            .await?
+        }
+    };
+    Ok((deployment, run))
+}
+
+/// The running deployment `id`, held by `runner`; anything else is a `CONFLICT` naming why.
+async fn held_by(
+    txn: &DatabaseTransaction,
+    runner: &Principal,
+    id: i64,
+) -> Result<(deployment::Model, deployment_run::Model), DomainError> {
+    let (deployment, run) = locked(txn, id, "deploymentId").await?;
+    if deployment.status != DeploymentStatus::Running {
+        return Err(conflict(
+            "deploymentId",
+            format!("deployment {id} is {}, not running", state(&deployment)),
+        ));
+    }
+    if run.runner_name.as_deref() != Some(runner.name.as_str()) {
+        return Err(conflict(
+            "deploymentId",
+            format!(
+                "deployment {id} is held by runner {:?}, not {:?}",
+                run.runner_name.as_deref().unwrap_or("-"),
+                runner.name
+            ),
+        ));
+    }
+    Ok((deployment, run))
+}
+
+/// Sets the app's status (inside the transaction) and returns the updated app.
+async fn set_app_status(
+    txn: &DatabaseTransaction,
+    app_id: i64,
+    status: AppStatus,
+) -> Result<app::Model, DomainError> {
+    let app = App::find_by_id(app_id)
+        .one(txn)
+        .await?
+        .ok_or(DomainError::NotFound {
+            entity: "app",
+            field: "deploymentId",
+            id: app_id,
+        })?;
+    if app.status == status {
+        return Ok(app);
+    }
+    let mut active: app::ActiveModel = app.into();
+    active.status = Set(status);
+    Ok(active.update(txn).await?)
+}
+
+/// Hands the oldest queued deployment to `runner` (`None` when nothing is queued). Leases
+/// that lapsed are dealt with first.
+pub async fn claim(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    policy: &RunnerPolicy,
+    runner: &Principal,
+) -> Result<Option<Claim>, DomainError> {
+    expire_leases(db, events, policy).await?;
+    let (_turn, txn) = begin_write(db).await?;
+    let mut oldest = Deployment::find()
+        .filter(deployment::Column::Status.eq(DeploymentStatus::Queued))
+        .order_by_asc(deployment::Column::CreatedAt)
+        .order_by_asc(deployment::Column::Id)
+        .limit(1);
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Each claimer skips rows another is claiming: exactly one gets each deployment.
+        oldest = oldest.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let Some(queued) = oldest.one(&txn).await? else {
+        return Ok(None);
+    };
+    let (_, run) = locked(&txn, queued.id, "deploymentId").await?;
+    let app = App::find_by_id(queued.app_id)
+        .one(&txn)
+        .await?
+        .ok_or(DomainError::Internal(format!(
+            "deployment {} has no app",
+            queued.id
+        )))?;
+    let repository =
+        Repository::find_by_id(app.repo_id)
+            .one(&txn)
+            .await?
+            .ok_or(DomainError::Internal(format!(
+                "app {} has no repository",
+                app.id
+            )))?;
+    let now = Timestamp::now();
+    let lease_expires_at = lease_end(policy);
+    let logs_path = policy
+        .logs_dir
+        .join(format!("deployment-{}.log", queued.id));
+    let mut active: deployment::ActiveModel = queued.into();
+    active.status = Set(DeploymentStatus::Running);
+    active.started_at = Set(Some(now));
+    active.logs_path = Set(logs_path.display().to_string());
+    let deployment = active.update(&txn).await?;
+    let attempt = run.attempts + 1;
+    let mut run: deployment_run::ActiveModel = run.into();
+    run.attempts = Set(attempt);
+    run.runner_name = Set(Some(runner.name.clone()));
+    run.lease_expires_at = Set(Some(lease_expires_at));
+    run.heartbeat_at = Set(Some(now));
+    run.update(&txn).await?;
+    txn.commit().await?;
+    events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
+    Ok(Some(Claim {
+        deployment,
+        app,
+        repository,
+        attempt,
+        lease_expires_at,
+    }))
+}
+
+/// What a heartbeat tells the runner.
+pub struct Heartbeat {
+    pub deployment: deployment::Model,
+    pub lease_expires_at: Timestamp,
+    /// An admin asked to cancel: stop, then report `CANCELLED`.
+    pub cancel_requested: bool,
+}
+
+/// Renews `runner`'s lease on a deployment it holds.
+pub async fn heartbeat(
+    db: &DatabaseConnection,
+    policy: &RunnerPolicy,
+    runner: &Principal,
+    id: i64,
+) -> Result<Heartbeat, DomainError> {
+    let (_turn, txn) = begin_write(db).await?;
+    let (deployment, run) = held_by(&txn, runner, id).await?;
+    let cancel_requested = run.cancel_requested;
+    let lease_expires_at = lease_end(policy);
+    let mut run: deployment_run::ActiveModel = run.into();
+    run.lease_expires_at = Set(Some(lease_expires_at));
+    run.heartbeat_at = Set(Some(Timestamp::now()));
+    run.update(&txn).await?;
+    txn.commit().await?;
+    Ok(Heartbeat {
+        deployment,
+        lease_expires_at,
+        cancel_requested,
+    })
+}
+
+/// Ends a deployment `runner` holds with `outcome`; the app follows: `running` on success,
+/// `failed` on failure, its status before the deploy when cancelled.
+pub async fn report(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    runner: &Principal,
+    id: i64,
+    outcome: Outcome,
+    image_tag: Option<String>,
+    error_summary: Option<String>,
+) -> Result<(deployment::Model, app::Model), DomainError> {
+    if let Some(tag) = &image_tag {
+        super::check("imageTag", super::validation::image_tag, tag)?;
+    }
+    let (_turn, txn) = begin_write(db).await?;
+    let (deployment, run) = held_by(&txn, runner, id).await?;
+    let (status, app_status) = match outcome {
+        Outcome::Success => (DeploymentStatus::Success, AppStatus::Running),
+        Outcome::Failed => (DeploymentStatus::Failed, AppStatus::Failed),
+        Outcome::Cancelled => (DeploymentStatus::Cancelled, run.previous_app_status),
+    };
+    let (deployment, app) = finish(
+        &txn,
+        deployment,
+        run,
+        status,
+        app_status,
+        image_tag,
+        error_summary,
+    )
+    .await?;
+    txn.commit().await?;
+    events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
+    events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    Ok((deployment, app))
+}
+
+/// Moves a deployment to a terminal `status` and its app to `app_status`; the lease ends.
+async fn finish(
+    txn: &DatabaseTransaction,
+    deployment: deployment::Model,
+    run: deployment_run::Model,
+    status: DeploymentStatus,
+    app_status: AppStatus,
+    image_tag: Option<String>,
+    error_summary: Option<String>,
+) -> Result<(deployment::Model, app::Model), DomainError> {
+    let app_id = deployment.app_id;
+    let mut active: deployment::ActiveModel = deployment.into();
+    active.status = Set(status);
+    active.ended_at = Set(Some(Timestamp::now()));
+    if let Some(tag) = image_tag {
+        active.image_tag = Set(tag);
+    }
+    if let Some(summary) = error_summary {
+        active.error_summary = Set(summary);
+    }
+    let deployment = active.update(txn).await?;
+    let mut run: deployment_run::ActiveModel = run.into();
+    run.lease_expires_at = Set(None);
+    run.update(txn).await?;
+    // Only the app's latest deployment decides its status.
+    let latest = Deployment::find()
+        .filter(deployment::Column::AppId.eq(app_id))
+        .order_by_desc(deployment::Column::CreatedAt)
+        .order_by_desc(deployment::Column::Id)
+        .one(txn)
+        .await?;
+    let app = if latest.is_some_and(|l| l.id == deployment.id) {
+        set_app_status(txn, app_id, app_status).await?
+    } else {
+        App::find_by_id(app_id)
+            .one(txn)
+            .await?
+            .ok_or(DomainError::Internal(format!("app {app_id} vanished")))?
+    };
+    Ok((deployment, app))
+}
+
+/// Cancels a deployment: a queued one at once (the app returns to its status before the
+/// deploy); a running one is flagged, and its runner learns it from its next heartbeat.
+/// Returns the deployment and whether it is already cancelled.
+pub async fn cancel(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    by: &Principal,
+    id: i64,
+) -> Result<(deployment::Model, bool), DomainError> {
+    let (_turn, txn) = begin_write(db).await?;
+    let (deployment, run) = locked(&txn, id, "id").await?;
+    match deployment.status {
+        DeploymentStatus::Queued => {
+            let previous = run.previous_app_status;
+            let summary = format!("cancelled by {}", by.name);
+            let (deployment, app) = finish(
+                &txn,
+                deployment,
+                run,
+                DeploymentStatus::Cancelled,
+                previous,
+                None,
+                Some(summary),
+            )
+            .await?;
+            txn.commit().await?;
+            events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
+            events.publish(Event::AppUpdated(Arc::new(app)));
+            Ok((deployment, true))
+        }
+        DeploymentStatus::Running => {
+            if !run.cancel_requested {
+                let mut run: deployment_run::ActiveModel = run.into();
+                run.cancel_requested = Set(true);
+                run.update(&txn).await?;
+            }
+            txn.commit().await?;
+            Ok((deployment, false))
+        }
+        _ => Err(conflict(
+            "id",
+            format!(
+                "deployment {id} is {} (final); only queued or running deployments can be cancelled",
+                state(&deployment)
+            ),
+        )),
+    }
+}
+
+/// Requeues running deployments whose runner stopped heartbeating, or fails those that
+/// used up their attempts. Safe to run from several servers at once.
+pub async fn expire_leases(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    policy: &RunnerPolicy,
+) -> Result<usize, DomainError> {
+    let now = Timestamp::now();
+    let expired: Vec<i64> = DeploymentRun::find()
+        .select_only()
+        .column(deployment_run::Column::DeploymentId)
+        .filter(deployment_run::Column::LeaseExpiresAt.lt(now))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut changed = 0;
+    for id in expired {
+        let (_turn, txn) = begin_write(db).await?;
+        let (deployment, run) = locked(&txn, id, "id").await?;
+        // Re-checked under the lock: a heartbeat or another server may have got here first.
+        let lapsed = deployment.status == DeploymentStatus::Running
+            && run.lease_expires_at.is_some_and(|at| at < now);
+        if !lapsed {
+            continue;
+        }
+        let runner = run.runner_name.clone().unwrap_or_default();
+        if run.attempts >= policy.max_attempts {
+            let summary = format!(
+                "runner {runner:?} stopped heartbeating; gave up after {} attempts (lease {} s)",
+                run.attempts,
+                policy.lease.as_secs()
+            );
+            let (deployment, app) = finish(
+                &txn,
+                deployment,
+                run,
+                DeploymentStatus::Failed,
+                AppStatus::Failed,
+                None,
+                Some(summary),
+            )
+            .await?;
+            txn.commit().await?;
+            events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
+            events.publish(Event::AppUpdated(Arc::new(app)));
+        } else {
+            let mut active: deployment::ActiveModel = deployment.into();
+            active.status = Set(DeploymentStatus::Queued);
+            active.started_at = Set(None);
+            let deployment = active.update(&txn).await?;
+            let mut run: deployment_run::ActiveModel = run.into();
+            run.runner_name = Set(None);
+            run.lease_expires_at = Set(None);
+            run.update(&txn).await?;
+            txn.commit().await?;
+            tracing::warn!(deployment = id, %runner, "lease expired: deployment requeued");
+            events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
+        }
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Appends `chunk` to the log of a deployment `runner` holds; returns the new lines
+/// (published to `deploymentLog` subscribers).
+pub async fn append_log(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    runner: &Principal,
+    id: i64,
+    chunk: &str,
+) -> Result<usize, DomainError> {
+    if chunk.len() > MAX_LOG_CHUNK {
+        return Err(DomainError::Invalid {
+            field: "chunk",
+            reason: format!(
+                "must be at most {MAX_LOG_CHUNK} bytes (got {}); send several",
+                chunk.len()
+            ),
+        });
+    }
+    let deployment = {
+        let (_turn, txn) = begin_write(db).await?;
+        let (deployment, _) = held_by(&txn, runner, id).await?;
+        txn.commit().await?;
+        deployment
+    };
+    let path = Path::new(&deployment.logs_path);
+    let write = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        file.write_all(chunk.as_bytes()).await?;
+        file.flush().await
+    };
+    write.await.map_err(|error| {
+        DomainError::Internal(format!("cannot append to {}: {error}", path.display()))
+    })?;
+    events.publish(Event::DeploymentLog {
+        deployment_id: id,
+        chunk: Arc::from(chunk),
+    });
+    Ok(chunk.len())
+}
+
+/// The last `lines` lines of a deployment's log (empty before it has one).
+pub async fn log_tail(
+    deployment: &deployment::Model,
+    lines: usize,
+) -> Result<Vec<String>, DomainError> {
+    if deployment.logs_path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = match tokio::fs::read_to_string(&deployment.logs_path).await {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(DomainError::Internal(format!(
+                "cannot read {}: {error}",
+                deployment.logs_path
+            )));
+        }
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines.min(MAX_TAIL));
+    Ok(all[start..].iter().map(|l| (*l).to_owned()).collect())
+}
