@@ -11,6 +11,7 @@ mod graphql;
 mod http_api;
 mod lifecycle;
 mod migrations;
+mod runner;
 mod server;
 
 /// The fixtures in `tests/fixtures/` are the shared Django DDL, unchanged.

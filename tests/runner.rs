@@ -1,0 +1,353 @@
+//! The runner protocol: exactly-once claims under concurrency, leases (requeue, then fail),
+//! reports and the app's status, cancellation of queued and running deployments, logs, and
+//! refused transitions that change nothing.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{Backend, Server, TestDb, only_error};
+
+on_both_backends!(
+    concurrent_claimers_get_each_deployment_once,
+    lapsed_leases_requeue_then_fail,
+    reports_cancellation_and_logs,
+);
+
+fn global(kind: &str, n: i64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{n}"))
+}
+
+/// `count` apps named `app-<n>` (PORT), each deployed once through the API.
+async fn queue_deployments(server: &Server, db: &TestDb, count: i64) {
+    db.exec("INSERT INTO api_repository (id, name, git_url, default_branch) VALUES (1, 'r', 'https://e.com/r.git', 'release')")
+        .await;
+    let values: Vec<String> = (1..=count)
+        .map(|n| format!("({n}, 'app-{n}', 'PORT', 'draft', 1)"))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO api_app (id, name, access_mode, status, repo_id) VALUES {}",
+        values.join(", ")
+    ))
+    .await;
+    for n in 1..=count {
+        let body = server
+            .graphql(
+                "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
+                json!({ "id": global("App", n) }),
+            )
+            .await;
+        Server::data(&body);
+    }
+}
+
+const CLAIM: &str = "mutation { claimDeployment { deployment { id databaseId status startedAt logsPath } job { repositoryUrl branch appName accessMode port logsPath attempt leaseExpiresAt } } }";
+
+async fn claim(server: &Server, token: &str) -> Value {
+    let (status, body) = server.graphql_as(token, CLAIM, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    Server::data(&body)["claimDeployment"].clone()
+}
+
+/// 10 runners claim concurrently from 100 queued deployments: each is claimed exactly
+/// once, none is lost, and the database agrees.
+async fn concurrent_claimers_get_each_deployment_once(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    queue_deployments(&server, &db, 100).await;
+    let mut tokens = Vec::new();
+    for n in 0..10 {
+        tokens.push(server.create_token(&format!("runner-{n}"), "RUNNER").await);
+    }
+    let claimed = join_all(tokens.iter().map(|token| async {
+        let mut mine = Vec::new();
+        loop {
+            let claim = claim(&server, token).await;
+            match claim["deployment"]["databaseId"].as_i64() {
+                Some(id) => {
+                    assert_eq!(claim["deployment"]["status"], "RUNNING");
+                    assert_eq!(claim["job"]["branch"], "release");
+                    assert_eq!(claim["job"]["repositoryUrl"], "https://e.com/r.git");
+                    assert_eq!(claim["job"]["attempt"], 1);
+                    assert!(claim["job"]["port"].is_i64());
+                    mine.push(id);
+                }
+                None => return mine,
+            }
+        }
+    }))
+    .await;
+    let all: Vec<i64> = claimed.iter().flatten().copied().collect();
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 100, "every claim handed out one deployment");
+    assert_eq!(distinct.len(), 100, "no deployment was handed out twice");
+    assert!(
+        claimed.iter().filter(|mine| !mine.is_empty()).count() > 1,
+        "the work was shared"
+    );
+    assert_eq!(
+        db.rows("SELECT status, CAST(COUNT(*) AS TEXT) FROM api_deployment GROUP BY status")
+            .await,
+        ["running|100"]
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM api_deployment_run WHERE attempts = 1 AND runner_name LIKE 'runner-%'")
+            .await,
+        100
+    );
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Polls `sql` (one text row) until it equals `expected`, for at most 15 s.
+async fn wait_for(db: &TestDb, sql: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = db.rows(sql).await;
+        if rows.first().map(String::as_str) == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: {rows:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A runner that stops heartbeating loses the deployment: it is requeued and claimed again
+/// (attempt 2), and after the last attempt it fails with an error summary. A heartbeat
+/// keeps it.
+async fn lapsed_leases_requeue_then_fail(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--lease-secs", "2", "--max-attempts", "2"])
+        .await
+        .expect("server starts");
+    queue_deployments(&server, &db, 1).await;
+    let runner = server.create_token("flaky", "RUNNER").await;
+    let first = claim(&server, &runner).await;
+    assert_eq!(first["job"]["attempt"], 1);
+    let deployment = first["deployment"]["id"].as_str().expect("id").to_owned();
+
+    // Heartbeats keep it past its first lease.
+    let heartbeat = "mutation($id: ID!) { heartbeatDeployment(input: { deploymentId: $id }) { cancelRequested leaseExpiresAt } }";
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, body) = server
+            .graphql_as(&runner, heartbeat, json!({ "id": deployment }))
+            .await;
+        assert_eq!(
+            Server::data(&body)["heartbeatDeployment"]["cancelRequested"],
+            false
+        );
+    }
+    assert_eq!(
+        db.rows("SELECT status FROM api_deployment").await,
+        ["running"]
+    );
+
+    // Silence: the sweeper requeues it, and it is claimed again.
+    wait_for(&db, "SELECT status FROM api_deployment", "queued").await;
+    let (_, body) = server
+        .graphql_as(&runner, heartbeat, json!({ "id": deployment }))
+        .await;
+    assert_eq!(
+        only_error(&body).0,
+        "CONFLICT",
+        "a lapsed lease cannot be renewed"
+    );
+    let second = claim(&server, &runner).await;
+    assert_eq!(second["deployment"]["id"], deployment.as_str());
+    assert_eq!(second["job"]["attempt"], 2);
+
+    // Silence again, and no attempts are left: failed, with the reason.
+    wait_for(&db, "SELECT status FROM api_deployment", "failed").await;
+    let rows = db
+        .rows("SELECT d.error_summary, a.status, CASE WHEN d.ended_at IS NULL THEN 'open' ELSE 'ended' END FROM api_deployment d JOIN api_app a ON a.id = d.app_id")
+        .await;
+    assert!(rows[0].contains("stopped heartbeating"), "{rows:?}");
+    assert!(rows[0].ends_with("|failed|ended"), "{rows:?}");
+    assert_eq!(claim(&server, &runner).await["deployment"], Value::Null);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Reports move the app, cancellation works for queued and running deployments, logs are
+/// appended and tailed, and every refused transition names the state and changes nothing.
+async fn reports_cancellation_and_logs(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    queue_deployments(&server, &db, 3).await;
+    let runner = server.create_token("builder", "RUNNER").await;
+    let other = server.create_token("other-runner", "RUNNER").await;
+    let report = "mutation($id: ID!, $status: DeploymentOutcome!, $tag: String, $error: String) { reportDeployment(input: { deploymentId: $id, status: $status, imageTag: $tag, errorSummary: $error }) { deployment { status imageTag errorSummary endedAt } app { status } } }";
+    let append = "mutation($id: ID!, $chunk: String!) { appendDeploymentLog(input: { deploymentId: $id, chunk: $chunk }) { bytesWritten } }";
+    let cancel = "mutation($id: ID!) { cancelDeployment(input: { id: $id }) { cancelled deployment { status errorSummary } } }";
+
+    // Deployment 1: logs, then success; the app runs.
+    let one = claim(&server, &runner).await;
+    let one_id = one["deployment"]["id"].as_str().expect("id").to_owned();
+    assert!(
+        one["job"]["logsPath"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("deployment-1.log")
+    );
+    for chunk in ["cloning\n", "building\nstep 2\n", "started\n"] {
+        let (_, body) = server
+            .graphql_as(&runner, append, json!({ "id": one_id, "chunk": chunk }))
+            .await;
+        assert_eq!(
+            Server::data(&body)["appendDeploymentLog"]["bytesWritten"],
+            chunk.len()
+        );
+    }
+    // Another runner may not write to it.
+    let (_, body) = server
+        .graphql_as(
+            &other,
+            append,
+            json!({ "id": one_id, "chunk": "intruder\n" }),
+        )
+        .await;
+    assert_eq!(only_error(&body).0, "CONFLICT");
+    let (_, body) = server
+        .graphql_as(
+            &runner,
+            append,
+            json!({ "id": one_id, "chunk": "x".repeat(70_000) }),
+        )
+        .await;
+    assert_eq!(
+        only_error(&body),
+        ("BAD_USER_INPUT".to_owned(), Some("chunk".to_owned()))
+    );
+    let body = server
+        .graphql(
+            "query($id: ID!) { deployment(id: $id) { last2: logs(tail: 2) all: logs } }",
+            json!({ "id": one_id }),
+        )
+        .await;
+    let logs = &Server::data(&body)["deployment"];
+    assert_eq!(logs["last2"], json!(["step 2", "started"]));
+    assert_eq!(
+        logs["all"],
+        json!(["cloning", "building", "step 2", "started"])
+    );
+    let (_, body) = server
+        .graphql_as(
+            &runner,
+            report,
+            json!({ "id": one_id, "status": "SUCCESS", "tag": "registry/app-1:abc123" }),
+        )
+        .await;
+    let reported = &Server::data(&body)["reportDeployment"];
+    assert_eq!(reported["deployment"]["status"], "SUCCESS");
+    assert_eq!(reported["deployment"]["imageTag"], "registry/app-1:abc123");
+    assert!(reported["deployment"]["endedAt"].is_string());
+    assert_eq!(reported["app"]["status"], "RUNNING");
+
+    // Final states are final: reporting again, or cancelling, is refused and changes nothing.
+    let before = db
+        .rows("SELECT status, image_tag FROM api_deployment WHERE id = 1")
+        .await;
+    let (_, body) = server
+        .graphql_as(&runner, report, json!({ "id": one_id, "status": "FAILED" }))
+        .await;
+    assert_eq!(only_error(&body).0, "CONFLICT");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("success")
+    );
+    let body = server.graphql(cancel, json!({ "id": one_id })).await;
+    assert_eq!(only_error(&body).0, "CONFLICT");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("success")
+    );
+    assert_eq!(
+        db.rows("SELECT status, image_tag FROM api_deployment WHERE id = 1")
+            .await,
+        before
+    );
+
+    // Deployment 2: running, cancelled by an admin; the runner learns it and reports it.
+    let two = claim(&server, &runner).await;
+    let two_id = two["deployment"]["id"].as_str().expect("id").to_owned();
+    let body = server.graphql(cancel, json!({ "id": two_id })).await;
+    assert_eq!(Server::data(&body)["cancelDeployment"]["cancelled"], false);
+    assert_eq!(
+        Server::data(&body)["cancelDeployment"]["deployment"]["status"],
+        "RUNNING"
+    );
+    let (_, body) = server
+        .graphql_as(
+            &runner,
+            "mutation($id: ID!) { heartbeatDeployment(input: { deploymentId: $id }) { cancelRequested } }",
+            json!({ "id": two_id }),
+        )
+        .await;
+    assert_eq!(
+        Server::data(&body)["heartbeatDeployment"]["cancelRequested"],
+        true
+    );
+    let (_, body) = server
+        .graphql_as(
+            &runner,
+            report,
+            json!({ "id": two_id, "status": "CANCELLED" }),
+        )
+        .await;
+    let reported = &Server::data(&body)["reportDeployment"];
+    assert_eq!(reported["deployment"]["status"], "CANCELLED");
+    assert_eq!(
+        reported["app"]["status"], "DRAFT",
+        "the app is back where it was"
+    );
+
+    // Deployment 3: cancelled while queued, at once.
+    let three_id = global("Deployment", 3);
+    let body = server.graphql(cancel, json!({ "id": three_id })).await;
+    let cancelled = &Server::data(&body)["cancelDeployment"];
+    assert_eq!(cancelled["cancelled"], true);
+    assert_eq!(cancelled["deployment"]["status"], "CANCELLED");
+    assert_eq!(
+        cancelled["deployment"]["errorSummary"],
+        "cancelled by admin"
+    );
+    assert_eq!(
+        db.rows("SELECT status FROM api_app WHERE id = 3").await,
+        ["draft"]
+    );
+    // Nothing is left to claim; a queued deployment cannot be reported on.
+    assert_eq!(claim(&server, &runner).await["deployment"], Value::Null);
+    let (_, body) = server
+        .graphql_as(
+            &runner,
+            report,
+            json!({ "id": three_id, "status": "SUCCESS" }),
+        )
+        .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled")
+    );
+    server.stop().await;
+    db.cleanup().await;
+}
