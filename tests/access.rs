@@ -1291,15 +1291,27 @@ async fn bearer_header_is_case_insensitive() {
     db.cleanup().await;
 }
 
-/// A query that does not finish within the timeout is cancelled with `TIMEOUT` (a zero
-/// timeout cancels at its first wait); a mutation is never cut in half: it runs to the end
-/// and its answer tells the truth.
-#[tokio::test]
+/// A query that does not finish within the timeout is cancelled with `TIMEOUT`; a
+/// mutation is never cut in half: it runs to the end and its answer tells the truth. A
+/// lock held on the table by another session makes both wait (PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_time_out_and_mutations_finish() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
-    let server = Server::start(&db, &["--request-timeout-secs", "0"])
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--request-timeout-secs", "1"])
         .await
         .expect("server starts");
+    // Authenticate once, so the token is cached and only the table below is waited on.
+    server.graphql("{ viewer { name } }", json!({})).await;
+    let conn = db.connect().await;
+    let lock = conn.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE api_repository IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    let started = std::time::Instant::now();
     let (status, body) = server
         .graphql_as(
             &server.admin_token,
@@ -1309,19 +1321,34 @@ async fn queries_time_out_and_mutations_finish() {
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(codes(&body), ["TIMEOUT"]);
-    let (status, body) = server
-        .graphql_as(
-            &server.admin_token,
-            r#"mutation { createRepository(input: { name: "slow", gitUrl: "https://e.com/slow.git" }) { repository { name } } }"#,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    let mutation = tokio::spawn({
+        let url = server.url("/graphql");
+        let client = server.admin();
+        async move {
+            client
+                .post(url)
+                .json(&json!({ "query": r#"mutation { createRepository(input: { name: "slow", gitUrl: "https://e.com/slow.git" }) { repository { name } } }"# }))
+                .send()
+                .await
+                .expect("POST")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    });
+    // Well past the timeout, then the lock goes away.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!mutation.is_finished(), "the mutation waits for the lock");
+    lock.rollback().await.expect("unlock");
+    let body = mutation.await.expect("mutation task");
     assert_eq!(
         Server::data(&body)["createRepository"]["repository"]["name"],
         "slow"
     );
     assert_eq!(db.count("SELECT COUNT(*) FROM api_repository").await, 1);
+    conn.close().await.ok();
     server.stop().await;
     db.cleanup().await;
 }
