@@ -2,14 +2,13 @@
 //! commands, the audit trail, hostile inputs (nothing written), rate limits, production
 //! switches and error hygiene.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, http, http_as, keystone};
+use crate::support::{Backend, Server, TestDb, http, http_as, keystone, ws_connect, ws_next};
 
 on_both_backends!(
     every_operation_checks_the_role,
@@ -231,55 +230,6 @@ async fn root_fields(server: &Server) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens `/graphql/ws` and sends `connection_init` with `token` (none when empty).
-async fn ws_connect(server: &Server, token: &str) -> Socket {
-    let url = server.url("/graphql/ws").replace("http://", "ws://");
-    let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
-    let payload = if token.is_empty() {
-        json!({})
-    } else {
-        json!({ "Authorization": format!("Bearer {token}") })
-    };
-    socket
-        .send(Message::Text(
-            json!({ "type": "connection_init", "payload": payload })
-                .to_string()
-                .into(),
-        ))
-        .await
-        .expect("send");
-    socket
-}
-
-/// The next message: `Ok(json)` for text, `Err(close reason)` when the server closed.
-async fn ws_next(socket: &mut Socket) -> Result<Value, String> {
-    loop {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s");
-        match message {
-            Some(Ok(Message::Text(text))) => {
-                return Ok(serde_json::from_str(&text).expect("JSON message"));
-            }
-            Some(Ok(Message::Close(frame))) => {
-                return Err(frame.map(|f| f.reason.to_string()).unwrap_or_default());
-            }
-            Some(Ok(_)) => continue,
-            other => return Err(format!("{other:?}")),
-        }
-    }
 }
 
 /// Every subscription root field: its document (variable `$id`), and the mutation (as

@@ -9,6 +9,7 @@ mod browser;
 mod fuzz;
 mod graphql;
 mod http_api;
+mod instances;
 mod lifecycle;
 mod migrations;
 mod runner;

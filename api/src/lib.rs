@@ -67,7 +67,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let cors_origins = cors_origins(&config.cors_origins)?;
     let authenticator = Arc::new(Authenticator::new(config.token_cache));
-    let events = domain::events::EventBus::default();
+    let events = EventBus::for_database(&db).await?;
+    let relay = events.clone();
     let sweeper = tokio::spawn(sweep_leases(
         db.clone(),
         events.clone(),
@@ -140,6 +141,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     sweeper.abort();
+    relay.close();
     tracing::info!("shutting down: closing the database pool");
     db.close().await?;
     Ok(())

@@ -3,7 +3,18 @@
 use sea_orm::entity::prelude::*;
 
 /// How an app is reached: on an allocated host port, or behind a host name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(10))")]
 pub enum AccessMode {
     #[sea_orm(string_value = "PORT")]
@@ -13,7 +24,18 @@ pub enum AccessMode {
 }
 
 /// An app's lifecycle state, as stored in `api_app.status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(20))")]
 pub enum AppStatus {
     #[sea_orm(string_value = "draft")]
@@ -28,7 +50,7 @@ pub enum AppStatus {
     Stopped,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "api_app")]
 pub struct Model {
     #[sea_orm(primary_key)]

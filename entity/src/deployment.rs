@@ -5,7 +5,18 @@ use sea_orm::entity::prelude::*;
 use crate::Timestamp;
 
 /// A deployment's lifecycle state, as stored in `api_deployment.status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(20))")]
 pub enum DeploymentStatus {
     #[sea_orm(string_value = "queued")]
@@ -20,7 +31,7 @@ pub enum DeploymentStatus {
     Cancelled,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "api_deployment")]
 pub struct Model {
     #[sea_orm(primary_key)]

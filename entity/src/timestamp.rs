@@ -14,7 +14,10 @@ use sea_orm::{ColIdx, QueryResult, TryGetError, TryGetable, Value};
 pub type DateTimeUtc = chrono::DateTime<chrono::Utc>;
 
 /// A UTC instant with microsecond precision (what both databases store).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Timestamp(DateTimeUtc);
 
 impl Timestamp {

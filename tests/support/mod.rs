@@ -16,10 +16,12 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -578,4 +580,53 @@ pub fn only_error(body: &serde_json::Value) -> (String, Option<String>) {
         ext["code"].as_str().unwrap_or_default().to_owned(),
         ext["field"].as_str().map(str::to_owned),
     )
+}
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/graphql/ws` and sends `connection_init` with `token` (none when empty).
+pub async fn ws_connect(server: &Server, token: &str) -> Socket {
+    let url = server.url("/graphql/ws").replace("http://", "ws://");
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    let payload = if token.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "Authorization": format!("Bearer {token}") })
+    };
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            serde_json::json!({ "type": "connection_init", "payload": payload })
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("send");
+    socket
+}
+
+/// The next message: `Ok(json)` for text, `Err(close reason)` when the server closed.
+pub async fn ws_next(socket: &mut Socket) -> Result<serde_json::Value, String> {
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s");
+        match message {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                return Ok(serde_json::from_str(&text).expect("JSON message"));
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                return Err(frame.map(|f| f.reason.to_string()).unwrap_or_default());
+            }
+            Some(Ok(_)) => continue,
+            other => return Err(format!("{other:?}")),
+        }
+    }
 }
