@@ -118,13 +118,16 @@ pub async fn deploy(
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
-    let pending = Deployment::find()
+    let mut pending = Deployment::find()
         .filter(deployment::Column::AppId.eq(app.id))
         .filter(
             deployment::Column::Status.is_in([DeploymentStatus::Queued, DeploymentStatus::Running]),
-        )
-        .all(&txn)
-        .await?;
+        );
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // A runner claiming one of them right now finishes first; we then see it running.
+        pending = pending.lock_exclusive();
+    }
+    let pending = pending.all(&txn).await?;
     if let Some(running) = pending
         .iter()
         .find(|d| d.status == DeploymentStatus::Running)
