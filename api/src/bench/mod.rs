@@ -253,7 +253,8 @@ struct ServerProcess {
 }
 
 /// Starts the server with the rate limit off (the suite measures throughput, and sends all
-/// its requests with one token); its first admin token is written into `dir`.
+/// its requests with one token) and a port range that fits LARGE; its first admin token is
+/// written into `dir`.
 async fn start_server(database_url: &str, dir: &Path) -> anyhow::Result<ServerProcess> {
     let token_file = dir.join("admin.token");
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -265,6 +266,9 @@ async fn start_server(database_url: &str, dir: &Path) -> anyhow::Result<ServerPr
             database_url,
             "--rate-limit-per-second",
             "0",
+            // LARGE has more PORT apps than the default range has ports.
+            "--port-range",
+            "9000-65000",
         ])
         .arg("--admin-token-file")
         .arg(&token_file)
@@ -393,9 +397,21 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
         .iter()
         .map(|row| row.try_get::<String>("", "name"))
         .collect::<Result<_, _>>()?;
-    let app_ids: Vec<String> = (1..=app_names.len() as i64)
-        .map(|id| crate::graphql::ids::NodeType::App.id(id).0)
-        .collect();
+    // W3 deploys apps that can be deployed: over a running deployment, `deployApp` is a
+    // CONFLICT by the lifecycle rules.
+    let app_ids: Vec<String> = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id FROM api_app WHERE id NOT IN \
+             (SELECT app_id FROM api_deployment WHERE status = 'running') ORDER BY id",
+        ))
+        .await?
+        .iter()
+        .map(|row| {
+            row.try_get::<i64>("", "id")
+                .map(|id| crate::graphql::ids::NodeType::App.id(id).0)
+        })
+        .collect::<Result<_, _>>()?;
 
     // The floor first: W3 and W4 add rows, and the floor must see the data W1 and W2 see.
     let names = Arc::new(app_names.clone());
