@@ -256,6 +256,7 @@ async fn refuses_newer_unknown_migration(backend: Backend) {
 }
 
 on_both_backends!(
+    shared_ports_stop_the_lifecycle_migration,
     migrate_from_empty,
     status_output,
     down_up_round_trip,
@@ -263,3 +264,39 @@ on_both_backends!(
     drift_detection_names_the_column,
     refuses_newer_unknown_migration,
 );
+
+/// Apps that share a port (possible in a Django database) stop migration 4 with a message
+/// naming the port; the schema stays at migration 3 until they are fixed.
+async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    keystone(&db, &["migrate", "up", "3"])
+        .await
+        .assert_success();
+    db.exec(
+        "INSERT INTO api_repository (id, name, git_url) VALUES (1, 'r', 'https://e.com/r.git'); \
+         INSERT INTO api_app (name, access_mode, current_port, status, repo_id) VALUES \
+         ('a', 'PORT', 9005, 'running', 1), ('b', 'PORT', 9005, 'running', 1)",
+    )
+    .await;
+    let up = keystone(&db, &["migrate", "up"]).await;
+    up.assert_failure();
+    let said = format!("{}{}", up.stdout, up.stderr);
+    assert!(
+        said.contains("several apps hold the same port (9005)"),
+        "{said}"
+    );
+    assert!(!db.tables().await.contains(&"api_deployment_run".to_owned()));
+    db.exec("UPDATE api_app SET current_port = 9006 WHERE name = 'b'")
+        .await;
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    assert_eq!(
+        db.rows("SELECT version FROM seaql_migrations ORDER BY version")
+            .await
+            .last()
+            .map(String::as_str),
+        Some(LIFECYCLE)
+    );
+    db.cleanup().await;
+}
