@@ -79,7 +79,7 @@ async fn concurrent_deploys_get_distinct_ports(backend: Backend) {
     let conn = db.connect().await;
     use sea_orm::ConnectionTrait;
     let duplicate = conn
-        .execute_unprepared("UPDATE api_app SET current_port = 9000 WHERE id = 2")
+        .execute_unprepared("UPDATE api_app SET current_port = 9000 WHERE current_port = 9001")
         .await;
     assert!(duplicate.is_err(), "the unique index holds");
     conn.close().await.ok();
