@@ -246,8 +246,8 @@ const SUBSCRIPTIONS: [(&str, &str, &str, &str); 3] = [
     (
         "appUpdated",
         "subscription($id: ID) { appUpdated(id: $id) { status } }",
-        "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
-        "DEPLOYING",
+        "mutation($id: ID!) { updateApp(input: { id: $id, accessMode: PORT }) { app { id } } }",
+        "DRAFT|DEPLOYING",
     ),
     (
         "deploymentLog",

@@ -147,8 +147,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Requeues (or fails) deployments whose runner stopped heartbeating, every half lease.
-/// `claimDeployment` does the same first, so this only matters while nobody claims.
+/// Requeues (or fails) deployments whose runner stopped heartbeating, every half lease (the
+/// one place this happens; several servers may overlap safely).
 async fn sweep_leases(db: DatabaseConnection, events: EventBus, policy: RunnerPolicy) {
     let mut every = tokio::time::interval(policy.lease / 2);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -61,11 +61,19 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     App,
+    #[sea_orm(has_one = "super::deployment_run::Entity")]
+    Run,
 }
 
 impl Related<super::app::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::App.def()
+    }
+}
+
+impl Related<super::deployment_run::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Run.def()
     }
 }
 

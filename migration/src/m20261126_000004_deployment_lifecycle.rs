@@ -22,6 +22,7 @@ impl MigrationName for Migration {
 
 const RUN: &str = "api_deployment_run";
 const PORT_INDEX: &str = "api_app_current_port_key";
+const LEASE_INDEX: &str = "api_deployment_run_lease_expires_at";
 
 fn create_run_table(backend: DbBackend) -> TableCreateStatement {
     Table::create()
@@ -97,7 +98,18 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager.create_table(create_run_table(backend)).await
+        manager.create_table(create_run_table(backend)).await?;
+        // Every server looks for lapsed leases every half lease: with this index that reads
+        // only the running deployments' entries, however many deployments there are.
+        manager
+            .create_index(
+                Index::create()
+                    .name(LEASE_INDEX)
+                    .table(RUN)
+                    .col("lease_expires_at")
+                    .take(),
+            )
+            .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -10,7 +10,7 @@ use entity::prelude::*;
 use entity::{app, deployment, deployment_run};
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 use super::events::{Event, EventBus};
@@ -50,9 +50,11 @@ pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, 
     Ok(created)
 }
 
-/// Applies `changes`. Switching an app to `HOST` access releases its port.
+/// Applies `changes`. Switching an app to `HOST` access releases its port. Subscribers of
+/// `appUpdated` hear of it.
 pub async fn update(
     db: &DatabaseConnection,
+    events: &EventBus,
     id: i64,
     changes: AppChanges,
 ) -> Result<app::Model, DomainError> {
@@ -76,6 +78,7 @@ pub async fn update(
     }
     let updated = active.update(&txn).await?;
     txn.commit().await?;
+    events.publish(Event::AppUpdated(Arc::new(updated.clone())));
     Ok(updated)
 }
 
@@ -141,25 +144,28 @@ pub async fn deploy(
         });
     }
     // The status to restore if this deployment is cancelled: what the app was before the
-    // first of the deployments this one supersedes.
-    let mut previous_status = app.status;
-    for queued in &pending {
-        if let Some(run) = DeploymentRun::find_by_id(queued.id).one(&txn).await? {
-            previous_status = run.previous_app_status;
-        }
-    }
-    if previous_status == AppStatus::Deploying {
-        previous_status = AppStatus::Draft;
-    }
-    let mut app: app::ActiveModel = app.into();
-    let port = match (app.access_mode.as_ref(), app.current_port.as_ref()) {
-        (AccessMode::Port, None) => {
-            let port = ports::allocate(&txn, ports).await?;
-            app.current_port = Set(Some(port));
-            Some(port)
-        }
-        (AccessMode::Port, Some(port)) => Some(*port),
-        (AccessMode::Host, _) => None,
+    // oldest of the deployments this one supersedes was queued.
+    let queued_ids: Vec<i64> = pending.iter().map(|d| d.id).collect();
+    let oldest_run = if queued_ids.is_empty() {
+        None
+    } else {
+        DeploymentRun::find()
+            .filter(deployment_run::Column::DeploymentId.is_in(queued_ids.clone()))
+            .order_by_asc(deployment_run::Column::DeploymentId)
+            .one(&txn)
+            .await?
+    };
+    let previous_status = match oldest_run.map_or(app.status, |run| run.previous_app_status) {
+        AppStatus::Deploying => AppStatus::Draft,
+        status => status,
+    };
+    let allocated = match (app.access_mode, app.current_port) {
+        (AccessMode::Port, None) => Some(ports::allocate(&txn, ports).await?),
+        _ => None,
+    };
+    let port = match app.access_mode {
+        AccessMode::Port => allocated.or(app.current_port),
+        AccessMode::Host => None,
     };
     let now = Timestamp::now();
     let created = deployment::ActiveModel {
@@ -187,22 +193,47 @@ pub async fn deploy(
     })
     .exec_without_returning(&txn)
     .await?;
-    let mut superseded = Vec::new();
-    for queued in pending {
-        let mut active: deployment::ActiveModel = queued.into();
-        active.status = Set(DeploymentStatus::Cancelled);
-        active.ended_at = Set(Some(now));
-        active.error_summary = Set(format!("superseded by deployment {}", created.id));
-        superseded.push(active.update(&txn).await?);
+    // Every superseded deployment in one statement (they are locked; their new state is
+    // known without reading them back).
+    let summary = format!("superseded by deployment {}", created.id);
+    if !queued_ids.is_empty() {
+        Deployment::update_many()
+            .set(deployment::ActiveModel {
+                status: Set(DeploymentStatus::Cancelled),
+                ended_at: Set(Some(now)),
+                error_summary: Set(summary.clone()),
+                ..Default::default()
+            })
+            .filter(deployment::Column::Id.is_in(queued_ids))
+            .exec(&txn)
+            .await?;
     }
-    app.status = Set(AppStatus::Deploying);
-    let app = app.update(&txn).await?;
+    let superseded = pending.into_iter().map(|mut queued| {
+        queued.status = DeploymentStatus::Cancelled;
+        queued.ended_at = Some(now);
+        queued.error_summary = summary.clone();
+        queued
+    });
+    // A redeploy over a queued deployment leaves the app as it is (still deploying).
+    let app_changed = app.status != AppStatus::Deploying || allocated.is_some();
+    let app = if app_changed {
+        let mut active: app::ActiveModel = app.into();
+        active.status = Set(AppStatus::Deploying);
+        if allocated.is_some() {
+            active.current_port = Set(allocated);
+        }
+        active.update(&txn).await?
+    } else {
+        app
+    };
     txn.commit().await?;
     for deployment in superseded {
         events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
     }
     events.publish(Event::DeploymentUpdated(Arc::new(created.clone())));
-    events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    if app_changed {
+        events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    }
     Ok((created, app))
 }
 

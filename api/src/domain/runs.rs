@@ -127,30 +127,42 @@ async fn locked(
     Ok((deployment, run))
 }
 
-/// The running deployment `id`, held by `runner`; anything else is a `CONFLICT` naming why.
+/// The running deployment `id`, held by `runner`, locked for this transaction; anything
+/// else is a `CONFLICT` naming why.
 async fn held_by(
     txn: &DatabaseTransaction,
     runner: &Principal,
     id: i64,
 ) -> Result<(deployment::Model, deployment_run::Model), DomainError> {
     let (deployment, run) = locked(txn, id, "deploymentId").await?;
+    check_holder(&deployment, run.runner_name.as_deref(), runner)?;
+    Ok((deployment, run))
+}
+
+/// `Ok` when `deployment` is running and held by `runner` (`holder` is its runner's name).
+fn check_holder(
+    deployment: &deployment::Model,
+    holder: Option<&str>,
+    runner: &Principal,
+) -> Result<(), DomainError> {
+    let id = deployment.id;
     if deployment.status != DeploymentStatus::Running {
         return Err(conflict(
             "deploymentId",
-            format!("deployment {id} is {}, not running", state(&deployment)),
+            format!("deployment {id} is {}, not running", state(deployment)),
         ));
     }
-    if run.runner_name.as_deref() != Some(runner.name.as_str()) {
+    if holder != Some(runner.name.as_str()) {
         return Err(conflict(
             "deploymentId",
             format!(
                 "deployment {id} is held by runner {:?}, not {:?}",
-                run.runner_name.as_deref().unwrap_or("-"),
+                holder.unwrap_or("-"),
                 runner.name
             ),
         ));
     }
-    Ok((deployment, run))
+    Ok(())
 }
 
 /// Sets the app's status (inside the transaction) and returns the updated app.
@@ -175,15 +187,13 @@ async fn set_app_status(
     Ok(active.update(txn).await?)
 }
 
-/// Hands the oldest queued deployment to `runner` (`None` when nothing is queued). Leases
-/// that lapsed are dealt with first.
+/// Hands the oldest queued deployment to `runner` (`None` when nothing is queued).
 pub async fn claim(
     db: &DatabaseConnection,
     events: &EventBus,
     policy: &RunnerPolicy,
     runner: &Principal,
 ) -> Result<Option<Claim>, DomainError> {
-    expire_leases(db, events, policy).await?;
     let (_turn, txn) = begin_write(db).await?;
     let mut oldest = Deployment::find()
         .filter(deployment::Column::Status.eq(DeploymentStatus::Queued))
@@ -198,21 +208,19 @@ pub async fn claim(
         return Ok(None);
     };
     let (_, run) = locked(&txn, queued.id, "deploymentId").await?;
-    let app = App::find_by_id(queued.app_id)
+    let (app, repository) = match App::find_by_id(queued.app_id)
+        .find_also_related(Repository)
         .one(&txn)
         .await?
-        .ok_or(DomainError::Internal(format!(
-            "deployment {} has no app",
-            queued.id
-        )))?;
-    let repository =
-        Repository::find_by_id(app.repo_id)
-            .one(&txn)
-            .await?
-            .ok_or(DomainError::Internal(format!(
-                "app {} has no repository",
-                app.id
-            )))?;
+    {
+        Some((app, Some(repository))) => (app, repository),
+        _ => {
+            return Err(DomainError::Internal(format!(
+                "deployment {} has no app or repository",
+                queued.id
+            )));
+        }
+    };
     let now = Timestamp::now();
     let lease_expires_at = lease_end(policy);
     let logs_path = policy
@@ -481,12 +489,24 @@ pub async fn append_log(
             ),
         });
     }
-    let deployment = {
-        let (_turn, txn) = begin_write(db).await?;
-        let (deployment, _) = held_by(&txn, runner, id).await?;
-        txn.commit().await?;
-        deployment
+    // A read, not a write transaction: appending changes no row, and the holder check only
+    // has to be true when the chunk arrives (logs are frequent; SQLite has one writer).
+    let Some((deployment, run)) = Deployment::find_by_id(id)
+        .find_also_related(DeploymentRun)
+        .one(db)
+        .await?
+    else {
+        return Err(DomainError::NotFound {
+            entity: "deployment",
+            field: "deploymentId",
+            id,
+        });
     };
+    check_holder(
+        &deployment,
+        run.as_ref().and_then(|r| r.runner_name.as_deref()),
+        runner,
+    )?;
     let path = Path::new(&deployment.logs_path);
     let write = async {
         if let Some(dir) = path.parent() {

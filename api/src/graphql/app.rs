@@ -443,8 +443,10 @@ impl AppMutation {
                 .repository_id
                 .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
                 .transpose()?;
+            let api = api(ctx)?;
             let updated = apps::update(
-                &api(ctx)?.db,
+                &api.db,
+                &api.events,
                 id,
                 AppChanges {
                     name: input.name,

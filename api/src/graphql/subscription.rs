@@ -42,8 +42,8 @@ impl LiveSubscription {
         })
     }
 
-    /// Every app as its status or port changes (all apps, or only `id`). Same policy for
-    /// slow subscribers as `deploymentUpdated`.
+    /// Every app as it changes: status, port, name, access mode or repository (all apps, or
+    /// only `id`). Same policy for slow subscribers as `deploymentUpdated`.
     #[graphql(guard = "Require(Capability::Read)")]
     async fn app_updated(
         &self,
