@@ -589,6 +589,17 @@ async fn token_commands_and_first_start(backend: Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(Server::data(&body)["viewer"]["role"], "RUNNER");
+    // Use is recorded (in the background, so within a moment); unused tokens stay blank.
+    let used = "SELECT name FROM api_token WHERE last_used_at IS NOT NULL ORDER BY name";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.rows(used).await != ["ci"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            db.rows(used).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // A runner may not read repositories.
     let (_, body) = server
         .graphql_as(&secret, "{ repositories { totalCount } }", json!({}))

@@ -21,7 +21,7 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{DomainError, begin_write, check, validation};
+use super::{DomainError, begin_write, check, validation, writer_turn};
 
 /// Every secret starts with this, so leaked tokens are easy to recognise (and to scan for).
 pub const SECRET_PREFIX: &str = "kst_";
@@ -258,7 +258,6 @@ struct Verified {
 pub struct Authenticator {
     ttl: Duration,
     cache: Mutex<HashMap<String, Verified>>,
-    last_used_written: Mutex<HashMap<i64, Instant>>,
 }
 
 impl Authenticator {
@@ -266,7 +265,6 @@ impl Authenticator {
         Self {
             ttl,
             cache: Mutex::new(HashMap::new()),
-            last_used_written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -364,31 +362,29 @@ impl Authenticator {
         if fresh {
             return;
         }
-        if let Ok(mut written) = self.last_used_written.lock() {
-            if written
-                .get(&token.id)
-                .is_some_and(|at| at.elapsed() < LAST_USED_RESOLUTION)
-            {
-                return;
-            }
-            written.insert(token.id, Instant::now());
-        }
         let db = db.clone();
         let id = token.id;
         tokio::spawn(async move {
-            let result = async {
-                let (_turn, txn) = begin_write(&db).await?;
-                ApiToken::update_many()
-                    .col_expr(
-                        api_token::Column::LastUsedAt,
-                        sea_orm::sea_query::Expr::value(Timestamp::now()),
-                    )
-                    .filter(api_token::Column::Id.eq(id))
-                    .exec(&txn)
-                    .await?;
-                txn.commit().await
-            }
-            .await;
+            let now = Timestamp::now();
+            let stale = Timestamp::new(
+                now.as_utc() - chrono::Duration::from_std(LAST_USED_RESOLUTION).unwrap_or_default(),
+            );
+            // One statement, atomic by itself; the condition makes the concurrent first
+            // requests of a token write it once.
+            let _turn = writer_turn(&db).await;
+            let result = ApiToken::update_many()
+                .col_expr(
+                    api_token::Column::LastUsedAt,
+                    sea_orm::sea_query::Expr::value(now),
+                )
+                .filter(api_token::Column::Id.eq(id))
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(api_token::Column::LastUsedAt.is_null())
+                        .add(api_token::Column::LastUsedAt.lt(stale)),
+                )
+                .exec(&db)
+                .await;
             if let Err(error) = result {
                 tracing::warn!(%error, token_id = id, "cannot record when a token was last used");
             }
