@@ -221,6 +221,17 @@ async fn reports_cancellation_and_logs(backend: Backend) {
         )
         .await;
     assert_eq!(only_error(&body).0, "CONFLICT");
+    // The refusal is audited against the deployment it was about.
+    let body = server
+        .graphql(
+            r#"{ auditEvents(filter: { tokenName: "other-runner" }) { nodes { operation outcome errorCode objectId } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        Server::data(&body)["auditEvents"]["nodes"],
+        json!([{ "operation": "appendDeploymentLog", "outcome": "ERROR", "errorCode": "CONFLICT", "objectId": one_id }])
+    );
     let (_, body) = server
         .graphql_as(
             &runner,

@@ -75,7 +75,7 @@ pub trait AuditObject {
 
 /// Runs a mutation resolver's `body` if the caller holds `capability`, and appends the
 /// outcome to the audit trail either way: the operation, its arguments (secrets redacted),
-/// the object it acted on (from the payload, or the `input.id` it was asked to act on),
+/// the object it acted on (from the payload, or the ID in its input),
 /// the error code and message if it failed.
 ///
 /// The audit row is written after the change committed, in its own transaction; if that
@@ -103,9 +103,19 @@ where
             (name.to_string(), json)
         })
         .collect();
+    // The object a failed call was about: `input.id`, else the first `input.…Id`
+    // (`appId`, `deploymentId`, `repositoryId`).
     let requested_object = arguments
         .get("input")
-        .and_then(|input| input.get("id").or_else(|| input.get("appId")))
+        .and_then(|input| input.as_object())
+        .and_then(|input| {
+            input.get("id").or_else(|| {
+                input
+                    .iter()
+                    .find(|(name, _)| name.ends_with("Id"))
+                    .map(|(_, value)| value)
+            })
+        })
         .and_then(|id| id.as_str())
         .map(str::to_owned);
     let (object_id, error) = match &result {
