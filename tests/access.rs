@@ -1229,9 +1229,9 @@ async fn websocket_operations_are_checked_again_after_revocation() {
     db.cleanup().await;
 }
 
-/// `http_as` is the way scripts call the API: a bearer token on every request.
+/// The bearer scheme is case-insensitive, and `GET` queries need a token like `POST`.
 #[tokio::test]
-async fn bearer_header_is_case_insensitive() {
+async fn bearer_tokens_over_post_and_get() {
     let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
     let server = Server::start(&db, &[]).await.expect("server starts");
     let response = http()
@@ -1242,12 +1242,21 @@ async fn bearer_header_is_case_insensitive() {
         .await
         .expect("POST");
     assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(Server::data(&body)["viewer"]["name"], "admin");
+    let get = server.url("/graphql?query=%7Bviewer%7Bname%7D%7D");
+    let response = http().get(&get).send().await.expect("GET");
+    assert_eq!(response.status(), 401, "GET without a token");
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(codes(&body), ["UNAUTHENTICATED"]);
     let response = http_as(&server.admin_token)
-        .get(server.url("/graphql?query=%7Bviewer%7Bname%7D%7D"))
+        .get(&get)
         .send()
         .await
         .expect("GET");
-    assert_eq!(response.status(), 200, "GET queries take the token too");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(Server::data(&body)["viewer"]["name"], "admin");
     server.stop().await;
     db.cleanup().await;
 }
