@@ -8,7 +8,9 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, http, http_as, keystone, ws_connect, ws_next};
+use crate::support::{
+    Backend, Server, TestDb, base64_url, global_id, http, http_as, keystone, ws_connect, ws_next,
+};
 
 on_both_backends!(
     every_operation_checks_the_role,
@@ -298,27 +300,6 @@ async fn subscription_as(
     Ok(first)
 }
 
-/// Creates a repository with one app as admin; returns the app's ID.
-async fn app_fixture(server: &Server, name: &str) -> String {
-    let body = server
-        .graphql(
-            "mutation($n: String!) { createRepository(input: { name: $n, gitUrl: \"https://e.com/r.git\" }) { repository { id } } }",
-            json!({ "n": name }),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = server
-        .graphql(
-            "mutation($r: ID!, $n: String!) { createApp(input: { name: $n, repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository, "n": name }),
-        )
-        .await;
-    Server::data(&body)["createApp"]["app"]["id"]
-        .as_str()
-        .expect("app id")
-        .to_owned()
-}
-
 /// Role × operation: every query, mutation and subscription is allowed, `FORBIDDEN` or
 /// `UNAUTHENTICATED` exactly as the role model says.
 async fn every_operation_checks_the_role(backend: Backend) {
@@ -329,7 +310,7 @@ async fn every_operation_checks_the_role(backend: Backend) {
     let viewer = server.create_token("viewer", "VIEWER").await;
     let runner = server.create_token("runner", "RUNNER").await;
     // A deployment held by the admin, whose log the `deploymentLog` subscriptions follow.
-    let logged_app = app_fixture(&server, "matrix-log").await;
+    let logged_app = server.create_app("matrix-log", "matrix-log").await;
     let body = server
         .graphql(
             "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { id } } }",
@@ -347,7 +328,7 @@ async fn every_operation_checks_the_role(backend: Backend) {
         .as_str()
         .expect("claimed")
         .to_owned();
-    let app = app_fixture(&server, "matrix").await;
+    let app = server.create_app("matrix", "matrix").await;
 
     let mut covered: Vec<String> = http_operations("x")
         .into_iter()
@@ -463,7 +444,7 @@ async fn revoked_expired_and_malformed_tokens_are_rejected(backend: Backend) {
         .rows("SELECT CAST(id AS TEXT) FROM api_token WHERE name = 'soon-revoked'")
         .await
         .remove(0);
-    let global = base64_url(&format!("ApiToken:{id}"));
+    let global = global_id("ApiToken", &id);
     let body = server
         .graphql(
             "mutation($id: ID!) { revokeApiToken(input: { id: $id }) { token { name revokedAt active } } }",
@@ -543,11 +524,6 @@ async fn revoked_expired_and_malformed_tokens_are_rejected(backend: Backend) {
     );
     server.stop().await;
     db.cleanup().await;
-}
-
-fn base64_url(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
 /// The first start creates one admin token (owner-only file); `keystone token` creates,
@@ -684,7 +660,7 @@ async fn audit_trail_records_every_mutation(backend: Backend) {
     };
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("auditor", "VIEWER").await;
-    let app = app_fixture(&server, "audited").await;
+    let app = server.create_app("audited", "audited").await;
     let deployed = server
         .graphql(
             "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { id } } }",
@@ -841,7 +817,7 @@ async fn hostile_inputs_are_refused_and_write_nothing(backend: Backend) {
         return;
     };
     let server = Server::start(&db, &[]).await.expect("server starts");
-    let app = app_fixture(&server, "target").await;
+    let app = server.create_app("target", "target").await;
     let before = written(&db).await;
 
     let create_repository = "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }";
@@ -998,7 +974,7 @@ async fn internal_errors_are_generic_and_logged(backend: Backend) {
         return;
     };
     let server = Server::start(&db, &[]).await.expect("server starts");
-    app_fixture(&server, "doomed").await;
+    server.create_app("doomed", "doomed").await;
     // Break the schema underneath the running server.
     db.exec(match backend {
         Backend::Sqlite => "DROP TABLE api_deployment",
@@ -1209,7 +1185,7 @@ async fn websocket_operations_are_checked_again_after_revocation() {
     let body = server
         .graphql(
             "mutation($id: ID!) { revokeApiToken(input: { id: $id }) { token { id } } }",
-            json!({ "id": base64_url(&format!("ApiToken:{id}")) }),
+            json!({ "id": global_id("ApiToken", &id) }),
         )
         .await;
     Server::data(&body);

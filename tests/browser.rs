@@ -7,8 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use crate::support::{Backend, Server, TestDb};
 
 fn tools_dir() -> PathBuf {
@@ -45,23 +43,7 @@ fn tools_ready(chromium: bool) -> bool {
 async fn server_with_app() -> (TestDb, Server, String) {
     let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
     let server = Server::start(&db, &[]).await.expect("server starts");
-    let body = server
-        .graphql(
-            "mutation { createRepository(input: { name: \"web\", gitUrl: \"https://e.com/web.git\" }) { repository { id } } }",
-            json!({}),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = server
-        .graphql(
-            "mutation($r: ID!) { createApp(input: { name: \"browser-app\", repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository }),
-        )
-        .await;
-    let app = Server::data(&body)["createApp"]["app"]["id"]
-        .as_str()
-        .expect("app id")
-        .to_owned();
+    let app = server.create_app("web", "browser-app").await;
     (db, server, app)
 }
 

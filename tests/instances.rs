@@ -75,23 +75,7 @@ async fn two_servers_on_one_postgres_act_as_one() {
     );
     let runner = a.create_token("runner", "RUNNER").await;
 
-    let body = a
-        .graphql(
-            r#"mutation { createRepository(input: { name: "web", gitUrl: "https://e.com/web.git" }) { repository { id } } }"#,
-            json!({}),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = a
-        .graphql(
-            "mutation($r: ID!) { createApp(input: { name: \"web\", repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository }),
-        )
-        .await;
-    let app = Server::data(&body)["createApp"]["app"]["id"]
-        .as_str()
-        .expect("app id")
-        .to_owned();
+    let app = a.create_app("web", "web").await;
 
     // Subscribed on B; everything below happens through A.
     let mut socket = ws_connect(&b, &b.admin_token).await;

@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, only_error};
+use crate::support::{Backend, Server, TestDb, global_id, insert_port_apps, only_error};
 
 on_both_backends!(
     concurrent_deploys_get_distinct_ports,
@@ -13,31 +13,12 @@ on_both_backends!(
     app_transitions_and_the_supersede_policy,
 );
 
-/// Inserts `count` PORT apps named `app-<n>` under one repository, straight into the database.
-async fn insert_apps(db: &TestDb, count: usize) {
-    db.exec(
-        "INSERT INTO api_repository (id, name, git_url) VALUES (1, 'r', 'https://e.com/r.git')",
-    )
-    .await;
-    let values: Vec<String> = (1..=count)
-        .map(|n| format!("({n}, 'app-{n}', 'PORT', 'draft', 1)"))
-        .collect();
-    db.exec(&format!(
-        "INSERT INTO api_app (id, name, access_mode, status, repo_id) VALUES {}",
-        values.join(", ")
-    ))
-    .await;
-}
-
-fn app_id(n: i64) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("App:{n}"))
-}
-
 const DEPLOY: &str = "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { databaseId status assignedPort errorSummary } app { status currentPort } } }";
 
 async fn deploy(server: &Server, n: i64) -> Value {
-    server.graphql(DEPLOY, json!({ "app": app_id(n) })).await
+    server
+        .graphql(DEPLOY, json!({ "app": global_id("App", n) }))
+        .await
 }
 
 /// 200 concurrent `deployApp` calls on 200 PORT apps: 200 distinct ports in the range, and
@@ -47,7 +28,7 @@ async fn concurrent_deploys_get_distinct_ports(backend: Backend) {
         return;
     };
     let server = Server::start(&db, &[]).await.expect("server starts");
-    insert_apps(&db, 200).await;
+    insert_port_apps(&db, 200).await;
     let responses = join_all((1..=200).map(|n| deploy(&server, n))).await;
     let mut ports: Vec<i64> = responses
         .iter()
@@ -94,7 +75,7 @@ async fn ports_are_kept_released_and_reused(backend: Backend) {
     let server = Server::start(&db, &["--port-range", "9000-9001"])
         .await
         .expect("server starts");
-    insert_apps(&db, 3).await;
+    insert_port_apps(&db, 3).await;
     let port_of =
         |body: &Value| Server::data(body)["deployApp"]["deployment"]["assignedPort"].clone();
     assert_eq!(port_of(&deploy(&server, 1).await), 9000);
@@ -127,7 +108,7 @@ async fn ports_are_kept_released_and_reused(backend: Backend) {
     let body = server
         .graphql(
             "mutation($id: ID!) { updateApp(input: { id: $id, accessMode: HOST }) { app { currentPort } } }",
-            json!({ "id": app_id(1) }),
+            json!({ "id": global_id("App", 1) }),
         )
         .await;
     assert_eq!(
@@ -146,7 +127,7 @@ async fn ports_are_kept_released_and_reused(backend: Backend) {
     let body = server
         .graphql(
             "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
-            json!({ "id": app_id(2) }),
+            json!({ "id": global_id("App", 2) }),
         )
         .await;
     Server::data(&body);
@@ -165,9 +146,11 @@ async fn app_transitions_and_the_supersede_policy(backend: Backend) {
         return;
     };
     let server = Server::start(&db, &[]).await.expect("server starts");
-    insert_apps(&db, 1).await;
+    insert_port_apps(&db, 1).await;
     let stop = "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }";
-    let body = server.graphql(stop, json!({ "id": app_id(1) })).await;
+    let body = server
+        .graphql(stop, json!({ "id": global_id("App", 1) }))
+        .await;
     assert_eq!(
         only_error(&body),
         ("CONFLICT".to_owned(), Some("id".to_owned()))
@@ -224,9 +207,13 @@ async fn app_transitions_and_the_supersede_policy(backend: Backend) {
         "UPDATE api_deployment SET status = 'success' WHERE id = {second_id}; UPDATE api_app SET status = 'running' WHERE id = 1"
     ))
     .await;
-    let body = server.graphql(stop, json!({ "id": app_id(1) })).await;
+    let body = server
+        .graphql(stop, json!({ "id": global_id("App", 1) }))
+        .await;
     assert_eq!(Server::data(&body)["stopApp"]["app"]["status"], "STOPPED");
-    let body = server.graphql(stop, json!({ "id": app_id(1) })).await;
+    let body = server
+        .graphql(stop, json!({ "id": global_id("App", 1) }))
+        .await;
     assert!(
         body["errors"][0]["message"]
             .as_str()

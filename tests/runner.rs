@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, only_error};
+use crate::support::{Backend, Server, TestDb, global_id, insert_port_apps, only_error};
 
 on_both_backends!(
     concurrent_claimers_get_each_deployment_once,
@@ -17,28 +17,14 @@ on_both_backends!(
     reports_cancellation_and_logs,
 );
 
-fn global(kind: &str, n: i64) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{n}"))
-}
-
-/// `count` apps named `app-<n>` (PORT), each deployed once through the API.
+/// `count` PORT apps (see `insert_port_apps`), each deployed once through the API.
 async fn queue_deployments(server: &Server, db: &TestDb, count: i64) {
-    db.exec("INSERT INTO api_repository (id, name, git_url, default_branch) VALUES (1, 'r', 'https://e.com/r.git', 'release')")
-        .await;
-    let values: Vec<String> = (1..=count)
-        .map(|n| format!("({n}, 'app-{n}', 'PORT', 'draft', 1)"))
-        .collect();
-    db.exec(&format!(
-        "INSERT INTO api_app (id, name, access_mode, status, repo_id) VALUES {}",
-        values.join(", ")
-    ))
-    .await;
+    insert_port_apps(db, count).await;
     for n in 1..=count {
         let body = server
             .graphql(
                 "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
-                json!({ "id": global("App", n) }),
+                json!({ "id": global_id("App", n) }),
             )
             .await;
         Server::data(&body);
@@ -331,7 +317,7 @@ async fn reports_cancellation_and_logs(backend: Backend) {
     );
 
     // Deployment 3: cancelled while queued, at once.
-    let three_id = global("Deployment", 3);
+    let three_id = global_id("Deployment", 3);
     let body = server.graphql(cancel, json!({ "id": three_id })).await;
     let cancelled = &Server::data(&body)["cancelDeployment"];
     assert_eq!(cancelled["cancelled"], true);

@@ -568,6 +568,55 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Creates a repository named `repository` and an app named `app` in it, through the
+    /// API as admin; returns the app's ID.
+    pub async fn create_app(&self, repository: &str, app: &str) -> String {
+        let body = self
+            .graphql(
+                "mutation($n: String!) { createRepository(input: { name: $n, gitUrl: \"https://e.com/r.git\" }) { repository { id } } }",
+                serde_json::json!({ "n": repository }),
+            )
+            .await;
+        let repository = Self::data(&body)["createRepository"]["repository"]["id"].clone();
+        let body = self
+            .graphql(
+                "mutation($r: ID!, $n: String!) { createApp(input: { name: $n, repositoryId: $r }) { app { id } } }",
+                serde_json::json!({ "r": repository, "n": app }),
+            )
+            .await;
+        Self::data(&body)["createApp"]["app"]["id"]
+            .as_str()
+            .expect("app id")
+            .to_owned()
+    }
+}
+
+/// The global ID of object `n` of `kind` (`App`, `Deployment`, `ApiToken`, …).
+pub fn global_id(kind: &str, n: impl std::fmt::Display) -> String {
+    base64_url(&format!("{kind}:{n}"))
+}
+
+pub fn base64_url(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// Inserts repository 1 (default branch `release`) and `count` PORT apps `app-1`… in it,
+/// straight into the database (ids 1…`count`).
+pub async fn insert_port_apps(db: &TestDb, count: i64) {
+    db.exec("INSERT INTO api_repository (id, name, git_url, default_branch) VALUES (1, 'r', 'https://e.com/r.git', 'release')")
+        .await;
+    let values: Vec<String> = (1..=count)
+        .map(|n| format!("({n}, 'app-{n}', 'PORT', 'draft', 1)"))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO api_app (id, name, access_mode, status, repo_id) VALUES {}",
+        values.join(", ")
+    ))
+    .await;
+}
+
 /// The error of a GraphQL response that failed with exactly one error: (code, field).
 #[track_caller]
 pub fn only_error(body: &serde_json::Value) -> (String, Option<String>) {
