@@ -2,7 +2,7 @@
 //! nothing lost, given defaults and cascading deletes, or refused with nothing changed.
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, http, keystone};
+use crate::support::{Backend, Server, TestDb, keystone};
 
 const INITIAL: &str = "m20261126_000001_create_tables";
 const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
@@ -178,12 +178,7 @@ async fn serve_adopts_django_database(backend: Backend) {
     };
     let before = all_rows(&db).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
-    let ready = http()
-        .get(server.url("/ready"))
-        .send()
-        .await
-        .expect("GET /ready");
-    assert_eq!(ready.status(), 200);
+    assert_eq!(server.ready().await.0, 200);
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
     assert!(

@@ -19,13 +19,8 @@ async fn serve_migrates_and_reports_ready(backend: Backend) {
     let body: serde_json::Value = health.json().await.expect("JSON");
     assert_eq!(body["status"], "ok");
 
-    let ready = client
-        .get(server.url("/ready"))
-        .send()
-        .await
-        .expect("GET /ready");
-    assert_eq!(ready.status(), 200);
-    let body: serde_json::Value = ready.json().await.expect("JSON");
+    let (status, body) = server.ready().await;
+    assert_eq!(status, 200);
     assert_eq!(body["status"], "ready");
     assert_eq!(body["migrations"]["pending"], serde_json::json!([]));
 
@@ -45,13 +40,8 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
     let server = Server::start(&db, &["--no-migrate"])
         .await
         .expect("server starts");
-    let ready = http()
-        .get(server.url("/ready"))
-        .send()
-        .await
-        .expect("GET /ready");
-    assert_eq!(ready.status(), 503);
-    let body: serde_json::Value = ready.json().await.expect("JSON");
+    let (status, body) = server.ready().await;
+    assert_eq!(status, 503);
     assert_eq!(
         body["migrations"]["pending"],
         serde_json::json!([
@@ -69,12 +59,7 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
     let server = Server::start(&db, &["--no-migrate"])
         .await
         .expect("server starts");
-    let ready = http()
-        .get(server.url("/ready"))
-        .send()
-        .await
-        .expect("GET /ready");
-    assert_eq!(ready.status(), 200);
+    assert_eq!(server.ready().await.0, 200);
     server.stop().await;
     db.cleanup().await;
 }

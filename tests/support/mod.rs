@@ -551,6 +551,17 @@ impl Server {
         &body["data"]
     }
 
+    /// `GET /ready`: the status and the JSON body.
+    pub async fn ready(&self) -> (u16, serde_json::Value) {
+        let response = http()
+            .get(self.url("/ready"))
+            .send()
+            .await
+            .expect("GET /ready");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON"))
+    }
+
     /// How many SQL statements the server has run (from `/metrics`).
     pub async fn sql_statements(&self) -> u64 {
         let text = http()

@@ -454,29 +454,22 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
             warmup.as_secs(),
             duration.as_secs()
         );
-        wrk::run(
-            &endpoint,
-            mix,
-            &app_names,
-            &app_ids,
-            args.concurrency,
-            warmup,
-            work_dir.path(),
-        )
-        .await?;
+        let load = |time| {
+            wrk::run(
+                &endpoint,
+                mix,
+                &app_names,
+                &app_ids,
+                args.concurrency,
+                time,
+                work_dir.path(),
+            )
+        };
+        load(warmup).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let deployments_before = count(&db, "SELECT COUNT(*) FROM api_deployment").await?;
         let (sql_before, requests_before) = server.counters().await?;
-        let run = wrk::run(
-            &endpoint,
-            mix,
-            &app_names,
-            &app_ids,
-            args.concurrency,
-            duration,
-            work_dir.path(),
-        )
-        .await?;
+        let run = load(duration).await?;
         // Requests still in flight when wrk stopped finish (or roll back) on the server.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (sql_after, requests_after) = server.counters().await?;
