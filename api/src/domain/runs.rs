@@ -28,8 +28,8 @@ use entity::prelude::*;
 use entity::repository;
 use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -82,14 +82,9 @@ fn conflict(field: &'static str, message: String) -> DomainError {
     }
 }
 
-fn state(deployment: &deployment::Model) -> &'static str {
-    match deployment.status {
-        DeploymentStatus::Queued => "queued",
-        DeploymentStatus::Running => "running",
-        DeploymentStatus::Success => "success",
-        DeploymentStatus::Failed => "failed",
-        DeploymentStatus::Cancelled => "cancelled",
-    }
+/// The deployment's state as stored (`queued`, `running`, …), for messages.
+fn state(deployment: &deployment::Model) -> String {
+    deployment.status.to_value()
 }
 
 /// The deployment `id` locked for this transaction, with its run row (made if missing:

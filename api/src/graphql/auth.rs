@@ -8,6 +8,7 @@
 use std::future::Future;
 
 use async_graphql::{Context, Enum, ErrorExtensions, Guard, ID, Object, SimpleObject};
+use sea_orm::ActiveEnum;
 
 use super::api;
 use super::error::internal;
@@ -49,10 +50,9 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
     if principal.may(capability) {
         return Ok(());
     }
-    let role = Role::from(principal.role);
     Err(async_graphql::Error::new(format!(
         "the {} role may not {} (token {:?})",
-        format!("{role:?}").to_lowercase(),
+        principal.role.to_value(),
         capability_name(capability),
         principal.name
     ))
