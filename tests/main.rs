@@ -13,6 +13,7 @@ mod instances;
 mod lifecycle;
 mod migrations;
 mod runner;
+mod security;
 mod server;
 
 /// The fixtures in `tests/fixtures/` are the shared Django DDL, unchanged.

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
 
+use crate::domain::logs::LogStore;
 use crate::domain::ports::PortRange;
 use crate::domain::runs::RunnerPolicy;
 use crate::graphql::Limits;
 use crate::graphql::guardrails::DocumentLimits;
+use crate::http::WebSocketLimits;
 
 /// Where the database is and how the pool behaves (shared by every subcommand).
 #[derive(Clone, Debug, clap::Args)]
@@ -107,8 +109,9 @@ pub struct ServeArgs {
     /// Most aliases in one query document.
     #[arg(long, env = "KEYSTONE_MAX_ALIASES", default_value_t = 30)]
     pub max_aliases: usize,
-    /// Most field selections written in one query document (duplicates included).
-    #[arg(long, env = "KEYSTONE_MAX_FIELDS", default_value_t = 500)]
+    /// Most field selections in one query document once its fragments are expanded
+    /// (duplicates included).
+    #[arg(long, env = "KEYSTONE_MAX_FIELDS", default_value_t = 1000)]
     pub max_fields: usize,
     /// Seconds a query over HTTP may run before it is cancelled (`TIMEOUT`); mutations are
     /// never cancelled halfway.
@@ -149,6 +152,35 @@ pub struct ServeArgs {
     /// on a non-loopback address in clear text.
     #[arg(long, env = "KEYSTONE_BEHIND_TLS_PROXY")]
     pub behind_tls_proxy: bool,
+    /// Seconds a WebSocket may stay open without a successful `connection_init` (then it is
+    /// closed with 4408).
+    #[arg(long, env = "KEYSTONE_WS_INIT_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_init_timeout_secs: u64,
+    /// WebSocket connections one client address may hold open.
+    #[arg(long, env = "KEYSTONE_WS_MAX_PER_ADDRESS", default_value_t = 256)]
+    pub ws_max_per_address: usize,
+    /// WebSocket connections one token may hold open.
+    #[arg(long, env = "KEYSTONE_WS_MAX_PER_TOKEN", default_value_t = 64)]
+    pub ws_max_per_token: usize,
+    /// Subscriptions one WebSocket connection may run at once.
+    #[arg(long, env = "KEYSTONE_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
+    pub ws_max_subscriptions: usize,
+    /// Subscriptions one token may run at once, over all its connections.
+    #[arg(
+        long,
+        env = "KEYSTONE_WS_MAX_SUBSCRIPTIONS_PER_TOKEN",
+        default_value_t = 256
+    )]
+    pub ws_max_subscriptions_per_token: usize,
+    /// Bytes per second one WebSocket connection is sent on average (bursts of 8 times
+    /// that); a subscriber over it falls behind and loses the oldest events
+    /// (`EVENTS_DROPPED`).
+    #[arg(long, env = "KEYSTONE_WS_BYTES_PER_SECOND", default_value_t = 1 << 20)]
+    pub ws_bytes_per_second: u32,
+    /// Most bytes a deployment's log may hold; past it a marker line is written and further
+    /// output is dropped.
+    #[arg(long, env = "KEYSTONE_MAX_LOG_BYTES", default_value_t = 10 << 20)]
+    pub max_log_bytes: u64,
 }
 
 /// Everything the server needs, resolved.
@@ -172,6 +204,7 @@ pub struct Config {
     pub behind_tls_proxy: bool,
     pub ports: PortRange,
     pub runners: RunnerPolicy,
+    pub websocket: WebSocketLimits,
 }
 
 impl Config {
@@ -205,8 +238,23 @@ impl Config {
             runners: RunnerPolicy {
                 lease: Duration::from_secs(serve.lease_secs.max(1)),
                 max_attempts: serve.max_attempts.max(1),
-                logs_dir: std::path::absolute(&serve.logs_dir)
-                    .unwrap_or_else(|_| serve.logs_dir.clone()),
+                logs: LogStore {
+                    dir: std::path::absolute(&serve.logs_dir)
+                        .unwrap_or_else(|_| serve.logs_dir.clone()),
+                    max_bytes: serve.max_log_bytes,
+                },
+            },
+            websocket: WebSocketLimits {
+                init_timeout: Duration::from_secs(serve.ws_init_timeout_secs.max(1)),
+                max_message_bytes: serve.max_body_bytes,
+                per_address: serve.ws_max_per_address,
+                per_token: serve.ws_max_per_token,
+                subscriptions: serve.ws_max_subscriptions,
+                subscriptions_per_token: serve.ws_max_subscriptions_per_token,
+                bytes_per_second: serve.ws_bytes_per_second,
+                // Revocation and expiry reach open connections within the cache interval.
+                recheck: Duration::from_millis(serve.token_cache_ms)
+                    .clamp(Duration::from_millis(250), Duration::from_secs(5)),
             },
         }
     }

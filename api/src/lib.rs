@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod graphql;
 pub mod http;
+pub mod logging;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use crate::config::Config;
 use crate::domain::access::{self, Authenticator, Secret};
 use crate::domain::events::EventBus;
 use crate::domain::runs::{self, RunnerPolicy};
-use crate::graphql::guardrails::RateLimit;
+use crate::graphql::guardrails::{Admission, RateLimit};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracing::debug!(target: "keystone::sql", elapsed_us = info.elapsed.as_micros() as u64, sql = %info.statement.sql);
     });
     let cors_origins = cors_origins(&config.cors_origins)?;
-    let authenticator = Arc::new(Authenticator::new(config.token_cache));
+    let admission = Arc::new(Admission::new(
+        Arc::new(Authenticator::new(config.token_cache)),
+        RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
+    ));
     let events = EventBus::for_database(&db).await?;
     let relay = events.clone();
     let sweeper = tokio::spawn(sweep_leases(
@@ -80,8 +84,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             public_host: config.public_host.clone(),
             apps_domain: config.apps_domain.clone(),
             events,
-            authenticator: authenticator.clone(),
-            rate_limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
+            admission: admission.clone(),
             ports: config.ports,
             runners: config.runners.clone(),
         },
@@ -92,8 +95,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             db: db.clone(),
             schema,
             metrics,
-            authenticator,
+            admission,
             request_timeout: config.request_timeout,
+            document_limits: config.limits.document,
+            websocket: config.websocket,
+            sockets: Arc::default(),
         },
         http::RouterOptions {
             max_body_bytes: config.max_body_bytes,
@@ -137,9 +143,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         None => tracing::info!("GraphQL endpoint: {base}/graphql"),
     }
     tracing::info!("listening on http://{address}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     sweeper.abort();
     relay.close();
     tracing::info!("shutting down: closing the database pool");
@@ -169,9 +178,11 @@ fn browser_base(address: SocketAddr) -> String {
     }
 }
 
-/// Writes the first admin token to its file (owner-only) and prints it once, with a link
-/// that signs GraphiQL in (the secret travels in the URL fragment, which browsers never
-/// send to the server; the page stores it and removes it from the address bar).
+/// Writes the first admin token to its file (owner-only) and, when standard output is a
+/// terminal, prints it once, with a link that signs GraphiQL in (the secret travels in the
+/// URL fragment, which browsers never send to the server; the page stores it and removes it
+/// from the address bar). Under systemd or Docker, standard output is the service log, which
+/// must not keep a secret: then only the file's path is logged.
 fn announce_first_admin(config: &Config, base: &str, secret: &Secret) -> Result<(), ServeError> {
     let path = &config.admin_token_file;
     write_owner_only(path, &secret.0).map_err(|source| ServeError::TokenFile {
@@ -179,6 +190,16 @@ fn announce_first_admin(config: &Config, base: &str, secret: &Secret) -> Result<
         source,
     })?;
     let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        tracing::info!(
+            file = %shown.display(),
+            "created the first admin token; it is in this file (not printed: standard output is not a terminal)"
+        );
+        if config.graphiql {
+            tracing::info!("GraphiQL: {base}/ (sign in with the token in that file)");
+        }
+        return Ok(());
+    }
     let mut text = format!(
         "\nKeystone created its first admin token (shown once; also saved, readable only by \
          you, to {}):\n\n    {}\n\nSend it as `Authorization: Bearer <token>`.",

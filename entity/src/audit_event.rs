@@ -6,6 +6,43 @@ use sea_orm::entity::prelude::*;
 use crate::Timestamp;
 use crate::api_token::Role;
 
+/// Who called, as stored in `api_audit_event.token_role`: a token's role, or `anonymous`
+/// for a call refused before any token was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum ActorRole {
+    #[sea_orm(string_value = "admin")]
+    Admin,
+    #[sea_orm(string_value = "viewer")]
+    Viewer,
+    #[sea_orm(string_value = "runner")]
+    Runner,
+    #[sea_orm(string_value = "anonymous")]
+    Anonymous,
+}
+
+impl From<Role> for ActorRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Admin => ActorRole::Admin,
+            Role::Viewer => ActorRole::Viewer,
+            Role::Runner => ActorRole::Runner,
+        }
+    }
+}
+
+impl ActorRole {
+    /// The token role, or `None` for an anonymous caller.
+    pub fn role(self) -> Option<Role> {
+        match self {
+            ActorRole::Admin => Some(Role::Admin),
+            ActorRole::Viewer => Some(Role::Viewer),
+            ActorRole::Runner => Some(Role::Runner),
+            ActorRole::Anonymous => None,
+        }
+    }
+}
+
 /// How a mutation ended, as stored in `api_audit_event.outcome`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
@@ -27,7 +64,7 @@ pub struct Model {
     pub token_id: Option<i64>,
     #[sea_orm(column_type = "String(StringLen::N(100))")]
     pub token_name: String,
-    pub token_role: Role,
+    pub token_role: ActorRole,
     /// The mutation field, e.g. `createRepository`.
     #[sea_orm(column_type = "String(StringLen::N(100))")]
     pub operation: String,

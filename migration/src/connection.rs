@@ -53,7 +53,8 @@ impl Default for PoolSettings {
 /// Connects to `url` (`sqlite://…` or `postgres://…`).
 ///
 /// SQLite connections enforce foreign keys, use WAL journaling, wait up to five seconds
-/// on a locked database and create the file if it is missing.
+/// on a locked database and create the file if it is missing, readable only by its owner
+/// (SQLite gives its `-wal` and `-shm` files the same mode).
 pub async fn connect(url: &str, pool: &PoolSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
@@ -64,6 +65,7 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> Result<DatabaseConnectio
         .idle_timeout(pool.idle_timeout)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|opts| {
+            create_private_file(opts.get_filename());
             opts.foreign_keys(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -71,6 +73,20 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> Result<DatabaseConnectio
                 .create_if_missing(true)
         });
     Database::connect(options).await
+}
+
+/// Creates an empty database file with mode 0600 if there is none (SQLite itself would
+/// create it world-readable). Errors are left to SQLite to report when it opens the file.
+fn create_private_file(path: &std::path::Path) {
+    let in_memory = path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:");
+    if in_memory {
+        return;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let _ = options.open(path);
 }
 
 /// A connection for schema changes: a single connection, because on SQLite adopting a

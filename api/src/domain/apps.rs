@@ -14,6 +14,7 @@ use sea_orm::{
 };
 
 use super::events::{Event, EventBus};
+use super::logs::LogStore;
 use super::ports::{self, PortRange};
 use super::{DomainError, begin_write, check, repositories, validation};
 
@@ -83,7 +84,7 @@ pub async fn update(
 }
 
 /// Deletes an app and its deployments, refused while one of them is running.
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<i64, DomainError> {
+pub async fn delete(db: &DatabaseConnection, logs: &LogStore, id: i64) -> Result<i64, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     find_for_update(&txn, id, "id").await?;
     let running = Deployment::find()
@@ -99,8 +100,14 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<i64, DomainError
             ),
         });
     }
+    let log_files = log_paths(
+        &txn,
+        Deployment::find().filter(deployment::Column::AppId.eq(id)),
+    )
+    .await?;
     App::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
+    logs.remove(log_files).await;
     Ok(id)
 }
 
@@ -280,4 +287,17 @@ async fn find_for_update(
         field,
         id,
     })
+}
+
+/// The log files of the deployments `query` selects (deleted with them, after the commit).
+pub(crate) async fn log_paths(
+    txn: &impl sea_orm::ConnectionTrait,
+    query: sea_orm::Select<Deployment>,
+) -> Result<Vec<String>, DomainError> {
+    Ok(query
+        .select_only()
+        .column(deployment::Column::LogsPath)
+        .into_tuple()
+        .all(txn)
+        .await?)
 }

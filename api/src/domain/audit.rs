@@ -1,9 +1,14 @@
 //! The audit trail: one append-only `api_audit_event` row per mutation, whatever its
 //! outcome — who (token name and role), what (operation and arguments, secrets redacted), on
-//! which object, when, and how it ended.
+//! which object, when, and how it ended — and one per call refused before it ran (failed
+//! authentication, rate limit).
+//!
+//! What is never copied into the trail (rows there can never be deleted): secrets (by name,
+//! in URLs, token-shaped strings), and free text that runners send, which may carry build
+//! secrets — log chunks and error summaries are recorded as their size only.
 
 use entity::Timestamp;
-use entity::audit_event::{self, Outcome};
+use entity::audit_event::{self, ActorRole, Outcome};
 use entity::prelude::AuditEvent;
 use sea_orm::{DatabaseConnection, EntityTrait, Set};
 use serde_json::Value;
@@ -13,12 +18,21 @@ use super::{DomainError, writer_turn};
 
 /// Argument names whose values are never recorded.
 const SECRET_NAMES: &[&str] = &["secret", "token", "password", "passphrase", "privatekey"];
+/// Argument names whose text is recorded only as its size: free text from runners (build
+/// output, error summaries) that may carry secrets.
+const TEXT_NAMES: &[&str] = &["chunk", "errorsummary"];
 /// Longest string value kept in full; longer ones are cut (a 10 MB name is not evidence).
 const MAX_STRING_CHARS: usize = 500;
+/// `api_audit_event.object_id` and `operation` hold at most this many characters.
+const MAX_OBJECT_ID_CHARS: usize = 200;
+const MAX_OPERATION_CHARS: usize = 100;
+/// The name recorded for a caller without an accepted token.
+pub const ANONYMOUS: &str = "(anonymous)";
 
-/// What one mutation did, as recorded.
+/// What one call did, as recorded.
 pub struct Entry<'a> {
-    pub principal: &'a Principal,
+    /// The caller; `None` when no token was accepted.
+    pub principal: Option<&'a Principal>,
     pub operation: &'a str,
     pub arguments: Value,
     pub object_id: Option<String>,
@@ -34,14 +48,19 @@ pub async fn record(db: &DatabaseConnection, entry: Entry<'_>) -> Result<(), Dom
     };
     // One INSERT: atomic without a transaction around it.
     let _turn = writer_turn(db).await;
+    let (token_id, token_name, token_role) = match entry.principal {
+        Some(p) => (Some(p.token_id), p.name.clone(), ActorRole::from(p.role)),
+        None => (None, ANONYMOUS.to_owned(), ActorRole::Anonymous),
+    };
     let row = audit_event::ActiveModel {
         occurred_at: Set(Timestamp::now()),
-        token_id: Set(Some(entry.principal.token_id)),
-        token_name: Set(entry.principal.name.clone()),
-        token_role: Set(entry.principal.role),
-        operation: Set(entry.operation.to_owned()),
+        token_id: Set(token_id),
+        token_name: Set(token_name),
+        token_role: Set(token_role),
+        operation: Set(cut(entry.operation, MAX_OPERATION_CHARS)),
         arguments: Set(redact(entry.arguments).to_string()),
-        object_id: Set(entry.object_id),
+        // Ids come from the caller: a 300-character one must not lose the row.
+        object_id: Set(entry.object_id.map(|id| cut(&id, MAX_OBJECT_ID_CHARS))),
         outcome: Set(outcome),
         error_code: Set(error_code),
         error_message: Set(error_message.map(|m| shorten(&m))),
@@ -61,6 +80,9 @@ pub fn redact(value: Value) -> Value {
                     let normalized = key.to_ascii_lowercase().replace(['_', '-'], "");
                     if SECRET_NAMES.iter().any(|s| normalized.contains(s)) {
                         (key, Value::String("[REDACTED]".into()))
+                    } else if TEXT_NAMES.contains(&normalized.as_str()) {
+                        let size = value.as_str().map_or(0, str::len);
+                        (key, Value::String(format!("[{size} bytes, not recorded]")))
                     } else {
                         (key, redact(value))
                     }
@@ -84,6 +106,16 @@ fn redact_string(text: &str) -> String {
         return shorten(url.as_str());
     }
     shorten(text)
+}
+
+/// `text` cut to at most `max` characters (with an ellipsis when cut).
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut kept: String = text.chars().take(max - 1).collect();
+    kept.push('…');
+    kept
 }
 
 fn shorten(text: &str) -> String {
@@ -111,8 +143,15 @@ mod tests {
                 "gitUrl": "https://user:hunter2@example.com/a.git",
                 "note": token,
                 "long": "y".repeat(600),
+                "chunk": "DB_PASSWORD=hunter2\n",
+                "errorSummary": "build failed: TOKEN=abc",
             }
         }));
+        assert_eq!(redacted["input"]["chunk"], "[20 bytes, not recorded]");
+        assert_eq!(
+            redacted["input"]["errorSummary"],
+            "[23 bytes, not recorded]"
+        );
         let input = &redacted["input"];
         assert_eq!(input["name"], "web");
         assert_eq!(input["apiToken"], "[REDACTED]");

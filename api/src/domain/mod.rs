@@ -6,6 +6,7 @@ pub mod access;
 pub mod apps;
 pub mod audit;
 pub mod events;
+pub mod logs;
 pub mod ports;
 pub mod repositories;
 pub mod runs;
@@ -37,6 +38,9 @@ pub enum DomainError {
     /// An input value breaks a rule.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The caller may not have this, whatever its role.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("database error: {0}")]
     Database(DbErr),
     /// Something the server needs failed (not the database).

@@ -8,6 +8,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set,
 };
 
+use super::logs::LogStore;
 use super::{DomainError, begin_write, check, validation};
 
 pub struct NewRepository {
@@ -85,7 +86,11 @@ pub struct DeletedRepository {
 
 /// Deletes a repository with its apps and their deployments (the database cascades),
 /// refused while any of those deployments is running.
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<DeletedRepository, DomainError> {
+pub async fn delete(
+    db: &DatabaseConnection,
+    logs: &LogStore,
+    id: i64,
+) -> Result<DeletedRepository, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     find(&txn, id, "id").await?;
     let app_ids = App::find()
@@ -113,8 +118,10 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<DeletedRepositor
         .filter(app::Column::RepoId.eq(id))
         .count(&txn)
         .await?;
+    let log_files = super::apps::log_paths(&txn, deployments_of_repo()).await?;
     Repository::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
+    logs.remove(log_files).await;
     Ok(DeletedRepository {
         id,
         apps,

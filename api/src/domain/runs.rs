@@ -16,7 +16,6 @@
 //! the outcome. Every change is one transaction; a refused transition is a `CONFLICT`
 //! naming the current state and changes nothing.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +30,10 @@ use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
-use tokio::io::AsyncWriteExt;
 
 use super::access::Principal;
 use super::events::{Event, EventBus};
+use super::logs::LogStore;
 use super::{DomainError, begin_write};
 
 /// How runners are managed (from the server's configuration).
@@ -44,14 +43,16 @@ pub struct RunnerPolicy {
     pub lease: Duration,
     /// Claims a deployment gets before a lapsed lease fails it.
     pub max_attempts: i32,
-    /// Where deployment logs are written (`deployment-<id>.log`).
-    pub logs_dir: PathBuf,
+    /// Where deployment logs are written, and their cap.
+    pub logs: LogStore,
 }
 
 /// The most bytes one `appendDeploymentLog` call may carry.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 /// The most lines `Deployment.logs(tail:)` returns.
 pub const MAX_TAIL: usize = 10_000;
+/// The longest `errorSummary` a runner may report, in characters.
+pub const MAX_ERROR_SUMMARY: usize = 4_000;
 
 /// What a runner needs to run a claimed deployment.
 pub struct Claim {
@@ -218,13 +219,17 @@ pub async fn claim(
     };
     let now = Timestamp::now();
     let lease_expires_at = lease_end(policy);
-    let logs_path = policy
-        .logs_dir
-        .join(format!("deployment-{}.log", queued.id));
+    // A requeued deployment keeps its log; any other path (none yet, or one Keystone did
+    // not name) gets a fresh file.
+    let logs_path = if policy.logs.owns(&queued.logs_path) {
+        queued.logs_path.clone()
+    } else {
+        policy.logs.new_path(queued.id)?.display().to_string()
+    };
     let mut active: deployment::ActiveModel = queued.into();
     active.status = Set(DeploymentStatus::Running);
     active.started_at = Set(Some(now));
-    active.logs_path = Set(logs_path.display().to_string());
+    active.logs_path = Set(logs_path);
     let deployment = active.update(&txn).await?;
     let attempt = run.attempts + 1;
     let mut run: deployment_run::ActiveModel = run.into();
@@ -287,8 +292,14 @@ pub async fn report(
     error_summary: Option<String>,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     if let Some(tag) = &image_tag {
-        super::check("imageTag", super::validation::image_tag, tag)?;
+        super::check("imageTag", super::validation::image_reference, tag)?;
     }
+    let error_summary = error_summary
+        .map(|summary| {
+            super::check("errorSummary", super::validation::error_summary, &summary)?;
+            Ok::<_, DomainError>(super::logs::escape_controls(&summary).into_owned())
+        })
+        .transpose()?;
     let (_turn, txn) = begin_write(db).await?;
     let (deployment, run) = held_by(&txn, runner, id).await?;
     let (status, app_status) = match outcome {
@@ -466,15 +477,16 @@ pub async fn expire_leases(
     Ok(changed)
 }
 
-/// Appends `chunk` to the log of a deployment `runner` holds; returns the new lines
-/// (published to `deploymentLog` subscribers).
+/// Appends `chunk` to the log of a deployment `runner` holds, up to the log's cap; returns
+/// what was written (published to `deploymentLog` subscribers).
 pub async fn append_log(
     db: &DatabaseConnection,
     events: &EventBus,
+    policy: &RunnerPolicy,
     runner: &Principal,
     id: i64,
     chunk: &str,
-) -> Result<usize, DomainError> {
+) -> Result<super::logs::Appended, DomainError> {
     if chunk.len() > MAX_LOG_CHUNK {
         return Err(DomainError::Invalid {
             field: "chunk",
@@ -502,48 +514,12 @@ pub async fn append_log(
         run.as_ref().and_then(|r| r.runner_name.as_deref()),
         runner,
     )?;
-    let path = Path::new(&deployment.logs_path);
-    let write = async {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        file.write_all(chunk.as_bytes()).await?;
-        file.flush().await
-    };
-    write.await.map_err(|error| {
-        DomainError::Internal(format!("cannot append to {}: {error}", path.display()))
-    })?;
-    events.publish(Event::DeploymentLog {
-        deployment_id: id,
-        chunk: Arc::from(chunk),
-    });
-    Ok(chunk.len())
-}
-
-/// The last `lines` lines of a deployment's log (empty before it has one).
-pub async fn log_tail(
-    deployment: &deployment::Model,
-    lines: usize,
-) -> Result<Vec<String>, DomainError> {
-    if deployment.logs_path.is_empty() {
-        return Ok(Vec::new());
+    let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
+    if !appended.text.is_empty() {
+        events.publish(Event::DeploymentLog {
+            deployment_id: id,
+            chunk: Arc::from(appended.text.as_str()),
+        });
     }
-    let text = match tokio::fs::read_to_string(&deployment.logs_path).await {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(DomainError::Internal(format!(
-                "cannot read {}: {error}",
-                deployment.logs_path
-            )));
-        }
-    };
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines.min(MAX_TAIL));
-    Ok(all[start..].iter().map(|l| (*l).to_owned()).collect())
+    Ok(appended)
 }

@@ -43,7 +43,10 @@ fn plain_words(name: &str) -> Result<(), String> {
 /// Where a runner clones from. Only remote transports: `https://`, `ssh://`, `git://`, or
 /// scp-style `user@host:path`. Refused: `file://` and local paths (they would read the
 /// server's own disk), `ext::` and other remote helpers (they run commands), anything
-/// starting with `-` (git would read it as an option), whitespace and control characters.
+/// starting with `-` (git would read it as an option) — the user and host included, and
+/// their percent-encoded forms —, shell syntax (`$`, backquotes, `;`, …) anywhere,
+/// link-local and cloud metadata hosts (169.254.0.0/16, fe80::/10), whitespace and control
+/// characters.
 pub fn git_url(url: &str) -> Result<(), String> {
     not_blank(url)?;
     max_chars(url, 200)?;
@@ -52,6 +55,9 @@ pub fn git_url(url: &str) -> Result<(), String> {
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain whitespace or control characters".into());
+    }
+    if let Some(c) = url.chars().find(|c| SHELL_CHARS.contains(c)) {
+        return Err(format!("must not contain {c:?}"));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return scheme_url(scheme, url);
@@ -69,6 +75,20 @@ fn scheme_url(scheme: &str, url: &str) -> Result<(), String> {
     match parsed.host_str() {
         Some(host) if !host.is_empty() && !host.starts_with('-') => {}
         _ => return Err("must name a host".into()),
+    }
+    if let Some(host) = parsed.host() {
+        allowed_host(&host)?;
+    }
+    // `%2d` is a `-` once git decodes it; user names are plain words.
+    let user = parsed.username();
+    if !user.is_empty() && !plain_user(user) {
+        return Err(
+            "the user name must be letters, digits, '.', '_' or '-', not starting with '-'".into(),
+        );
+    }
+    let path = percent_decoded(parsed.path())?;
+    if path.split('/').any(|segment| segment.starts_with('-')) {
+        return Err("no part of the path may start with '-'".into());
     }
     if parsed.path().trim_matches('/').is_empty() {
         return Err("must name a repository path on the host".into());
@@ -92,17 +112,16 @@ fn scp_style(url: &str) -> Result<(), String> {
     let Some((user, host)) = user_host.split_once('@') else {
         return Err(HINT.into());
     };
-    let user_ok = !user.is_empty()
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     let host_ok = !host.is_empty()
         && !host.starts_with('-')
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
-    if !user_ok || !host_ok {
+    if !plain_user(user) || !host_ok {
         return Err(HINT.into());
+    }
+    if let Ok(host) = url::Host::parse(host) {
+        allowed_host(&host)?;
     }
     if path.is_empty() || path.trim_matches('/').is_empty() {
         return Err("must name a repository path after ':'".into());
@@ -111,6 +130,66 @@ fn scp_style(url: &str) -> Result<(), String> {
         return Err("the path must not start with '-'".into());
     }
     Ok(())
+}
+
+/// Characters of shell syntax: never needed in a repository URL, and dangerous wherever a
+/// URL meets a shell (a hook, a wrapper script, a log viewed in a terminal).
+const SHELL_CHARS: &[char] = &[
+    '$', '`', ';', '|', '&', '<', '>', '\\', '"', '\'', '(', ')', '{', '}', '*', '?', '!', '^',
+];
+
+/// A user name in a URL: letters, digits, `.`, `_`, `-`, not starting with `-`.
+fn plain_user(user: &str) -> bool {
+    !user.is_empty()
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `path` with `%XX` decoded; refused when that yields control characters or bytes that
+/// are not UTF-8 (an encoded newline or NUL is never a real repository path).
+fn percent_decoded(path: &str) -> Result<String, String> {
+    let refused = || "the path must not encode control characters or invalid UTF-8".to_owned();
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|_| refused())?;
+    if decoded.chars().any(char::is_control) {
+        return Err(refused());
+    }
+    Ok(decoded.into_owned())
+}
+
+/// Hosts a runner must never be pointed at: link-local addresses (cloud metadata services
+/// answer at 169.254.169.254 and fe80::/10), the unspecified address, and the metadata
+/// services' names.
+fn allowed_host<S: AsRef<str>>(host: &url::Host<S>) -> Result<(), String> {
+    let refused = match host {
+        url::Host::Ipv4(ip) => ip.is_link_local() || ip.is_unspecified(),
+        url::Host::Ipv6(ip) => {
+            (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.is_unspecified()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
+        }
+        url::Host::Domain(name) => {
+            let name = name.as_ref().trim_end_matches('.').to_ascii_lowercase();
+            // `ssh://` and `git://` hosts are opaque to the URL parser: an address stays text.
+            if let Ok(ip) = name.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                return allowed_host(&match ip {
+                    std::net::IpAddr::V4(v4) => url::Host::<&str>::Ipv4(v4),
+                    std::net::IpAddr::V6(v6) => url::Host::Ipv6(v6),
+                });
+            }
+            name == "metadata" || name == "metadata.google.internal"
+        }
+    };
+    if refused {
+        Err("link-local and cloud metadata hosts are not allowed".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// A branch name valid by `git check-ref-format --branch`.
@@ -158,14 +237,94 @@ pub fn app_name(name: &str) -> Result<(), String> {
     if valid { Ok(()) } else { Err(RULE.into()) }
 }
 
-/// Image tags a runner reports: at most 200 characters (the column), no whitespace or
-/// control characters.
-pub fn image_tag(tag: &str) -> Result<(), String> {
-    max_chars(tag, 200)?;
-    if tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain whitespace or control characters".into());
+/// Image references a runner reports (`keystone/web:12-abc1234`, `registry:5000/a/b@sha256:…`),
+/// by the grammar of Docker's distribution references: `[domain[:port]/]path[:tag][@digest]`,
+/// lowercase path components, at most 200 characters (the column). Empty: no image.
+pub fn image_reference(reference: &str) -> Result<(), String> {
+    if reference.is_empty() {
+        return Ok(());
+    }
+    max_chars(reference, 200)?;
+    const RULE: &str = "must be an image reference: [registry[:port]/]name[:tag][@algorithm:hex]";
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty()
+                && algorithm
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !valid {
+            return Err(RULE.into());
+        }
+    }
+    // A tag follows the last ':' after the last '/'.
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[slash..].rfind(':') {
+        Some(i) => (&rest[..slash + i], Some(&rest[slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(RULE.into());
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    // The first component is a registry when it looks like a host (has '.' or ':', or is
+    // `localhost`).
+    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost")
+    {
+        let domain = components.remove(0);
+        let (host, port) = match domain.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (domain, None),
+        };
+        let host_ok = host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        if !host_ok || !port_ok {
+            return Err(RULE.into());
+        }
+    }
+    let component_ok = |component: &str| {
+        let bytes = component.as_bytes();
+        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        !bytes.is_empty()
+            && bytes.first().is_some_and(alnum)
+            && bytes.last().is_some_and(alnum)
+            && bytes
+                .iter()
+                .all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'))
+            && !component.contains("..")
+    };
+    if components.is_empty() || !components.into_iter().all(component_ok) {
+        return Err(RULE.into());
     }
     Ok(())
+}
+
+/// What a runner reports went wrong: at most 4,000 characters (control characters other
+/// than newlines and tabs are stored escaped).
+pub fn error_summary(summary: &str) -> Result<(), String> {
+    max_chars(summary, super::runs::MAX_ERROR_SUMMARY)
 }
 
 fn not_blank(value: &str) -> Result<(), String> {
@@ -226,10 +385,52 @@ mod tests {
             "github.com:acme/web",
             "https://example.com/web.git\0",
             "https://example.com/we b.git",
+            "ssh://-oProxyCommand=touch%20pwned@host/repo",
+            "ssh://%2doProxyCommand=x@host/repo",
+            "ssh://git@host/%2d-upload-pack",
+            "ssh://git@host/-repo",
+            "https://example.com/$(touch pwned).git",
+            "https://example.com/`id`.git",
+            "git@host:repo;id",
+            "https://example.com/a%0aX.git",
+            "http://169.254.169.254/latest/meta-data",
+            "https://169.254.169.254/x.git",
+            "git://[fe80::1]/x.git",
+            "ssh://git@169.254.1.1/x.git",
+            "git@169.254.169.254:x.git",
+            "https://metadata.google.internal/x.git",
         ] {
             assert!(git_url(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(git_url(&format!("https://example.com/{}", "a".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "",
+            "web",
+            "keystone/web:12-abc1234",
+            "localhost:5000/a/b:latest",
+            "registry.example.com/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "a_b/c-d.e",
+        ] {
+            assert_eq!(image_reference(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "--privileged",
+            "-v/:/host",
+            "Web",
+            "web:",
+            "web:-x",
+            "web@sha256:short",
+            "a//b",
+            "web:latest; rm -rf /",
+            "web\nx",
+            &"a".repeat(201),
+        ] {
+            assert!(image_reference(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl ApiTokenMutation {
             let id = decode_as(&input.id, NodeType::ApiToken, "id")?;
             let api = api(ctx)?;
             let token = access::revoke_token(&api.db, id).await.extend()?;
-            api.authenticator.evict(token.id);
+            api.admission.authenticator.evict(token.id);
             Ok(RevokeApiTokenPayload {
                 token: ApiToken(token),
             })

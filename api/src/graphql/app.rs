@@ -471,7 +471,10 @@ impl AppMutation {
     ) -> async_graphql::Result<DeleteAppPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::App, "id")?;
-            let deleted = apps::delete(&api(ctx)?.db, id).await.extend()?;
+            let api = api(ctx)?;
+            let deleted = apps::delete(&api.db, &api.runners.logs, id)
+                .await
+                .extend()?;
             Ok(DeleteAppPayload {
                 deleted_app_id: NodeType::App.id(deleted),
             })

@@ -41,17 +41,18 @@ impl AuditEvent {
         self.0.occurred_at.as_utc()
     }
 
-    /// The name of the token that called.
+    /// The name of the token that called; `(anonymous)` when no token was accepted.
     async fn token_name(&self) -> &str {
         &self.0.token_name
     }
 
-    /// The token's role at the time.
-    async fn token_role(&self) -> Role {
-        self.0.token_role.into()
+    /// The token's role at the time; null when no token was accepted.
+    async fn token_role(&self) -> Option<Role> {
+        self.0.token_role.role().map(Into::into)
     }
 
-    /// The mutation, e.g. `createRepository`.
+    /// The mutation, e.g. `createRepository`; for calls refused before they ran,
+    /// `(authentication)` or `(rate limit)`.
     async fn operation(&self) -> &str {
         &self.0.operation
     }

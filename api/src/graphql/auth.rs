@@ -59,6 +59,50 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
     .extend_with(|_, e| e.set("code", "FORBIDDEN")))
 }
 
+/// Whether `role` may read `field` of `type_name` wherever it appears in a response (checked
+/// for every field resolved, by [`super::guardrails`]). Root fields have their own guards
+/// ([`Require`] on queries and subscriptions, [`audited`] on mutations); this keeps a role
+/// from walking past what its entry points return:
+///
+/// | role | reaches |
+/// |---|---|
+/// | admin | everything |
+/// | viewer | repositories, apps, deployments (with their logs); not tokens or the audit trail |
+/// | runner | its own identity (`viewer`), the payloads of the runner mutations and their `RunnerJob`, the `Deployment` it was handed (not its `app`), and of that app only `id`, `databaseId`, `name` and `status` |
+pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) -> bool {
+    use entity::api_token::Role;
+    if matches!(type_name, "Query" | "Mutation" | "Subscription") {
+        return true;
+    }
+    match role {
+        Role::Admin => true,
+        Role::Viewer => !ADMIN_ONLY_TYPES.contains(&type_name),
+        Role::Runner => match type_name {
+            "Viewer"
+            | "RunnerJob"
+            | "ClaimDeploymentPayload"
+            | "HeartbeatDeploymentPayload"
+            | "ReportDeploymentPayload"
+            | "AppendDeploymentLogPayload" => true,
+            "Deployment" => field != "app",
+            "App" => matches!(field, "id" | "databaseId" | "name" | "status"),
+            _ => false,
+        },
+    }
+}
+
+/// Types only admins reach (their root fields are admin-only too).
+const ADMIN_ONLY_TYPES: &[&str] = &[
+    "ApiToken",
+    "ApiTokenConnection",
+    "ApiTokenEdge",
+    "CreateApiTokenPayload",
+    "RevokeApiTokenPayload",
+    "AuditEvent",
+    "AuditEventConnection",
+    "AuditEventEdge",
+];
+
 /// Guard for root fields: `#[graphql(guard = "Require(Capability::Read)")]`.
 pub struct Require(pub Capability);
 
@@ -89,10 +133,41 @@ where
     T: AuditObject,
     F: Future<Output = async_graphql::Result<T>>,
 {
+    audit_call(ctx, capability, body, true).await
+}
+
+/// Like [`audited`], but only refusals and failures are recorded: for the runner's frequent
+/// calls (`heartbeatDeployment`, `appendDeploymentLog`), whose successes would add a
+/// permanent row every few seconds, and whose text must never reach the trail.
+pub async fn audited_failures<T, F>(
+    ctx: &Context<'_>,
+    capability: Capability,
+    body: F,
+) -> async_graphql::Result<T>
+where
+    T: AuditObject,
+    F: Future<Output = async_graphql::Result<T>>,
+{
+    audit_call(ctx, capability, body, false).await
+}
+
+async fn audit_call<T, F>(
+    ctx: &Context<'_>,
+    capability: Capability,
+    body: F,
+    record_success: bool,
+) -> async_graphql::Result<T>
+where
+    T: AuditObject,
+    F: Future<Output = async_graphql::Result<T>>,
+{
     let result = match authorize(ctx, capability) {
         Ok(()) => body.await,
         Err(refused) => Err(refused),
     };
+    if result.is_ok() && !record_success {
+        return result;
+    }
     let field = ctx.field();
     let arguments: serde_json::Map<String, serde_json::Value> = field
         .arguments()
@@ -132,7 +207,7 @@ where
         return result;
     };
     let entry = Entry {
-        principal,
+        principal: Some(principal),
         operation: field.name(),
         arguments: serde_json::Value::Object(arguments),
         object_id,

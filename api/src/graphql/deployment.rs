@@ -1,20 +1,25 @@
 //! `Deployment`: one attempt to build and run an app; its queries.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
+use async_graphql::{
+    Context, Enum, ErrorExtensions, ID, InputObject, Object, ResultExt, SimpleObject,
+};
 use chrono::{DateTime, Utc};
 use entity::deployment;
 
-use super::api;
 use super::app::App;
 use super::auth::Require;
 use super::auth::{AuditObject, audited, principal};
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::error::{OrInternal, bad_input, internal, not_found};
+use super::guardrails::ResponseBudget;
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppId, DeploymentFilter, DeploymentId};
 use super::total_count::TotalCount;
-use super::{loaders, page_complexity, root_connection};
+use super::{api, loaders, page_complexity, root_connection};
+
+/// The most log bytes one `logs` field reads.
+const MAX_LOG_BYTES_PER_FIELD: usize = 1 << 20;
 use crate::domain::access::Capability;
 use crate::domain::runs;
 
@@ -104,9 +109,13 @@ impl Deployment {
         &self.0.logs_path
     }
 
-    /// The last `tail` lines of the deployment's log (default 100, at most 10,000).
+    /// The last `tail` lines of the deployment's log (default 100, at most 10,000), from at
+    /// most its last 1 MiB; one response carries at most 4 MiB of log lines in all
+    /// (`RESPONSE_TOO_LARGE` past that). Each line counts towards the query's complexity.
+    #[graphql(complexity = "1 + tail.max(0) as usize")]
     async fn logs(
         &self,
+        ctx: &Context<'_>,
         #[graphql(default = 100)] tail: i32,
     ) -> async_graphql::Result<Vec<String>> {
         let tail = usize::try_from(tail)
@@ -118,7 +127,36 @@ impl Deployment {
                     format!("tail must be between 0 and {}", runs::MAX_TAIL),
                 )
             })?;
-        runs::log_tail(&self.0, tail).await.extend()
+        let too_large = || {
+            async_graphql::Error::new(format!(
+                "this response carries {} bytes of log lines already; ask for fewer logs, or \
+                 for them in several requests",
+                ResponseBudget::LOG_BYTES
+            ))
+            .extend_with(|_, e| e.set("code", "RESPONSE_TOO_LARGE"))
+        };
+        let budget = ctx
+            .data::<ResponseBudget>()
+            .map_err(|e| internal(e.message))?;
+        let mut remaining = budget.log_bytes.lock().await;
+        if *remaining == 0 {
+            return Err(too_large());
+        }
+        let allowed = (*remaining).min(MAX_LOG_BYTES_PER_FIELD);
+        let read = api(ctx)?
+            .runners
+            .logs
+            .tail(&self.0.logs_path, tail, allowed)
+            .await
+            .extend()?;
+        if read.cut && allowed < MAX_LOG_BYTES_PER_FIELD {
+            // The response's budget, not this field's, ran out.
+            *remaining = 0;
+            return Err(too_large());
+        }
+        let used: usize = read.lines.iter().map(|l| l.len() + 1).sum();
+        *remaining = remaining.saturating_sub(used);
+        Ok(read.lines)
     }
 }
 

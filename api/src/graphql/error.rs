@@ -62,6 +62,9 @@ impl ErrorExtensions for DomainError {
                     }
                 })
             }
+            DomainError::Forbidden(message) => {
+                Error::new(message.clone()).extend_with(|_, e| e.set("code", "FORBIDDEN"))
+            }
             DomainError::Database(db) => internal(db),
             DomainError::Internal(message) => internal(message),
         }

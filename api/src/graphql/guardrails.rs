@@ -1,35 +1,52 @@
-//! What every operation passes before it runs, over HTTP and WebSocket alike (an
-//! async-graphql extension):
+//! What every operation passes before it runs, over HTTP and WebSocket alike:
 //!
-//! 1. authentication: the request's [`Credential`] (the `Authorization` header, or the
-//!    `connection_init` payload of its WebSocket) must name a valid token; the resulting
-//!    principal is put into the request's data for guards and the audit trail;
-//! 2. the per-token rate limit (`RATE_LIMITED`, with `retryAfterSeconds`);
-//! 3. document limits async-graphql does not have: aliases and field selections per
-//!    document (an alias or duplicated-field bomb is cheap to send and costly to answer).
+//! 1. admission ([`Admission`]): the request's [`Credential`] (the `Authorization` header,
+//!    or the `connection_init` payload of its WebSocket) must name a valid token, and the
+//!    token must be within its rate limit (`RATE_LIMITED`, with `retryAfterSeconds`). Over
+//!    HTTP this happens before the document is even parsed; refusals are audited.
+//! 2. the document's size ([`check_document`]): aliases and field selections *after
+//!    expanding fragment spreads*, computed once per fragment (memoized, linear in the
+//!    document's length), before async-graphql validates the document. Validation and the
+//!    depth and complexity checks walk spreads recursively, so a small document of fragments
+//!    that spread each other twice would otherwise cost exponential time.
+//! 3. per field, while executing ([`Gate::resolve`]): a role reaches only the types and fields
+//!    [`super::auth::may_reach`] lists, however deep in a payload they are.
 //!
 //! Depth and complexity limits are async-graphql's own (see [`super::schema`]).
 
 use std::any::TypeId;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextResolve,
+    ResolveInfo,
 };
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Data, Request, ServerError, ServerResult, Variables};
+use async_graphql::{
+    Data, PathSegment, QueryPathSegment, Request, ServerError, ServerResult, Value, Variables,
+};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use sea_orm::DatabaseConnection;
+use serde_json::json;
 
 use super::ApiContext;
-use crate::domain::access::AuthError;
+use super::auth::may_reach;
+use crate::domain::access::{AuthError, Authenticator, Principal};
+use crate::domain::audit::{self, Entry};
 
 /// The `Authorization` value a request or WebSocket connection presented (may be empty).
 #[derive(Clone, Debug, Default)]
 pub struct Credential(pub Option<String>);
+
+/// The client's IP address (the TCP peer), for limits and the audit trail.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientAddress(pub Option<IpAddr>);
 
 /// Per-token request budget: `per_second` sustained, bursts up to `burst`.
 pub struct RateLimit {
@@ -56,11 +73,248 @@ impl RateLimit {
     }
 }
 
+/// Refused calls audited per client address (or token) and second, with this burst; more
+/// are refused all the same but not written, so a flood of bad requests cannot turn into a
+/// flood of permanent rows (the server log counts them).
+const AUDITED_REFUSALS_PER_SECOND: u32 = 2;
+const AUDITED_REFUSALS_BURST: u32 = 20;
+
+/// Authentication and the per-token rate limit: the first thing every operation passes.
+pub struct Admission {
+    pub authenticator: Arc<Authenticator>,
+    rate_limit: Option<RateLimit>,
+    audited_refusals: RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>,
+}
+
+impl Admission {
+    pub fn new(authenticator: Arc<Authenticator>, rate_limit: Option<RateLimit>) -> Self {
+        let quota = Quota::per_second(NonZeroU32::new(AUDITED_REFUSALS_PER_SECOND).expect("> 0"))
+            .allow_burst(NonZeroU32::new(AUDITED_REFUSALS_BURST).expect("> 0"));
+        Self {
+            authenticator,
+            rate_limit,
+            audited_refusals: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// The caller behind `credential`, charged one request; a refusal is the error to send
+    /// (`UNAUTHENTICATED`, `RATE_LIMITED` or `SERVICE_UNAVAILABLE`), and is audited.
+    pub async fn admit(
+        &self,
+        db: &DatabaseConnection,
+        credential: Option<&str>,
+        client: ClientAddress,
+    ) -> Result<Principal, ServerError> {
+        let principal = match self.authenticator.authenticate(db, credential).await {
+            Ok(principal) => principal,
+            Err(error) => {
+                if error != AuthError::Unavailable {
+                    let key = client.0.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+                    self.record_refusal(
+                        db,
+                        key,
+                        None,
+                        "(authentication)",
+                        client,
+                        error.to_string(),
+                    )
+                    .await;
+                }
+                return Err(auth_error(&error));
+            }
+        };
+        if let Some(limit) = &self.rate_limit
+            && let Err(wait) = limit.check(principal.token_id)
+        {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let message = format!(
+                "rate limit exceeded for token {:?}; retry in {seconds} s",
+                principal.name
+            );
+            let key = format!("token:{}", principal.token_id);
+            self.record_refusal(
+                db,
+                key,
+                Some(&principal),
+                "(rate limit)",
+                client,
+                message.clone(),
+            )
+            .await;
+            let mut error = ServerError::new(message, None);
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            extensions.set("code", "RATE_LIMITED");
+            extensions.set("retryAfterSeconds", seconds);
+            return Err(error);
+        }
+        Ok(principal)
+    }
+
+    async fn record_refusal(
+        &self,
+        db: &DatabaseConnection,
+        key: String,
+        principal: Option<&Principal>,
+        operation: &str,
+        client: ClientAddress,
+        why: String,
+    ) {
+        if self.audited_refusals.check_key(&key).is_err() {
+            tracing::debug!(%key, operation, "refusal over the audit budget: not recorded");
+            return;
+        }
+        let code = if principal.is_some() {
+            "RATE_LIMITED"
+        } else {
+            "UNAUTHENTICATED"
+        };
+        let entry = Entry {
+            principal,
+            operation,
+            arguments: json!({ "client": client.0.map(|ip| ip.to_string()) }),
+            object_id: None,
+            error: Some((code.to_owned(), why)),
+        };
+        if let Err(error) = audit::record(db, entry).await {
+            let _ = super::error::internal(format!("cannot append to the audit trail: {error}"));
+        }
+    }
+}
+
+/// What one response may carry beyond what complexity counts: log text, which a field
+/// cannot size before reading it. One per operation.
+pub struct ResponseBudget {
+    /// Log bytes still allowed; reads take turns, so the budget is exact.
+    pub log_bytes: tokio::sync::Mutex<usize>,
+}
+
+impl ResponseBudget {
+    /// Log bytes one response may carry.
+    pub const LOG_BYTES: usize = 4 << 20;
+}
+
+impl Default for ResponseBudget {
+    fn default() -> Self {
+        Self {
+            log_bytes: tokio::sync::Mutex::new(Self::LOG_BYTES),
+        }
+    }
+}
+
 /// Limits on a document's size, beyond depth and complexity.
 #[derive(Clone, Copy, Debug)]
 pub struct DocumentLimits {
     pub aliases: usize,
+    /// Field selections after expanding every fragment spread.
     pub fields: usize,
+}
+
+/// `Ok` when `document`, with every fragment spread expanded, stays within `limits`
+/// (`GRAPHQL_VALIDATION_FAILED` otherwise). Linear in the document's length: each
+/// fragment's expanded size is computed once.
+pub fn check_document(document: &ExecutableDocument, limits: &DocumentLimits) -> ServerResult<()> {
+    let invalid = |message: String| {
+        let mut error = ServerError::new(message, None);
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", "GRAPHQL_VALIDATION_FAILED");
+        error
+    };
+    let mut sizer = Sizer {
+        document,
+        memo: HashMap::new(),
+    };
+    let mut total = Count::default();
+    for (_, operation) in document.operations.iter() {
+        total = total.plus(
+            sizer
+                .selection_set(&operation.node.selection_set.node)
+                .map_err(invalid)?,
+        );
+    }
+    // Validation visits every fragment definition too, used or not.
+    for name in document.fragments.keys() {
+        total = total.plus(sizer.fragment(name.as_str()).map_err(invalid)?);
+    }
+    let too_many = |what: &str, found: usize, max: usize| {
+        invalid(format!(
+            "the document has {found} {what} once its fragments are expanded; at most {max} \
+             are accepted"
+        ))
+    };
+    if total.aliases > limits.aliases {
+        return Err(too_many("aliases", total.aliases, limits.aliases));
+    }
+    if total.fields > limits.fields {
+        return Err(too_many("field selections", total.fields, limits.fields));
+    }
+    Ok(())
+}
+
+/// Aliases and field selections, saturating (an expanded size can exceed any integer).
+#[derive(Clone, Copy, Default)]
+struct Count {
+    aliases: usize,
+    fields: usize,
+}
+
+impl Count {
+    fn plus(self, other: Count) -> Count {
+        Count {
+            aliases: self.aliases.saturating_add(other.aliases),
+            fields: self.fields.saturating_add(other.fields),
+        }
+    }
+}
+
+/// Expanded sizes of a document's selection sets, one computation per fragment.
+struct Sizer<'a> {
+    document: &'a ExecutableDocument,
+    /// `None` while a fragment is being measured: meeting it again is a cycle.
+    memo: HashMap<&'a str, Option<Count>>,
+}
+
+impl<'a> Sizer<'a> {
+    fn fragment(&mut self, name: &'a str) -> Result<Count, String> {
+        match self.memo.get(name) {
+            Some(Some(count)) => return Ok(*count),
+            Some(None) => return Err(format!("fragment {name} spreads itself")),
+            None => {}
+        }
+        // An unknown fragment is validation's to report.
+        let Some((key, fragment)) = self.document.fragments.get_key_value(name) else {
+            return Ok(Count::default());
+        };
+        let name = key.as_str();
+        self.memo.insert(name, None);
+        let count = self.selection_set(&fragment.node.selection_set.node)?;
+        self.memo.insert(name, Some(count));
+        Ok(count)
+    }
+
+    fn selection_set(&mut self, set: &'a SelectionSet) -> Result<Count, String> {
+        let mut count = Count::default();
+        for selection in &set.items {
+            let inner = match &selection.node {
+                Selection::Field(field) => {
+                    let own = Count {
+                        aliases: usize::from(field.node.alias.is_some()),
+                        fields: 1,
+                    };
+                    own.plus(self.selection_set(&field.node.selection_set.node)?)
+                }
+                Selection::InlineFragment(fragment) => {
+                    self.selection_set(&fragment.node.selection_set.node)?
+                }
+                Selection::FragmentSpread(spread) => {
+                    self.fragment(spread.node.fragment_name.node.as_str())?
+                }
+            };
+            count = count.plus(inner);
+        }
+        Ok(count)
+    }
 }
 
 /// The extension factory (one [`Gate`] per operation).
@@ -93,7 +347,7 @@ pub fn auth_error(error: &AuthError) -> ServerError {
     server_error
 }
 
-fn find<T: 'static>(data: &Data) -> Option<&T> {
+pub fn find<T: 'static>(data: &Data) -> Option<&T> {
     data.get(&TypeId::of::<T>())
         .and_then(|boxed| boxed.downcast_ref::<T>())
 }
@@ -106,34 +360,22 @@ impl Extension for Gate {
         mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
+        request.data.insert(ResponseBudget::default());
+        // HTTP admits a request before parsing it and hands over the principal.
+        if find::<Principal>(&request.data).is_some() {
+            return next.run(ctx, request).await;
+        }
         let api = ctx
             .data::<ApiContext>()
             .map_err(|e| ServerError::new(e.message, None))?;
-        // HTTP puts the credential into the request, WebSocket into the connection's data.
+        // WebSocket: the credential and address are in the connection's data.
         let credential = find::<Credential>(&request.data)
             .or_else(|| find::<Credential>(ctx.session_data))
             .and_then(|c| c.0.as_deref());
-        let principal = api
-            .authenticator
-            .authenticate(&api.db, credential)
-            .await
-            .map_err(|e| auth_error(&e))?;
-        if let Some(limit) = &api.rate_limit
-            && let Err(wait) = limit.check(principal.token_id)
-        {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let mut error = ServerError::new(
-                format!(
-                    "rate limit exceeded for token {:?}; retry in {seconds} s",
-                    principal.name
-                ),
-                None,
-            );
-            let extensions = error.extensions.get_or_insert_with(Default::default);
-            extensions.set("code", "RATE_LIMITED");
-            extensions.set("retryAfterSeconds", seconds);
-            return Err(error);
-        }
+        let client = find::<ClientAddress>(ctx.session_data)
+            .copied()
+            .unwrap_or_default();
+        let principal = api.admission.admit(&api.db, credential, client).await?;
         request.data.insert(principal);
         next.run(ctx, request).await
     }
@@ -146,63 +388,46 @@ impl Extension for Gate {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
-        let mut count = Count::default();
-        for (_, operation) in document.operations.iter() {
-            count.selection_set(&operation.node.selection_set.node);
-        }
-        for fragment in document.fragments.values() {
-            count.selection_set(&fragment.node.selection_set.node);
-        }
-        let too_many = |what: &str, found: usize, max: usize| {
+        check_document(&document, &self.limits)?;
+        Ok(document)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        if !info.is_for_introspection
+            && let Some(principal) = ctx.data_opt::<Principal>()
+            && !may_reach(principal.role, info.parent_type, info.name)
+        {
             let mut error = ServerError::new(
-                format!("the document has {found} {what}; at most {max} are accepted"),
-                None,
+                format!(
+                    "the {} role may not read {}.{}",
+                    sea_orm::ActiveEnum::to_value(&principal.role),
+                    info.parent_type,
+                    info.name
+                ),
+                Some(info.field.name.pos),
             );
+            let mut nodes: Vec<_> = std::iter::once(info.path_node)
+                .chain(info.path_node.parents())
+                .collect();
+            nodes.reverse();
+            error.path = nodes
+                .into_iter()
+                .map(|node| match node.segment {
+                    QueryPathSegment::Name(name) => PathSegment::Field(name.to_owned()),
+                    QueryPathSegment::Index(index) => PathSegment::Index(index),
+                })
+                .collect();
             error
                 .extensions
                 .get_or_insert_with(Default::default)
-                .set("code", "GRAPHQL_VALIDATION_FAILED");
-            error
-        };
-        if count.aliases > self.limits.aliases {
-            return Err(too_many("aliases", count.aliases, self.limits.aliases));
+                .set("code", "FORBIDDEN");
+            return Err(error);
         }
-        if count.fields > self.limits.fields {
-            return Err(too_many(
-                "field selections",
-                count.fields,
-                self.limits.fields,
-            ));
-        }
-        Ok(document)
-    }
-}
-
-/// Aliases and field selections written in a document (each fragment's body counted once,
-/// each spread of it once more).
-#[derive(Default)]
-struct Count {
-    aliases: usize,
-    fields: usize,
-}
-
-impl Count {
-    fn selection_set(&mut self, set: &SelectionSet) {
-        for selection in &set.items {
-            match &selection.node {
-                Selection::Field(field) => {
-                    self.fields += 1;
-                    if field.node.alias.is_some() {
-                        self.aliases += 1;
-                    }
-                    self.selection_set(&field.node.selection_set.node);
-                }
-                Selection::InlineFragment(fragment) => {
-                    self.selection_set(&fragment.node.selection_set.node);
-                }
-                // A spread re-runs its fragment's fields: it counts as a selection too.
-                Selection::FragmentSpread(_) => self.fields += 1,
-            }
-        }
+        next.run(ctx, info).await
     }
 }

@@ -146,7 +146,15 @@ impl FilterCondition for RepositoryFilter {
     fn condition(&self) -> Condition {
         let mut condition = Condition::all();
         if let Some(part) = &self.name_contains {
-            condition = condition.add(repository::Column::Name.contains(part));
+            // `%` and `_` are matched as themselves, not as wildcards.
+            let escaped = part
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            condition = condition.add(
+                repository::Column::Name
+                    .like(sea_orm::sea_query::LikeExpr::new(format!("%{escaped}%")).escape('\\')),
+            );
         }
         condition
     }

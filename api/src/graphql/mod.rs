@@ -22,8 +22,7 @@ pub mod total_count;
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
-use self::guardrails::{DocumentLimits, Guardrails, RateLimit};
-use crate::domain::access::Authenticator;
+use self::guardrails::{Admission, DocumentLimits, Guardrails};
 use crate::domain::events::EventBus;
 use crate::domain::ports::PortRange;
 use crate::domain::runs::RunnerPolicy;
@@ -74,10 +73,8 @@ pub struct ApiContext {
     pub apps_domain: Option<String>,
     /// Where changes are published for subscriptions.
     pub events: EventBus,
-    /// Checks the token of every operation.
-    pub authenticator: Arc<Authenticator>,
-    /// Per-token request budget (none: unlimited).
-    pub rate_limit: Option<RateLimit>,
+    /// Checks the token and rate limit of every operation.
+    pub admission: Arc<Admission>,
     /// Host ports given to `PORT` apps.
     pub ports: PortRange,
     /// Leases, attempts and the logs directory of the runner protocol.

@@ -66,8 +66,11 @@ impl NodeQuery {
     }
 
     /// Several objects by global ID (at most 100), in the same order; null for each that does
-    /// not exist. Batched: one query per type.
-    #[graphql(guard = "Require(Capability::Read)")]
+    /// not exist. Batched: one query per type. Each ID counts towards the complexity.
+    #[graphql(
+        guard = "Require(Capability::Read)",
+        complexity = "ids.len().max(1) * child_complexity + 1"
+    )]
     async fn nodes(
         &self,
         ctx: &Context<'_>,

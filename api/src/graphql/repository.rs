@@ -300,7 +300,10 @@ impl RepositoryMutation {
     ) -> async_graphql::Result<DeleteRepositoryPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;
-            let deleted = repositories::delete(&api(ctx)?.db, id).await.extend()?;
+            let api = api(ctx)?;
+            let deleted = repositories::delete(&api.db, &api.runners.logs, id)
+                .await
+                .extend()?;
             Ok(DeleteRepositoryPayload {
                 deleted_repository_id: NodeType::Repository.id(deleted.id),
                 deleted_app_count: deleted.apps as i64,

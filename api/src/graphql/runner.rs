@@ -6,7 +6,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObj
 use chrono::{DateTime, Utc};
 
 use super::app::{AccessMode, App};
-use super::auth::{AuditObject, audited, principal};
+use super::auth::{AuditObject, audited, audited_failures, principal};
 use super::deployment::Deployment;
 use super::ids::{NodeType, decode_as};
 use super::{ApiContext, api};
@@ -80,9 +80,10 @@ pub enum DeploymentOutcome {
 pub struct ReportDeploymentInput {
     deployment_id: ID,
     status: DeploymentOutcome,
-    /// The image built (at most 200 characters).
+    /// The image built: a Docker image reference (`keystone/web:12-abc1234`), at most 200
+    /// characters.
     image_tag: Option<String>,
-    /// What went wrong, for `FAILED`.
+    /// What went wrong, for `FAILED` (at most 4,000 characters).
     error_summary: Option<String>,
 }
 
@@ -109,7 +110,11 @@ pub struct AppendDeploymentLogInput {
 #[derive(SimpleObject)]
 pub struct AppendDeploymentLogPayload {
     deployment_id: ID,
+    /// Bytes stored (control characters are stored escaped; 0 once the log is full).
     bytes_written: i32,
+    /// The deployment's log reached its size limit (`--max-log-bytes`): a marker line was
+    /// written and further appends are dropped, so the runner may stop sending.
+    log_full: bool,
 }
 
 impl AuditObject for AppendDeploymentLogPayload {
@@ -163,7 +168,7 @@ impl RunnerMutation {
         ctx: &Context<'_>,
         input: HeartbeatDeploymentInput,
     ) -> async_graphql::Result<HeartbeatDeploymentPayload> {
-        audited(ctx, Capability::Run, async {
+        audited_failures(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
             let api = api(ctx)?;
             let beat = runs::heartbeat(&api.db, &api.runners, principal(ctx)?, id)
@@ -219,15 +224,23 @@ impl RunnerMutation {
         ctx: &Context<'_>,
         input: AppendDeploymentLogInput,
     ) -> async_graphql::Result<AppendDeploymentLogPayload> {
-        audited(ctx, Capability::Run, async {
+        audited_failures(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
             let api = api(ctx)?;
-            let written = runs::append_log(&api.db, &api.events, principal(ctx)?, id, &input.chunk)
-                .await
-                .extend()?;
+            let appended = runs::append_log(
+                &api.db,
+                &api.events,
+                &api.runners,
+                principal(ctx)?,
+                id,
+                &input.chunk,
+            )
+            .await
+            .extend()?;
             Ok(AppendDeploymentLogPayload {
                 deployment_id: input.deployment_id,
-                bytes_written: written as i32,
+                bytes_written: appended.text.len() as i32,
+                log_full: appended.full,
             })
         })
         .await

@@ -11,24 +11,30 @@
 //!   or validate is 400 and its body has no `data`; with `application/json` it is 200, as
 //!   legacy clients expect.
 //!
-//! Every operation is logged with its name, duration and outcome.
+//! Order of work for a request: admission (token and rate limit) before anything is parsed;
+//! then parsing and the document-size check on a blocking thread (a large document cannot
+//! hold up the runtime's workers); then async-graphql's validation and execution.
+//!
+//! Every operation is logged with its name (control characters escaped), duration and
+//! outcome.
 
 use std::time::Instant;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use std::net::SocketAddr;
+
 use async_graphql::parser::types::{DocumentOperations, OperationType};
-use async_graphql::{Data, ServerError};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::{ServerError, ServerResult};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use crate::graphql::guardrails::Credential;
-use crate::graphql::loaders::{loaders, with_request_loaders};
+use crate::graphql::guardrails::{ClientAddress, Credential, check_document};
+use crate::graphql::loaders::with_request_loaders;
+use crate::logging::Escaped;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const APPLICATION_JSON: &str = "application/json";
@@ -118,6 +124,7 @@ fn credential(headers: &HeaderMap) -> Credential {
 
 pub async fn post(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -156,8 +163,16 @@ pub async fn post(
             "send the request as application/json",
         );
     }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return plain_error(
+            StatusCode::BAD_REQUEST,
+            media,
+            "BAD_REQUEST",
+            "batched requests are not supported: send one GraphQL request per POST",
+        );
+    }
     match serde_json::from_slice::<async_graphql::Request>(&body) {
-        Ok(request) => execute(&state, request.data(credential(&headers)), media).await,
+        Ok(request) => execute(&state, request, &headers, peer, media, Method::Post).await,
         Err(error) => plain_error(
             StatusCode::BAD_REQUEST,
             media,
@@ -169,13 +184,14 @@ pub async fn post(
 
 pub async fn get(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(media) = negotiate(&headers) else {
         return not_acceptable();
     };
-    let mut request =
+    let request =
         match async_graphql::http::parse_query_string(query.as_deref().unwrap_or_default()) {
             Ok(request) => request,
             Err(error) => {
@@ -187,33 +203,25 @@ pub async fn get(
                 );
             }
         };
-    if is_mutation(&mut request) {
-        let mut response = plain_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            media,
-            "METHOD_NOT_ALLOWED",
-            "mutations are only accepted over POST",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
-    }
-    execute(&state, request.data(credential(&headers)), media).await
+    execute(&state, request, &headers, peer, media, Method::Get).await
 }
 
-/// Whether the operation the request would run is a mutation (parse errors are left to the
-/// executor, which reports them properly).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+}
+
+/// Whether the operation the request would run is a mutation.
 fn is_mutation(request: &mut async_graphql::Request) -> bool {
     let name = request.operation_name.clone();
     let Ok(document) = request.parsed_query() else {
         return false;
     };
+    let name = name.as_deref();
     let ty = match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op.node.ty),
-        (DocumentOperations::Multiple(ops), Some(name)) => {
-            ops.get(name.as_str()).map(|op| op.node.ty)
-        }
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
             ops.values().next().map(|op| op.node.ty)
         }
@@ -232,10 +240,42 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
             .all(|e: &ServerError| e.path.is_empty())
 }
 
-async fn execute(
+/// Parses `request` and checks its size, on a blocking thread: `Err` is the request error
+/// (`GRAPHQL_PARSE_FAILED` or `GRAPHQL_VALIDATION_FAILED`) to answer with.
+async fn parse(
     state: &AppState,
     mut request: async_graphql::Request,
+) -> Result<async_graphql::Request, ServerError> {
+    let limits = state.document_limits;
+    let parsed = tokio::task::spawn_blocking(move || {
+        let checked: ServerResult<()> = match request.parsed_query() {
+            Ok(document) => check_document(document, &limits),
+            Err(mut error) => {
+                error
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .set("code", "GRAPHQL_PARSE_FAILED");
+                Err(error)
+            }
+        };
+        checked.map(|()| request)
+    })
+    .await;
+    parsed.unwrap_or_else(|error| {
+        Err(
+            crate::graphql::error::internal(format!("parsing a request failed: {error}"))
+                .into_server_error(Default::default()),
+        )
+    })
+}
+
+async fn execute(
+    state: &AppState,
+    request: async_graphql::Request,
+    headers: &HeaderMap,
+    peer: SocketAddr,
     media: MediaType,
+    method: Method,
 ) -> Response {
     let started = Instant::now();
     let operation = request
@@ -243,9 +283,51 @@ async fn execute(
         .clone()
         .unwrap_or_else(|| "-".to_owned());
     state.metrics.count_request();
-    // Parsed once here (the executor reuses it) to tell syntax errors from invalid queries.
-    let parse_failed = request.parsed_query().is_err();
+    let credential = credential(headers);
+    let principal = match state
+        .admission
+        .admit(
+            &state.db,
+            credential.0.as_deref(),
+            ClientAddress(Some(peer.ip())),
+        )
+        .await
+    {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            return respond(
+                async_graphql::Response::from_errors(vec![refusal]),
+                media,
+                &operation,
+                started,
+            );
+        }
+    };
+    let mut request = match parse(state, request).await {
+        Ok(request) => request,
+        Err(error) => {
+            return respond(
+                async_graphql::Response::from_errors(vec![error]),
+                media,
+                &operation,
+                started,
+            );
+        }
+    };
     let mutation = is_mutation(&mut request);
+    if mutation && method == Method::Get {
+        let mut response = plain_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            media,
+            "METHOD_NOT_ALLOWED",
+            "mutations are only accepted over POST",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let request = request.data(credential).data(principal);
     let schema = state.schema.clone();
     let run = with_request_loaders(state.db.clone(), move |loaders| {
         Box::pin(async move { schema.execute(request.data(loaders)).await })
@@ -254,13 +336,13 @@ async fn execute(
     // the end: cancelling one could land between its COMMIT and the answer, and the client
     // would be told a change failed that was made. Their transactions are short, and bounded
     // by the pool's and the database's own timeouts.
-    let mut response = if mutation {
+    let response = if mutation {
         run.await
     } else {
         match tokio::time::timeout(state.request_timeout, run).await {
             Ok(response) => response,
             Err(_) => {
-                tracing::warn!(%operation, timeout_s = state.request_timeout.as_secs_f64(), "graphql query timed out");
+                tracing::warn!(operation = %Escaped(&operation), timeout_s = state.request_timeout.as_secs_f64(), "graphql query timed out");
                 return plain_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     media,
@@ -273,17 +355,25 @@ async fn execute(
             }
         }
     };
+    respond(response, media, &operation, started)
+}
+
+/// The HTTP response for a GraphQL response; a request error (nothing executed) gets no
+/// `data`, and its status from its code.
+fn respond(
+    mut response: async_graphql::Response,
+    media: MediaType,
+    operation: &str,
+    started: Instant,
+) -> Response {
+    let operation = Escaped(operation);
     let request_error = is_request_error(&response);
     if request_error {
-        let code = if parse_failed {
-            "GRAPHQL_PARSE_FAILED"
-        } else {
-            "GRAPHQL_VALIDATION_FAILED"
-        };
+        // Parse errors were labelled when parsing; what is left failed validation.
         for error in &mut response.errors {
             let extensions = error.extensions.get_or_insert_with(Default::default);
             if extensions.get("code").is_none() {
-                extensions.set("code", code);
+                extensions.set("code", "GRAPHQL_VALIDATION_FAILED");
             }
         }
     }
@@ -370,61 +460,4 @@ fn refusal_status(
         "SERVICE_UNAVAILABLE" => Some((StatusCode::SERVICE_UNAVAILABLE, None)),
         _ => None,
     }
-}
-
-/// The token a WebSocket client sent in its `connection_init` payload: `Authorization`
-/// (any case, at the top or under `headers`, as Apollo and Hasura clients send it) or
-/// `token` (a bare secret).
-fn init_credential(payload: &serde_json::Value) -> Option<String> {
-    let object = payload.as_object()?;
-    let authorization = |map: &serde_json::Map<String, serde_json::Value>| {
-        map.iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))
-            .and_then(|(_, value)| value.as_str())
-            .map(str::to_owned)
-    };
-    authorization(object)
-        .or_else(|| object.get("headers")?.as_object().and_then(authorization))
-        .or_else(|| {
-            object
-                .get("token")?
-                .as_str()
-                .map(|token| format!("Bearer {token}"))
-        })
-}
-
-/// `/graphql/ws`: the client authenticates in `connection_init` (or with the upgrade
-/// request's `Authorization` header); a connection without a valid token is closed
-/// (`UNAUTHENTICATED: …` as the close reason). Every operation on it is checked again, so
-/// a revoked token cannot start new ones. Each connection gets its own loaders.
-pub async fn websocket(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let header_credential = credential(&headers);
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let db = state.db.clone();
-            let authenticator = state.authenticator.clone();
-            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let credential = Credential(init_credential(&payload).or(header_credential.0));
-                    if let Err(error) = authenticator
-                        .authenticate(&db, credential.0.as_deref())
-                        .await
-                    {
-                        return Err(async_graphql::Error::new(format!(
-                            "UNAUTHENTICATED: {error}"
-                        )));
-                    }
-                    let mut data = Data::default();
-                    data.insert(credential);
-                    data.insert(loaders(db));
-                    Ok(data)
-                })
-                .serve()
-        })
 }

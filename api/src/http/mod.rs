@@ -4,6 +4,7 @@
 
 mod graphiql;
 mod graphql;
+mod websocket;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +21,10 @@ use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::domain::access::Authenticator;
 use crate::graphql::KeystoneSchema;
+use crate::graphql::guardrails::{Admission, DocumentLimits};
+
+pub use self::websocket::{Sockets, WebSocketLimits};
 
 /// Shared by all handlers.
 #[derive(Clone)]
@@ -29,9 +32,14 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub schema: KeystoneSchema,
     pub metrics: Arc<Metrics>,
-    pub authenticator: Arc<Authenticator>,
+    pub admission: Arc<Admission>,
     /// Longest a query over HTTP may run (mutations always finish).
     pub request_timeout: Duration,
+    /// Checked on the parsed document before validation (over HTTP, on a blocking thread).
+    pub document_limits: DocumentLimits,
+    pub websocket: WebSocketLimits,
+    /// Connections and subscriptions open, for the WebSocket limits.
+    pub sockets: Arc<Sockets>,
 }
 
 /// What the router serves besides the API.
@@ -64,7 +72,7 @@ impl Metrics {
 pub fn router(state: AppState, options: RouterOptions) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
-        .route("/graphql/ws", get(graphql::websocket))
+        .route("/graphql/ws", get(websocket::websocket))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics));
