@@ -873,3 +873,49 @@ async fn websocket_connections_are_bounded_and_revocable() {
     server.stop().await;
     db.cleanup().await;
 }
+
+/// Any role that can connect may `pg_notify` on Keystone's channel: an unsigned (forged)
+/// notification never reaches subscribers; the signed one that follows it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_notifications_are_dropped() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    insert_port_apps(&db, 2).await;
+    // A deployment the forger names, made without an event.
+    db.exec("INSERT INTO api_deployment (id, app_id, status, image_tag, assigned_port, created_at, logs_path, error_summary) VALUES (77, 1, 'failed', '', NULL, CURRENT_TIMESTAMP, '', 'FORGED')")
+        .await;
+    let mut socket = ws_connect(&server, &server.admin_token).await;
+    assert_eq!(
+        ws_next(&mut socket).await.expect("ack")["type"],
+        "connection_ack"
+    );
+    subscribe(
+        &mut socket,
+        "1",
+        "subscription { deploymentUpdated { databaseId } }",
+    )
+    .await;
+    let schema = db
+        .rows("SELECT current_schema()")
+        .await
+        .pop()
+        .expect("a schema");
+    let channel = format!("keystone_events:{schema}");
+    db.exec(&format!(
+        "SELECT pg_notify('{channel}', '{{\"k\":\"deployment_id\",\"id\":77}}'), pg_notify('{channel}', '{}.{{\"k\":\"deployment_id\",\"id\":77}}')",
+        "0".repeat(64)
+    ))
+    .await;
+    deploy(&server, 2).await;
+    let first = ws_next(&mut socket).await.expect("an event");
+    assert_ne!(
+        first["payload"]["data"]["deploymentUpdated"]["databaseId"], 77,
+        "the forged event was delivered: {first}"
+    );
+    assert_eq!(first["type"], "next", "{first}");
+    let (_, log) = server.stop().await;
+    assert!(log.contains("signature does not verify"), "{log}");
+    db.cleanup().await;
+}

@@ -71,7 +71,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Arc::new(Authenticator::new(config.token_cache)),
         RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
     ));
-    let events = EventBus::for_database(&db).await?;
+    let logs_dir = config.runners.logs.dir.clone();
+    let events = EventBus::for_database(&db, || domain::events::signing_key(&logs_dir)).await?;
     let relay = events.clone();
     let sweeper = tokio::spawn(sweep_leases(
         db.clone(),

@@ -9,6 +9,11 @@
 //!   order: PostgreSQL's. Payloads carry the changed row (or, when too big for a
 //!   notification, its id, and the row is read back); log chunks are split to fit.
 //!
+//! Notifications are signed: any role that can connect to the database can call
+//! `pg_notify` on Keystone's channel, so each payload carries an HMAC-SHA256 under a key
+//! only Keystone's servers hold ([`signing_key`], a file in the logs directory they share),
+//! and a payload that does not verify is dropped (and logged).
+//!
 //! Slow subscribers: each subscription may fall at most [`CAPACITY`] events behind. One
 //! that falls further loses the oldest events it has not read (memory stays bounded), is
 //! told how many it lost, and goes on from there. Notifications missed while an instance's
@@ -28,8 +33,94 @@ use tokio::sync::{broadcast, mpsc};
 pub const CAPACITY: usize = 1024;
 /// Events an instance may have waiting to be sent with `NOTIFY`.
 const OUTBOX: usize = 4096;
-/// The most payload bytes one notification carries (PostgreSQL's limit is 8000).
-const MAX_PAYLOAD: usize = 7_500;
+/// The most payload bytes one notification carries (PostgreSQL's limit is 8000), before its
+/// signature (64 hex digits and a dot).
+const MAX_PAYLOAD: usize = 7_400;
+
+type Signer = hmac::Hmac<sha2::Sha256>;
+
+/// The key that signs notifications: `events.key` in `dir` (the logs directory, which every
+/// instance on one database shares), made on first use with mode 0600. Several instances
+/// starting at once agree on one key: it is published with an atomic link.
+pub fn signing_key(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = dir.join("events.key");
+    let read = || -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(&path) {
+            Ok(key) if key.len() >= 64 => Ok(Some(key)),
+            Ok(_) => Err(std::io::Error::other(format!(
+                "{} is too short to be a key; remove it",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    if let Some(key) = read()? {
+        return Ok(key);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let draft = dir.join(format!("events.key.{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&draft)?;
+        file.write_all(hex.as_bytes())?;
+        file.sync_all()?;
+    }
+    let linked = std::fs::hard_link(&draft, &path);
+    let _ = std::fs::remove_file(&draft);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    read()?.ok_or_else(|| std::io::Error::other("the events key vanished"))
+}
+
+fn signer(key: &[u8]) -> Signer {
+    use hmac::KeyInit;
+    Signer::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// `payload` with its signature in front: `<hex mac>.<payload>`.
+fn sign(key: &[u8], payload: &str) -> String {
+    use hmac::Mac;
+    let mut mac = signer(key);
+    mac.update(payload.as_bytes());
+    let tag: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{tag}.{payload}")
+}
+
+/// The payload of a signed notification, when its signature verifies.
+fn verified<'a>(key: &[u8], signed: &'a str) -> Option<&'a str> {
+    use hmac::Mac;
+    let (tag, payload) = signed.split_once('.')?;
+    if tag.len() != 64 {
+        return None;
+    }
+    let tag: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(tag.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let mut mac = signer(key);
+    mac.update(payload.as_bytes());
+    mac.verify_slice(&tag).ok().map(|()| payload)
+}
 
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -75,7 +166,10 @@ impl Default for EventBus {
 impl EventBus {
     /// The bus for `db`: in-process on SQLite; on PostgreSQL, shared by every instance on
     /// the same schema.
-    pub async fn for_database(db: &DatabaseConnection) -> Result<Self, DbErr> {
+    pub async fn for_database(
+        db: &DatabaseConnection,
+        key: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<Self, DbErr> {
         if db.get_database_backend() != sea_orm::DbBackend::Postgres {
             return Ok(Self::default());
         }
@@ -88,6 +182,9 @@ impl EventBus {
             .and_then(|row| row.try_get::<String>("", "schema").ok())
             .unwrap_or_else(|| "public".to_owned());
         let channel = format!("keystone_events:{schema}");
+        let key: Arc<[u8]> = key()
+            .map_err(|e| DbErr::Custom(format!("cannot read or create the events key: {e}")))?
+            .into();
         let pool = db.get_postgres_connection_pool().clone();
         let mut listener = PgListener::connect_with(&pool)
             .await
@@ -99,8 +196,20 @@ impl EventBus {
         let local = broadcast::channel(CAPACITY).0;
         let (outbox, pending) = mpsc::channel(OUTBOX);
         let tasks = vec![
-            tokio::spawn(send_notifications(db.clone(), channel, pending)).abort_handle(),
-            tokio::spawn(receive_notifications(listener, db.clone(), local.clone())).abort_handle(),
+            tokio::spawn(send_notifications(
+                db.clone(),
+                channel,
+                key.clone(),
+                pending,
+            ))
+            .abort_handle(),
+            tokio::spawn(receive_notifications(
+                listener,
+                db.clone(),
+                key,
+                local.clone(),
+            ))
+            .abort_handle(),
         ];
         Ok(Self {
             local,
@@ -184,10 +293,12 @@ fn encode(event: Event) -> Vec<String> {
 async fn send_notifications(
     db: DatabaseConnection,
     channel: String,
+    key: Arc<[u8]>,
     mut pending: mpsc::Receiver<Event>,
 ) {
     while let Some(event) = pending.recv().await {
         for payload in encode(event) {
+            let payload = sign(&key, &payload);
             let sent = db
                 .execute_raw(Statement::from_sql_and_values(
                     sea_orm::DbBackend::Postgres,
@@ -206,6 +317,7 @@ async fn send_notifications(
 async fn receive_notifications(
     mut listener: PgListener,
     db: DatabaseConnection,
+    key: Arc<[u8]>,
     local: broadcast::Sender<Event>,
 ) {
     loop {
@@ -223,7 +335,14 @@ async fn receive_notifications(
                 continue;
             }
         };
-        let event = match serde_json::from_str::<Wire>(notification.payload()) {
+        let Some(payload) = verified(&key, notification.payload()) else {
+            tracing::warn!(
+                "ignoring a notification on Keystone's channel whose signature does not verify \
+                 (sent by something other than a Keystone server with this events key)"
+            );
+            continue;
+        };
+        let event = match serde_json::from_str::<Wire>(payload) {
             Ok(Wire::Deployment { row }) => Event::DeploymentUpdated(Arc::new(row)),
             Ok(Wire::App { row }) => Event::AppUpdated(Arc::new(row)),
             Ok(Wire::Log { id, chunk }) => Event::DeploymentLog {
@@ -244,5 +363,35 @@ async fn receive_notifications(
             }
         };
         let _ = local.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_signed_payloads_verify() {
+        let key = b"k".repeat(64);
+        let signed = sign(&key, r#"{"k":"app_id","id":1}"#);
+        assert_eq!(verified(&key, &signed), Some(r#"{"k":"app_id","id":1}"#));
+        assert_eq!(verified(b"another key", &signed), None);
+        assert_eq!(verified(&key, r#"{"k":"app_id","id":1}"#), None);
+        let forged = format!("{}.{}", "0".repeat(64), r#"{"k":"app_id","id":1}"#);
+        assert_eq!(verified(&key, &forged), None);
+    }
+
+    #[test]
+    fn instances_share_one_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = signing_key(&dir.path().join("logs")).unwrap();
+        let second = signing_key(&dir.path().join("logs")).unwrap();
+        assert_eq!(first, second);
+        let mode = std::fs::metadata(dir.path().join("logs/events.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

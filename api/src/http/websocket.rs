@@ -238,7 +238,12 @@ async fn supervise(
                 let bytes: &[u8] = match &message {
                     Message::Text(text) => text.as_bytes(),
                     Message::Binary(bytes) => bytes,
-                    Message::Close(_) => break None,
+                    Message::Close(_) => {
+                        // Complete the closing handshake the client started (the reply is
+                        // queued by the WebSocket library; closing the sink sends it).
+                        let _ = socket_out.close().await;
+                        break None;
+                    }
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 match ClientMessage::from_bytes(bytes) {
