@@ -139,6 +139,18 @@ fn http_operations(caller: &str) -> Vec<(&'static str, Needs, String)> {
             ),
         ),
         (
+            "rollbackApp",
+            Needs::Write,
+            format!(
+                r#"mutation {{ rollbackApp(input: {{ appId: "{MISSING_APP}", toDeploymentId: "{MISSING_DEPLOYMENT}" }}) {{ deployment {{ id }} }} }}"#
+            ),
+        ),
+        (
+            "runnerApps",
+            Needs::Run,
+            "{ runnerApps { name status } }".into(),
+        ),
+        (
             "cancelDeployment",
             Needs::Write,
             format!(

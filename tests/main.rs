@@ -6,6 +6,7 @@ mod support;
 mod access;
 mod adoption;
 mod browser;
+mod deploy;
 mod fuzz;
 mod graphql;
 mod http_api;

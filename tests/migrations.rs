@@ -9,8 +9,10 @@ const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 /// Every table the migrations create.
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
-const KEYSTONE_TABLES: [&str; 6] = [
+const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
+const KEYSTONE_TABLES: [&str; 7] = [
     "api_app",
+    "api_app_placement",
     "api_audit_event",
     "api_deployment",
     "api_deployment_run",
@@ -50,7 +52,7 @@ async fn migrate_from_empty(backend: Backend) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS, LIFECYCLE]
+        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER]
     );
 
     // Applying again is a no-op that says so.
@@ -94,6 +96,14 @@ async fn down_up_round_trip(backend: Backend) {
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {RUNNER}")),
+        "{}",
+        down.stdout
+    );
+    assert!(!db.tables().await.contains(&"api_app_placement".to_owned()));
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -296,7 +306,7 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(LIFECYCLE)
+        Some(RUNNER)
     );
     db.cleanup().await;
 }

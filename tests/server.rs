@@ -48,7 +48,8 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
             "m20261126_000001_create_tables",
             "m20261126_000002_index_deployments_by_app_and_time",
             "m20261126_000003_create_tokens_and_audit_events",
-            "m20261126_000004_deployment_lifecycle"
+            "m20261126_000004_deployment_lifecycle",
+            "m20261130_000005_runner_placement_and_commits"
         ])
     );
     server.stop().await;

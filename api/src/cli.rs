@@ -37,6 +37,9 @@ pub enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// Execute deployments: claim, clone, build, run and switch traffic (a client of the
+    /// API, with a `runner` token).
+    Runner(crate::runner::RunnerArgs),
     /// Measure throughput against the database floor (run a release build; needs `wrk`).
     Bench(crate::bench::BenchArgs),
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
@@ -107,6 +110,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Database: {}", redact(&cli.database.database_url));
             migration::cli::run(&cli.database.database_url, &command, &mut std::io::stdout())
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runner(args) => {
+            crate::runner::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

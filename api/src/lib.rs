@@ -9,6 +9,7 @@ pub mod domain;
 pub mod graphql;
 pub mod http;
 pub mod logging;
+pub mod runner;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -293,7 +294,7 @@ async fn prepare_schema(config: &Config) -> Result<bool, ServeError> {
     result
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

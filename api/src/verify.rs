@@ -162,6 +162,7 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(ApiToken, backend),
             table_shape(AuditEvent, backend),
             table_shape(DeploymentRun, backend),
+            table_shape(AppPlacement, backend),
         ]
         .into_iter()
         .collect(),

@@ -78,6 +78,8 @@ pub enum Relation {
     Repository,
     #[sea_orm(has_many = "super::deployment::Entity")]
     Deployments,
+    #[sea_orm(has_one = "super::app_placement::Entity")]
+    Placement,
 }
 
 impl Related<super::repository::Entity> for Entity {
@@ -89,6 +91,12 @@ impl Related<super::repository::Entity> for Entity {
 impl Related<super::deployment::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Deployments.def()
+    }
+}
+
+impl Related<super::app_placement::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Placement.def()
     }
 }
 

@@ -26,6 +26,31 @@ pub struct Model {
     /// The app's status before this deployment was queued (restored if it is cancelled).
     #[sea_orm(default_value = "draft")]
     pub previous_app_status: AppStatus,
+    /// The commit the runner built (40 hex digits), once it has cloned.
+    #[sea_orm(column_type = "String(StringLen::N(40))", nullable)]
+    pub commit_sha: Option<String>,
+    /// Where the runner is with it.
+    pub stage: Option<Stage>,
+    /// For a rollback: the earlier successful deployment whose release it reuses.
+    pub source_deployment_id: Option<i64>,
+}
+
+/// A running deployment's stage, as its runner reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(20))")]
+pub enum Stage {
+    #[sea_orm(string_value = "clone")]
+    Clone,
+    #[sea_orm(string_value = "build")]
+    Build,
+    #[sea_orm(string_value = "release")]
+    Release,
+    #[sea_orm(string_value = "start")]
+    Start,
+    #[sea_orm(string_value = "health_check")]
+    HealthCheck,
+    #[sea_orm(string_value = "switch")]
+    Switch,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -8,6 +8,7 @@
 
 pub mod api_token;
 pub mod app;
+pub mod app_placement;
 pub mod audit_event;
 pub mod deployment;
 pub mod deployment_run;
@@ -19,6 +20,7 @@ pub use timestamp::Timestamp;
 pub mod prelude {
     pub use super::api_token::{Entity as ApiToken, Role};
     pub use super::app::{AccessMode, AppStatus, Entity as App};
+    pub use super::app_placement::Entity as AppPlacement;
     pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
     pub use super::deployment_run::Entity as DeploymentRun;

@@ -120,14 +120,40 @@ pub async fn delete(db: &DatabaseConnection, logs: &LogStore, id: i64) -> Result
 /// and the newest request is what the user wants; a **running** one makes this a
 /// `CONFLICT` naming it (cancel it first, or wait). Subscribers hear of every change once
 /// it is committed.
+///
+/// A rollback names `source`: an earlier successful deployment of the same app, whose release
+/// (or image) the runner reuses, or whose recorded commit it rebuilds.
 pub async fn deploy(
     db: &DatabaseConnection,
     events: &EventBus,
     ports: PortRange,
     app_id: i64,
+    source: Option<i64>,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
+    if let Some(source) = source {
+        let earlier = Deployment::find_by_id(source).one(&txn).await?;
+        match earlier {
+            Some(d) if d.app_id == app_id && d.status == DeploymentStatus::Success => {}
+            Some(d) if d.app_id == app_id => {
+                return Err(DomainError::Conflict {
+                    field: Some("toDeploymentId"),
+                    message: format!(
+                        "deployment {source} is {}; only a successful deployment can be rolled back to",
+                        d.status.to_value()
+                    ),
+                });
+            }
+            _ => {
+                return Err(DomainError::NotFound {
+                    entity: "deployment of this app",
+                    field: "toDeploymentId",
+                    id: source,
+                });
+            }
+        }
+    }
     let mut pending = Deployment::find()
         .filter(deployment::Column::AppId.eq(app.id))
         .filter(
@@ -197,6 +223,9 @@ pub async fn deploy(
         heartbeat_at: Set(None),
         cancel_requested: Set(false),
         previous_app_status: Set(previous_status),
+        commit_sha: Set(None),
+        stage: Set(None),
+        source_deployment_id: Set(source),
     })
     .exec_without_returning(&txn)
     .await?;

@@ -21,14 +21,16 @@ use std::time::Duration;
 
 use entity::Timestamp;
 use entity::app::{self, AppStatus};
+use entity::app_placement;
 use entity::deployment::{self, DeploymentStatus};
-use entity::deployment_run;
+use entity::deployment_run::{self, Stage};
 use entity::prelude::*;
 use entity::repository;
 use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Set,
 };
 
 use super::access::Principal;
@@ -61,6 +63,31 @@ pub struct Claim {
     pub repository: repository::Model,
     pub attempt: i32,
     pub lease_expires_at: Timestamp,
+    /// For a rollback: the deployment whose release to reuse, with its commit.
+    pub source: Option<Source>,
+}
+
+/// An earlier deployment a rollback reuses.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub deployment_id: i64,
+    pub commit_sha: Option<String>,
+    pub image_tag: String,
+}
+
+/// What a runner reports with a heartbeat besides being alive.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub stage: Option<Stage>,
+    pub commit_sha: Option<String>,
+}
+
+/// An app placed on a runner, as the runner should keep it: its latest successful
+/// deployment running while the app is `running`, nothing otherwise.
+#[derive(Clone, Debug)]
+pub struct PlacedApp {
+    pub app: app::Model,
+    pub current: Option<(deployment::Model, Option<String>)>,
 }
 
 /// The outcome a runner reports.
@@ -115,6 +142,9 @@ async fn locked(
                 heartbeat_at: Set(None),
                 cancel_requested: Set(false),
                 previous_app_status: Set(AppStatus::Draft),
+                commit_sha: Set(None),
+                stage: Set(None),
+                source_deployment_id: Set(None),
             }
             .insert(txn)
             .await?
@@ -191,8 +221,15 @@ pub async fn claim(
     runner: &Principal,
 ) -> Result<Option<Claim>, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
+    // Apps placed on another runner are not this runner's to deploy.
+    let elsewhere = AppPlacement::find()
+        .select_only()
+        .column(app_placement::Column::AppId)
+        .filter(app_placement::Column::RunnerName.ne(runner.name.as_str()))
+        .into_query();
     let mut oldest = Deployment::find()
         .filter(deployment::Column::Status.eq(DeploymentStatus::Queued))
+        .filter(deployment::Column::AppId.not_in_subquery(elsewhere))
         .order_by_asc(deployment::Column::CreatedAt)
         .order_by_asc(deployment::Column::Id)
         .limit(1);
@@ -232,12 +269,37 @@ pub async fn claim(
     active.logs_path = Set(logs_path);
     let deployment = active.update(&txn).await?;
     let attempt = run.attempts + 1;
+    let source_id = run.source_deployment_id;
     let mut run: deployment_run::ActiveModel = run.into();
     run.attempts = Set(attempt);
     run.runner_name = Set(Some(runner.name.clone()));
     run.lease_expires_at = Set(Some(lease_expires_at));
     run.heartbeat_at = Set(Some(now));
+    run.stage = Set(None);
     run.update(&txn).await?;
+    // The first runner to run an app keeps it.
+    let placed = AppPlacement::find_by_id(app.id).one(&txn).await?;
+    if placed.is_none() {
+        AppPlacement::insert(app_placement::ActiveModel {
+            app_id: Set(app.id),
+            runner_name: Set(runner.name.clone()),
+            placed_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+    }
+    let source = match source_id {
+        None => None,
+        Some(id) => Deployment::find_by_id(id)
+            .find_also_related(DeploymentRun)
+            .one(&txn)
+            .await?
+            .map(|(d, run)| Source {
+                deployment_id: d.id,
+                commit_sha: run.and_then(|r| r.commit_sha),
+                image_tag: d.image_tag,
+            }),
+    };
     txn.commit().await?;
     events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
     Ok(Some(Claim {
@@ -246,6 +308,7 @@ pub async fn claim(
         repository,
         attempt,
         lease_expires_at,
+        source,
     }))
 }
 
@@ -257,13 +320,17 @@ pub struct Heartbeat {
     pub cancel_requested: bool,
 }
 
-/// Renews `runner`'s lease on a deployment it holds.
+/// Renews `runner`'s lease on a deployment it holds, recording its progress.
 pub async fn heartbeat(
     db: &DatabaseConnection,
     policy: &RunnerPolicy,
     runner: &Principal,
     id: i64,
+    progress: Progress,
 ) -> Result<Heartbeat, DomainError> {
+    if let Some(sha) = &progress.commit_sha {
+        super::check("commitSha", super::validation::commit_sha, sha)?;
+    }
     let (_turn, txn) = begin_write(db).await?;
     let (deployment, run) = held_by(&txn, runner, id).await?;
     let cancel_requested = run.cancel_requested;
@@ -271,6 +338,12 @@ pub async fn heartbeat(
     let mut run: deployment_run::ActiveModel = run.into();
     run.lease_expires_at = Set(Some(lease_expires_at));
     run.heartbeat_at = Set(Some(Timestamp::now()));
+    if let Some(stage) = progress.stage {
+        run.stage = Set(Some(stage));
+    }
+    if let Some(sha) = progress.commit_sha {
+        run.commit_sha = Set(Some(sha));
+    }
     run.update(&txn).await?;
     txn.commit().await?;
     Ok(Heartbeat {
@@ -280,17 +353,32 @@ pub async fn heartbeat(
     })
 }
 
-/// Ends a deployment `runner` holds with `outcome`; the app follows: `running` on success,
-/// `failed` on failure, its status before the deploy when cancelled.
+/// What a runner reports at the end of a deployment.
+pub struct Report {
+    pub outcome: Outcome,
+    pub image_tag: Option<String>,
+    pub error_summary: Option<String>,
+    pub commit_sha: Option<String>,
+}
+
+/// Ends a deployment `runner` holds with its report's outcome; the app follows: `running` on
+/// success, `failed` on failure, its status before the deploy when cancelled.
 pub async fn report(
     db: &DatabaseConnection,
     events: &EventBus,
     runner: &Principal,
     id: i64,
-    outcome: Outcome,
-    image_tag: Option<String>,
-    error_summary: Option<String>,
+    report: Report,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
+    let Report {
+        outcome,
+        image_tag,
+        error_summary,
+        commit_sha,
+    } = report;
+    if let Some(sha) = &commit_sha {
+        super::check("commitSha", super::validation::commit_sha, sha)?;
+    }
     if let Some(tag) = &image_tag {
         super::check("imageTag", super::validation::image_reference, tag)?;
     }
@@ -301,7 +389,10 @@ pub async fn report(
         })
         .transpose()?;
     let (_turn, txn) = begin_write(db).await?;
-    let (deployment, run) = held_by(&txn, runner, id).await?;
+    let (deployment, mut run) = held_by(&txn, runner, id).await?;
+    if commit_sha.is_some() {
+        run.commit_sha = commit_sha;
+    }
     let (status, app_status) = match outcome {
         Outcome::Success => (DeploymentStatus::Success, AppStatus::Running),
         Outcome::Failed => (DeploymentStatus::Failed, AppStatus::Failed),
@@ -344,8 +435,10 @@ async fn finish(
         active.error_summary = Set(summary);
     }
     let deployment = active.update(txn).await?;
+    let commit_sha = run.commit_sha.clone();
     let mut run: deployment_run::ActiveModel = run.into();
     run.lease_expires_at = Set(None);
+    run.commit_sha = Set(commit_sha);
     run.update(txn).await?;
     // Only the app's latest deployment decides its status.
     let latest = Deployment::find()
@@ -475,6 +568,44 @@ pub async fn expire_leases(
         changed += 1;
     }
     Ok(changed)
+}
+
+/// The apps placed on `runner`, with the deployment each should be running (its latest
+/// successful one) and that deployment's commit: what a runner reconciles against.
+pub async fn placed_apps(
+    db: &DatabaseConnection,
+    runner: &Principal,
+) -> Result<Vec<PlacedApp>, DomainError> {
+    let apps: Vec<app::Model> = App::find()
+        .inner_join(AppPlacement)
+        .filter(app_placement::Column::RunnerName.eq(runner.name.as_str()))
+        .order_by_asc(app::Column::Id)
+        .all(db)
+        .await?;
+    let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
+    // Newest first: the first success seen per app is its current one.
+    let successes = Deployment::find()
+        .find_also_related(DeploymentRun)
+        .filter(deployment::Column::AppId.is_in(ids))
+        .filter(deployment::Column::Status.eq(DeploymentStatus::Success))
+        .order_by_desc(deployment::Column::CreatedAt)
+        .order_by_desc(deployment::Column::Id)
+        .all(db)
+        .await?;
+    let mut current: std::collections::HashMap<i64, (deployment::Model, Option<String>)> =
+        std::collections::HashMap::new();
+    for (deployment, run) in successes {
+        current
+            .entry(deployment.app_id)
+            .or_insert_with(|| (deployment, run.and_then(|r| r.commit_sha)));
+    }
+    Ok(apps
+        .into_iter()
+        .map(|app| PlacedApp {
+            current: current.remove(&app.id),
+            app,
+        })
+        .collect())
 }
 
 /// Appends `chunk` to the log of a deployment `runner` holds, up to the log's cap; returns

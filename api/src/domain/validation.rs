@@ -321,6 +321,19 @@ pub fn image_reference(reference: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A commit a runner built: 40 lowercase hex digits (a SHA-1 object name).
+pub fn commit_sha(sha: &str) -> Result<(), String> {
+    if sha.len() == 40
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("must be 40 lowercase hexadecimal digits".into())
+    }
+}
+
 /// What a runner reports went wrong: at most 4,000 characters (control characters other
 /// than newlines and tabs are stored escaped).
 pub fn error_summary(summary: &str) -> Result<(), String> {

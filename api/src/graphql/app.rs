@@ -369,6 +369,13 @@ pub struct DeleteAppPayload {
     deleted_app_id: ID,
 }
 
+#[derive(InputObject)]
+pub struct RollbackAppInput {
+    app_id: ID,
+    /// An earlier successful deployment of the app.
+    to_deployment_id: ID,
+}
+
 #[derive(SimpleObject)]
 pub struct DeployAppPayload {
     /// The new, queued deployment.
@@ -491,7 +498,34 @@ impl AppMutation {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let (deployment, app) = apps::deploy(&api.db, &api.events, api.ports, id)
+            let (deployment, app) = apps::deploy(&api.db, &api.events, api.ports, id, None)
+                .await
+                .extend()?;
+            Ok(DeployAppPayload {
+                deployment: Deployment(deployment),
+                app: app.into(),
+            })
+        })
+        .await
+    }
+
+    /// Rolls an app back to an earlier successful deployment: queues a new deployment that
+    /// reuses that deployment's release (or image) when its runner still has it, and otherwise
+    /// rebuilds its recorded commit. It goes through the same health check and switch.
+    async fn rollback_app(
+        &self,
+        ctx: &Context<'_>,
+        input: RollbackAppInput,
+    ) -> async_graphql::Result<DeployAppPayload> {
+        audited(ctx, Capability::Write, async {
+            let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+            let source = decode_as(
+                &input.to_deployment_id,
+                NodeType::Deployment,
+                "toDeploymentId",
+            )?;
+            let api = api(ctx)?;
+            let (deployment, app) = apps::deploy(&api.db, &api.events, api.ports, id, Some(source))
                 .await
                 .extend()?;
             Ok(DeployAppPayload {

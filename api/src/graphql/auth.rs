@@ -71,7 +71,9 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
 /// | runner | its own identity (`viewer`), the payloads of the runner mutations and their `RunnerJob`, the `Deployment` it was handed (not its `app`), and of that app only `id`, `databaseId`, `name` and `status` |
 pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) -> bool {
     use entity::api_token::Role;
-    if matches!(type_name, "Query" | "Mutation" | "Subscription") {
+    // List items pass through the same hook, named by the list's type (`[RunnerApp!]`):
+    // the field that returned the list was checked at its object.
+    if matches!(type_name, "Query" | "Mutation" | "Subscription") || type_name.starts_with('[') {
         return true;
     }
     match role {
@@ -80,6 +82,8 @@ pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) ->
         Role::Runner => match type_name {
             "Viewer"
             | "RunnerJob"
+            | "RollbackSource"
+            | "RunnerApp"
             | "ClaimDeploymentPayload"
             | "HeartbeatDeploymentPayload"
             | "ReportDeploymentPayload"

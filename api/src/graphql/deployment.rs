@@ -14,7 +14,7 @@ use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
 use super::error::{OrInternal, bad_input, internal, not_found};
 use super::guardrails::ResponseBudget;
 use super::ids::{NodeType, decode_as};
-use super::loaders::{AppId, DeploymentFilter, DeploymentId};
+use super::loaders::{AppId, DeploymentFilter, DeploymentId, RunOfDeployment};
 use super::total_count::TotalCount;
 use super::{api, loaders, page_complexity, root_connection};
 
@@ -42,6 +42,35 @@ pub enum DeploymentStatus {
 /// One attempt to build and run an app.
 pub struct Deployment(pub deployment::Model);
 
+impl Deployment {
+    async fn run(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<entity::deployment_run::Model>> {
+        loaders(ctx)?
+            .load_one(RunOfDeployment(self.0.id))
+            .await
+            .or_internal()
+    }
+}
+
+/// A running deployment's stage, as its runner reports it.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::deployment_run::Stage")]
+pub enum DeploymentStage {
+    /// Fetching the repository.
+    Clone,
+    /// Building (`build:` in the Procfile, or `docker build`).
+    Build,
+    /// The release phase (`release:`), before traffic moves.
+    Release,
+    /// Starting the new instance.
+    Start,
+    /// Waiting for the new instance to pass its health check.
+    HealthCheck,
+    /// Moving traffic to the new instance and draining the old one.
+    Switch,
+}
 #[Object]
 impl Deployment {
     /// Opaque global ID (see `node`).
@@ -97,6 +126,30 @@ impl Deployment {
         let started = self.0.started_at?.as_utc();
         let ended = self.0.ended_at.map_or_else(Utc::now, |t| t.as_utc());
         Some((ended - started).num_microseconds()? as f64 / 1e6)
+    }
+
+    /// The commit the runner built (40 hex digits), once it has cloned.
+    async fn commit_sha(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.run(ctx).await?.and_then(|run| run.commit_sha))
+    }
+
+    /// Where a running deployment is (clone, build, release, start, health check, switch);
+    /// the last stage reached once it has ended; null before a runner reported one.
+    async fn stage(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<DeploymentStage>> {
+        Ok(self
+            .run(ctx)
+            .await?
+            .and_then(|run| run.stage)
+            .map(Into::into))
+    }
+
+    /// For a rollback: the earlier deployment whose release it reuses.
+    async fn rollback_of(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ID>> {
+        Ok(self
+            .run(ctx)
+            .await?
+            .and_then(|run| run.source_deployment_id)
+            .map(|id| NodeType::Deployment.id(id)))
     }
 
     /// What went wrong, for failed deployments; empty otherwise.

@@ -374,6 +374,27 @@ impl Loader<DeploymentId> for Reader {
     }
 }
 
+/// The runner bookkeeping of a deployment (`api_deployment_run`), by deployment id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RunOfDeployment(pub i64);
+
+impl Loader<RunOfDeployment> for Reader {
+    type Value = entity::deployment_run::Model;
+    type Error = Arc<DbErr>;
+
+    async fn load(&self, keys: &[RunOfDeployment]) -> LoadResult<RunOfDeployment, Self::Value> {
+        by_id::<entity::prelude::DeploymentRun, _>(
+            &self.db,
+            keys,
+            |k| k.0,
+            entity::deployment_run::Column::DeploymentId,
+            |m| m.deployment_id,
+            RunOfDeployment,
+        )
+        .await
+    }
+}
+
 /// Pages are handed out in an `Arc`: `DataLoader::load_one` clones the value it returns,
 /// and a page holds whole rows.
 ///

@@ -48,6 +48,7 @@ pub struct Query(
     auth::ViewerQuery,
     api_token::ApiTokenQuery,
     audit_event::AuditEventQuery,
+    runner::RunnerQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -187,4 +188,29 @@ pub(crate) fn page_complexity(first: Option<i32>, last: Option<i32>, child: usiz
             n.max(0) as usize
         });
     size.max(1) * child + 1
+}
+
+#[cfg(test)]
+mod tests {
+    /// The runner's `.graphql` documents validate against this schema (which
+    /// `schema.graphql` must equal): a renamed field breaks this test, not a deployment.
+    #[tokio::test]
+    async fn runner_operations_match_the_schema() {
+        let schema = super::schema_builder().finish();
+        let variables = serde_json::json!({ "id": "x", "status": "FAILED", "chunk": "x" });
+        for (name, document) in crate::runner::client::operations::ALL {
+            let request = async_graphql::Request::new(*document)
+                .variables(async_graphql::Variables::from_json(variables.clone()));
+            let response = schema.execute(request).await;
+            // Without data every resolver fails at run time, with a path; a document that
+            // does not validate fails before, without one.
+            let invalid: Vec<_> = response
+                .errors
+                .iter()
+                .filter(|e| e.path.is_empty())
+                .map(|e| e.message.clone())
+                .collect();
+            assert!(invalid.is_empty(), "{name}: {invalid:?}");
+        }
+    }
 }

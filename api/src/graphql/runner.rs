@@ -1,13 +1,14 @@
-//! The runner protocol's mutations (`runner` tokens; admins may call them too):
-//! `claimDeployment`, `heartbeatDeployment`, `reportDeployment`, `appendDeploymentLog`.
+//! The runner protocol (`runner` tokens; admins may call it too): the mutations
+//! `claimDeployment`, `heartbeatDeployment`, `reportDeployment`, `appendDeploymentLog`, and
+//! the query `runnerApps` (what the calling runner should be running).
 //! The rules are in [`crate::domain::runs`].
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::app::{AccessMode, App};
-use super::auth::{AuditObject, audited, audited_failures, principal};
-use super::deployment::Deployment;
+use super::app::{AccessMode, App, AppStatus};
+use super::auth::{AuditObject, Require, audited, audited_failures, principal};
+use super::deployment::{Deployment, DeploymentStage};
 use super::ids::{NodeType, decode_as};
 use super::{ApiContext, api};
 use crate::domain::access::Capability;
@@ -22,6 +23,8 @@ pub struct RunnerJob {
     branch: String,
     /// The app's name (also its DNS label for `HOST` apps).
     app_name: String,
+    /// The app's primary key (what `runnerApps` lists it by).
+    app_database_id: i64,
     access_mode: AccessMode,
     /// The host port to publish on, for `PORT` apps.
     port: Option<i32>,
@@ -31,6 +34,18 @@ pub struct RunnerJob {
     attempt: i32,
     /// Heartbeat before this, or the deployment is requeued.
     lease_expires_at: DateTime<Utc>,
+    /// For a rollback: the earlier deployment whose release (or image) to reuse; rebuild its
+    /// `commitSha` when the runner no longer has it.
+    rollback_from: Option<RollbackSource>,
+}
+
+/// The release a rollback reuses.
+#[derive(SimpleObject)]
+pub struct RollbackSource {
+    /// The earlier deployment's primary key (its release directory and image carry it).
+    deployment_database_id: i64,
+    commit_sha: Option<String>,
+    image_tag: String,
 }
 
 #[derive(SimpleObject)]
@@ -51,6 +66,10 @@ impl AuditObject for ClaimDeploymentPayload {
 #[derive(InputObject)]
 pub struct HeartbeatDeploymentInput {
     deployment_id: ID,
+    /// The stage the runner has reached.
+    stage: Option<DeploymentStage>,
+    /// The commit being built, once cloned (40 hex digits).
+    commit_sha: Option<String>,
 }
 
 #[derive(SimpleObject)]
@@ -85,6 +104,8 @@ pub struct ReportDeploymentInput {
     image_tag: Option<String>,
     /// What went wrong, for `FAILED` (at most 4,000 characters).
     error_summary: Option<String>,
+    /// The commit built (40 hex digits).
+    commit_sha: Option<String>,
 }
 
 #[derive(SimpleObject)]
@@ -149,11 +170,17 @@ impl RunnerMutation {
                         repository_url: claim.repository.git_url,
                         branch: claim.repository.default_branch,
                         app_name: claim.app.name,
+                        app_database_id: claim.app.id,
                         access_mode: claim.app.access_mode.into(),
                         port: claim.deployment.assigned_port,
                         logs_path: claim.deployment.logs_path.clone(),
                         attempt: claim.attempt,
                         lease_expires_at: claim.lease_expires_at.as_utc(),
+                        rollback_from: claim.source.map(|source| RollbackSource {
+                            deployment_database_id: source.deployment_id,
+                            commit_sha: source.commit_sha,
+                            image_tag: source.image_tag,
+                        }),
                     }),
                     deployment: Some(Deployment(claim.deployment)),
                 },
@@ -171,7 +198,11 @@ impl RunnerMutation {
         audited_failures(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
             let api = api(ctx)?;
-            let beat = runs::heartbeat(&api.db, &api.runners, principal(ctx)?, id)
+            let progress = runs::Progress {
+                stage: input.stage.map(Into::into),
+                commit_sha: input.commit_sha,
+            };
+            let beat = runs::heartbeat(&api.db, &api.runners, principal(ctx)?, id, progress)
                 .await
                 .extend()?;
             Ok(HeartbeatDeploymentPayload {
@@ -203,9 +234,12 @@ impl RunnerMutation {
                 &api.events,
                 principal(ctx)?,
                 id,
-                outcome,
-                input.image_tag,
-                input.error_summary,
+                runs::Report {
+                    outcome,
+                    image_tag: input.image_tag,
+                    error_summary: input.error_summary,
+                    commit_sha: input.commit_sha,
+                },
             )
             .await
             .extend()?;
@@ -244,5 +278,52 @@ impl RunnerMutation {
             })
         })
         .await
+    }
+}
+
+/// An app placed on the calling runner, and what it should be running.
+#[derive(SimpleObject)]
+pub struct RunnerApp {
+    /// The app's global ID.
+    id: ID,
+    database_id: i64,
+    name: String,
+    access_mode: AccessMode,
+    /// The public host port, for `PORT` apps.
+    port: Option<i32>,
+    /// `RUNNING`: its current deployment should be serving; `STOPPED`: nothing should run.
+    status: AppStatus,
+    /// Its latest successful deployment's primary key: the release that should serve.
+    current_deployment_database_id: Option<i64>,
+    /// That deployment's commit.
+    current_commit_sha: Option<String>,
+}
+
+#[derive(Default)]
+pub struct RunnerQuery;
+
+#[Object]
+impl RunnerQuery {
+    /// The apps placed on the calling runner (the first runner that ran an app keeps it), each
+    /// with the deployment that should be serving: a runner reconciles what runs with this.
+    /// An app missing from the list was deleted: its instance, releases and images go.
+    #[graphql(guard = "Require(Capability::Run)")]
+    async fn runner_apps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunnerApp>> {
+        let placed = runs::placed_apps(&api(ctx)?.db, principal(ctx)?)
+            .await
+            .extend()?;
+        Ok(placed
+            .into_iter()
+            .map(|placed| RunnerApp {
+                id: NodeType::App.id(placed.app.id),
+                database_id: placed.app.id,
+                name: placed.app.name,
+                access_mode: placed.app.access_mode.into(),
+                port: placed.app.current_port,
+                status: placed.app.status.into(),
+                current_deployment_database_id: placed.current.as_ref().map(|(d, _)| d.id),
+                current_commit_sha: placed.current.and_then(|(_, sha)| sha),
+            })
+            .collect())
     }
 }

@@ -1,0 +1,100 @@
+//! The runner's only way to the server: GraphQL over HTTP with a `runner` token. Each
+//! operation is a `.graphql` document in `operations/` (a test validates them against the
+//! schema), sent with its variables; the response's `data` is deserialized into the type the
+//! caller names.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// The operations the runner sends.
+pub mod operations {
+    pub const CLAIM: &str = include_str!("operations/claim.graphql");
+    pub const HEARTBEAT: &str = include_str!("operations/heartbeat.graphql");
+    pub const REPORT: &str = include_str!("operations/report.graphql");
+    pub const APPEND_LOG: &str = include_str!("operations/append_log.graphql");
+    pub const RUNNER_APPS: &str = include_str!("operations/runner_apps.graphql");
+
+    /// Every document, by file name (for the schema test).
+    pub const ALL: &[(&str, &str)] = &[
+        ("claim.graphql", CLAIM),
+        ("heartbeat.graphql", HEARTBEAT),
+        ("report.graphql", REPORT),
+        ("append_log.graphql", APPEND_LOG),
+        ("runner_apps.graphql", RUNNER_APPS),
+    ];
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or answered garbage: worth retrying.
+    #[error("cannot reach the server: {0}")]
+    Transport(String),
+    /// The server refused the operation (`code` from `extensions.code`).
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { code, .. } => Some(code),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    authorization: String,
+}
+
+impl Client {
+    pub fn new(server: &str, token: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Self {
+            http,
+            endpoint: format!("{}/graphql", server.trim_end_matches('/')),
+            authorization: format!("Bearer {}", token.trim()),
+        })
+    }
+
+    /// Runs `document` with `variables`; `Ok(data)` when the server reported no error.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        document: &str,
+        variables: Value,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .header(reqwest::header::AUTHORIZATION, &self.authorization)
+            .json(&json!({ "query": document, "variables": variables }))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| ClientError::Transport(format!("HTTP {status}: {e}")))?;
+        if let Some(error) = body["errors"].as_array().and_then(|e| e.first()) {
+            return Err(ClientError::Refused {
+                code: error["extensions"]["code"]
+                    .as_str()
+                    .unwrap_or("UNKNOWN")
+                    .to_owned(),
+                message: error["message"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        serde_json::from_value(body["data"].clone())
+            .map_err(|e| ClientError::Transport(format!("unexpected response: {e}")))
+    }
+}

@@ -1,0 +1,106 @@
+//! A deployment's log on its way to the server: lines are collected and sent with
+//! `appendDeploymentLog` in batches (at most every 500 ms, or at 32 KiB), in order. A batch
+//! that cannot be sent is retried; once the server says the log is full, the rest is
+//! dropped. Memory stays bounded: the queue of lines is bounded, and a producer waits when it
+//! is full (a build printing faster than the server takes it is slowed down, not buffered).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::client::{Client, operations};
+
+const BATCH_BYTES: usize = 32 * 1024;
+const BATCH_DELAY: Duration = Duration::from_millis(500);
+const QUEUE_LINES: usize = 1024;
+
+/// Where lines of one deployment's log go.
+#[derive(Clone)]
+pub struct LogSender(mpsc::Sender<String>);
+
+impl LogSender {
+    pub async fn line(&self, line: impl Into<String>) {
+        let _ = self.0.send(line.into()).await;
+    }
+
+    /// A stage marker, as `==> build` (stages are what `Deployment.stage` reports).
+    pub async fn stage(&self, stage: &str) {
+        self.line(format!("==> {stage}")).await;
+    }
+}
+
+/// Starts sending `deployment`'s log; the task ends, having sent everything, once every
+/// [`LogSender`] is dropped.
+pub fn spool(client: Client, deployment: String) -> (LogSender, JoinHandle<()>) {
+    let (sender, mut lines) = mpsc::channel::<String>(QUEUE_LINES);
+    let task = tokio::spawn(async move {
+        let mut batch = String::new();
+        let mut full = false;
+        loop {
+            let next = if batch.is_empty() {
+                lines.recv().await
+            } else {
+                match tokio::time::timeout(BATCH_DELAY, lines.recv()).await {
+                    Ok(line) => line,
+                    Err(_) => {
+                        full = full || send(&client, &deployment, &mut batch).await;
+                        continue;
+                    }
+                }
+            };
+            let Some(line) = next else { break };
+            if full {
+                continue;
+            }
+            batch.push_str(&line);
+            batch.push('\n');
+            if batch.len() >= BATCH_BYTES {
+                full = send(&client, &deployment, &mut batch).await;
+            }
+        }
+        if !batch.is_empty() && !full {
+            send(&client, &deployment, &mut batch).await;
+        }
+    });
+    (LogSender(sender), task)
+}
+
+/// Sends `batch` (emptying it), retrying a failed transport a few times; returns whether the
+/// server reported the log full.
+async fn send(client: &Client, deployment: &str, batch: &mut String) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        append_deployment_log: Appended,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Appended {
+        log_full: bool,
+    }
+    let chunk = std::mem::take(batch);
+    for attempt in 0..5u32 {
+        match client
+            .call::<Data>(
+                operations::APPEND_LOG,
+                json!({ "id": deployment, "chunk": chunk }),
+            )
+            .await
+        {
+            Ok(data) => return data.append_deployment_log.log_full,
+            Err(error) if error.code().is_some() => {
+                // Refused (the deployment ended, or is not ours any more): nothing to retry.
+                tracing::warn!(%error, "the server refused a log batch");
+                return true;
+            }
+            Err(error) => {
+                tracing::warn!(%error, attempt, "cannot send a log batch; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,767 @@
+//! `keystone runner`: executes deployments. A client of the GraphQL API like any other (a
+//! `runner` token; it never opens the database and uses nothing of the server's modules):
+//!
+//! 1. **Claim** the oldest queued deployment it may run, heartbeat it (reporting its stage
+//!    and commit; a heartbeat that says "cancel" stops the step in progress), and stream its
+//!    log ([`logs`]).
+//! 2. **Source**: a hardened shallow clone ([`source`]); the checkout becomes an immutable
+//!    release directory per deployment (`<work>/apps/<app>/releases/<deployment>`), without
+//!    `.git`. A rollback copies the earlier release instead of rebuilding it.
+//! 3. **Build and release** with the repository's `Procfile` ([`procfile`]): `build:` and
+//!    `release:` run in the release directory, each with a timeout, in their own process group
+//!    ([`process`]); a failing release phase leaves traffic untouched.
+//! 4. **Start** `web:` on a free private port (`PORT`), in its own process group (it outlives
+//!    a runner restart), **health-check** it from the host ([`health`]), then **switch**: the
+//!    app's public port is owned by a forwarder ([`endpoint`]) whose upstream is swapped
+//!    atomically; the old instance is drained, then stopped (SIGTERM, SIGKILL after a grace).
+//!    A failed check leaves the old instance serving, and puts the new one's last output
+//!    lines into the log.
+//! 5. **Reconcile** what runs with what the server says should ([`reconcile`]): at start
+//!    (re-adopting instances that survived a restart, restarting releases after a reboot),
+//!    then periodically: stopped apps are stopped, deleted apps removed with their releases.
+//!
+//! What it remembers lives in `<work>/state.json` ([`state`]).
+
+pub mod client;
+mod endpoint;
+mod health;
+mod logs;
+mod process;
+mod procfile;
+mod reconcile;
+mod source;
+mod state;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::process::Command;
+use tokio::sync::{Semaphore, watch};
+
+use self::client::{Client, ClientError, operations};
+use self::endpoint::{Endpoint, Upstream, free_private_port};
+use self::health::HealthCheck;
+use self::logs::LogSender;
+use self::process::{StepError, run_step, spawn_web, stop_group};
+use self::state::{Instance, State};
+
+/// `keystone runner` settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunnerArgs {
+    /// The Keystone server's base URL.
+    #[arg(long, env = "KEYSTONE_SERVER", default_value = "http://127.0.0.1:8000")]
+    pub server: String,
+    /// A file holding a `runner` token (`keystone token create --role runner`).
+    #[arg(
+        long,
+        env = "KEYSTONE_RUNNER_TOKEN_FILE",
+        default_value = "keystone-runner.token"
+    )]
+    pub token_file: PathBuf,
+    /// Where releases, build directories and the state file live.
+    #[arg(
+        long,
+        env = "KEYSTONE_RUNNER_WORK_DIR",
+        default_value = "keystone-runner"
+    )]
+    pub work_dir: PathBuf,
+    /// Address the apps' public ports listen on.
+    #[arg(long, env = "KEYSTONE_RUNNER_BIND", default_value = "127.0.0.1")]
+    pub bind_address: IpAddr,
+    /// Deployments built at once.
+    #[arg(long, env = "KEYSTONE_RUNNER_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
+    /// Path probed by the health check (empty: no HTTP check, only "still running after
+    /// 10 s and accepting TCP").
+    #[arg(long, env = "KEYSTONE_HEALTH_PATH", default_value = "/")]
+    pub health_path: String,
+    /// Seconds between health probes.
+    #[arg(long, env = "KEYSTONE_HEALTH_INTERVAL_SECS", default_value_t = 2)]
+    pub health_interval_secs: u64,
+    /// Seconds one probe may take.
+    #[arg(long, env = "KEYSTONE_HEALTH_TIMEOUT_SECS", default_value_t = 5)]
+    pub health_timeout_secs: u64,
+    /// Seconds a new instance has to become healthy.
+    #[arg(long, env = "KEYSTONE_HEALTH_DEADLINE_SECS", default_value_t = 60)]
+    pub health_deadline_secs: u64,
+    /// Seconds an old instance keeps its open connections after a switch.
+    #[arg(long, env = "KEYSTONE_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL when an instance stops.
+    #[arg(long, env = "KEYSTONE_STOP_GRACE_SECS", default_value_t = 10)]
+    pub stop_grace_secs: u64,
+    /// Seconds a clone may take.
+    #[arg(long, env = "KEYSTONE_CLONE_TIMEOUT_SECS", default_value_t = 300)]
+    pub clone_timeout_secs: u64,
+    /// Seconds a build may take.
+    #[arg(long, env = "KEYSTONE_BUILD_TIMEOUT_SECS", default_value_t = 1800)]
+    pub build_timeout_secs: u64,
+    /// Seconds the release phase may take.
+    #[arg(long, env = "KEYSTONE_RELEASE_TIMEOUT_SECS", default_value_t = 900)]
+    pub release_timeout_secs: u64,
+    /// Successful releases kept per app (for rollbacks without a rebuild).
+    #[arg(long, env = "KEYSTONE_KEEP_RELEASES", default_value_t = 5)]
+    pub keep_releases: usize,
+    /// Free space (MiB) the work directory needs before a build starts.
+    #[arg(long, env = "KEYSTONE_MIN_FREE_MIB", default_value_t = 2048)]
+    pub min_free_mib: u64,
+    /// Milliseconds between claims while nothing is queued.
+    #[arg(long, env = "KEYSTONE_POLL_MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// Seconds between reconciliations with the server's desired state.
+    #[arg(long, env = "KEYSTONE_RECONCILE_SECS", default_value_t = 30)]
+    pub reconcile_secs: u64,
+}
+
+impl RunnerArgs {
+    fn health(&self) -> HealthCheck {
+        HealthCheck {
+            path: Some(self.health_path.clone()).filter(|p| !p.is_empty()),
+            interval: Duration::from_secs(self.health_interval_secs.max(1)),
+            timeout: Duration::from_secs(self.health_timeout_secs.max(1)),
+            deadline: Duration::from_secs(self.health_deadline_secs.max(1)),
+        }
+    }
+}
+
+/// Why the runner could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("cannot read the runner token from {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("work directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the running runner shares between its tasks.
+pub(crate) struct Runner {
+    client: Client,
+    args: RunnerArgs,
+    work: PathBuf,
+    state: Mutex<State>,
+    endpoints: Mutex<std::collections::HashMap<i64, Endpoint>>,
+    /// Apps with a deployment in progress here (reconciliation leaves them alone).
+    busy: Mutex<HashSet<i64>>,
+}
+
+/// Runs until SIGTERM or Ctrl-C: reconciles, then claims and runs deployments.
+pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
+    let token = std::fs::read_to_string(&args.token_file).map_err(|source| RunnerError::Token {
+        path: args.token_file.clone(),
+        source,
+    })?;
+    let client = Client::new(&args.server, &token)?;
+    let work = std::path::absolute(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
+    create_private_dir(&work).map_err(|source| RunnerError::WorkDir {
+        path: work.clone(),
+        source,
+    })?;
+    let runner = Arc::new(Runner {
+        state: Mutex::new(State::load(&work)),
+        client,
+        work,
+        endpoints: Mutex::default(),
+        busy: Mutex::default(),
+        args,
+    });
+    tracing::info!(server = %runner.args.server, work = %runner.work.display(), "runner started");
+    reconcile::pass(&runner).await;
+    let reconciler = tokio::spawn(reconcile::every(runner.clone()));
+    let slots = Arc::new(Semaphore::new(runner.args.concurrency.max(1)));
+    let claims = claim_loop(runner.clone(), slots);
+    tokio::select! {
+        () = claims => {}
+        () = crate::shutdown_signal() => {}
+    }
+    reconciler.abort();
+    // Instances keep running (their process groups are their own); the next start re-adopts
+    // them.
+    tracing::info!("runner stopped; running apps keep serving until it starts again");
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimData {
+    claim_deployment: Claimed,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Claimed {
+    deployment: Option<ClaimedDeployment>,
+    job: Option<Job>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimedDeployment {
+    id: String,
+    database_id: i64,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Job {
+    repository_url: String,
+    branch: String,
+    app_name: String,
+    app_database_id: i64,
+    access_mode: String,
+    port: Option<u16>,
+    lease_expires_at: chrono::DateTime<chrono::Utc>,
+    rollback_from: Option<RollbackFrom>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RollbackFrom {
+    deployment_database_id: i64,
+}
+
+async fn claim_loop(runner: Arc<Runner>, slots: Arc<Semaphore>) {
+    let idle = Duration::from_millis(runner.args.poll_ms.max(50));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match runner
+            .client
+            .call::<ClaimData>(operations::CLAIM, json!({}))
+            .await
+        {
+            Ok(ClaimData {
+                claim_deployment:
+                    Claimed {
+                        deployment: Some(deployment),
+                        job: Some(job),
+                    },
+            }) => {
+                let runner = runner.clone();
+                tokio::spawn(async move {
+                    runner.execute(deployment, job).await;
+                    drop(slot);
+                });
+            }
+            Ok(_) => {
+                drop(slot);
+                tokio::time::sleep(idle).await;
+            }
+            Err(error) => {
+                drop(slot);
+                tracing::warn!(%error, "cannot claim a deployment; retrying");
+                tokio::time::sleep(idle * 3).await;
+            }
+        }
+    }
+}
+
+/// How a deployment ended on this runner.
+enum Ending {
+    Success,
+    Failed(String),
+    Cancelled,
+}
+
+/// What the heartbeat reports: the stage reached and the commit.
+#[derive(Clone, Default)]
+struct Progress {
+    stage: Option<&'static str>,
+    commit_sha: Option<String>,
+}
+
+impl Runner {
+    fn app_dir(&self, app: &str) -> PathBuf {
+        self.work.join("apps").join(app)
+    }
+
+    fn release_dir(&self, app: &str, deployment: i64) -> PathBuf {
+        self.app_dir(app)
+            .join("releases")
+            .join(deployment.to_string())
+    }
+
+    fn output_file(&self, app: &str, deployment: i64) -> PathBuf {
+        self.app_dir(app)
+            .join("output")
+            .join(format!("{deployment}.log"))
+    }
+
+    async fn execute(self: &Arc<Self>, deployment: ClaimedDeployment, job: Job) {
+        let (app_id, app_name) = (job.app_database_id, job.app_name.clone());
+        self.busy.lock().expect("busy").insert(app_id);
+        tracing::info!(deployment = deployment.database_id, app = %app_name, "deploying");
+        let (log, spooler) = logs::spool(self.client.clone(), deployment.id.clone());
+        let (progress_tx, progress) = watch::channel(Progress::default());
+        let (cancel_tx, cancel) = watch::channel(false);
+        let heartbeat = tokio::spawn(heartbeat(
+            self.client.clone(),
+            deployment.id.clone(),
+            job.lease_expires_at,
+            progress,
+            cancel_tx,
+        ));
+        let ending = self
+            .deploy(&deployment, &job, app_id, &log, &progress_tx, cancel)
+            .await;
+        let commit_sha = progress_tx.borrow().commit_sha.clone();
+        match &ending {
+            Ending::Success => log.line("==> deployed").await,
+            Ending::Failed(why) => log.line(format!("==> failed: {why}")).await,
+            Ending::Cancelled => log.line("==> cancelled").await,
+        }
+        drop(log);
+        let _ = spooler.await;
+        heartbeat.abort();
+        let (status, summary) = match ending {
+            Ending::Success => ("SUCCESS", None),
+            Ending::Failed(why) => ("FAILED", Some(why)),
+            Ending::Cancelled => ("CANCELLED", None),
+        };
+        let report = json!({
+            "id": deployment.id,
+            "status": status,
+            "errorSummary": summary.map(|s| s.chars().take(3900).collect::<String>()),
+            "commitSha": commit_sha,
+        });
+        for attempt in 0..5u32 {
+            match self
+                .client
+                .call::<serde_json::Value>(operations::REPORT, report.clone())
+                .await
+            {
+                Ok(_) => break,
+                Err(error) if error.code().is_some() => {
+                    tracing::warn!(%error, "the server refused the report");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "cannot report; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
+                }
+            }
+        }
+        self.busy.lock().expect("busy").remove(&app_id);
+        tracing::info!(
+            deployment = deployment.database_id,
+            status,
+            "deployment ended"
+        );
+    }
+
+    async fn deploy(
+        self: &Arc<Self>,
+        deployment: &ClaimedDeployment,
+        job: &Job,
+        app_id: i64,
+        log: &LogSender,
+        progress: &watch::Sender<Progress>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Ending {
+        let stage = |name: &'static str| {
+            progress.send_modify(|p| p.stage = Some(name));
+        };
+        let step_failed = |what: &str, error: StepError| match error {
+            StepError::Cancelled => Ending::Cancelled,
+            other => Ending::Failed(format!("{what}: {other}")),
+        };
+        let release = self.release_dir(&job.app_name, deployment.database_id);
+        // Source: a rollback reuses an earlier release when this runner still has it.
+        let reused = match &job.rollback_from {
+            Some(from) => {
+                let earlier = self.release_dir(&job.app_name, from.deployment_database_id);
+                earlier.is_dir().then_some(earlier)
+            }
+            None => None,
+        };
+        if let Err(why) = enough_disk(&self.work, self.args.min_free_mib) {
+            return Ending::Failed(why);
+        }
+        match reused {
+            Some(earlier) => {
+                log.line(format!(
+                    "==> rollback: reusing the release of deployment {} (no rebuild)",
+                    job.rollback_from
+                        .as_ref()
+                        .map_or(0, |f| f.deployment_database_id)
+                ))
+                .await;
+                if let Ok(sha) = std::fs::read_to_string(earlier.join(".keystone-commit")) {
+                    progress.send_modify(|p| p.commit_sha = Some(sha.trim().to_owned()));
+                }
+                if let Err(error) = copy_release(&earlier, &release).await {
+                    return Ending::Failed(format!("rollback: cannot copy the release: {error}"));
+                }
+            }
+            None => {
+                stage("CLONE");
+                log.stage("clone").await;
+                let build_dir = self
+                    .work
+                    .join("builds")
+                    .join(deployment.database_id.to_string());
+                let _ = std::fs::remove_dir_all(&build_dir);
+                let checkout = build_dir.join("source");
+                let cloned = source::clone(
+                    &job.repository_url,
+                    &job.branch,
+                    &checkout,
+                    &build_dir.join("home"),
+                    Duration::from_secs(self.args.clone_timeout_secs),
+                    log,
+                    &mut cancel,
+                )
+                .await;
+                let sha = match cloned {
+                    Ok(sha) => sha,
+                    Err(error) => {
+                        let _ = std::fs::remove_dir_all(&build_dir);
+                        return step_failed("clone", error);
+                    }
+                };
+                log.line(format!("commit {sha}")).await;
+                progress.send_modify(|p| p.commit_sha = Some(sha.clone()));
+                let _ = std::fs::remove_dir_all(checkout.join(".git"));
+                let _ = std::fs::write(checkout.join(".keystone-commit"), &sha);
+                let moved =
+                    std::fs::create_dir_all(release.parent().expect("parent")).and_then(|()| {
+                        let _ = std::fs::remove_dir_all(&release);
+                        std::fs::rename(&checkout, &release)
+                    });
+                let _ = std::fs::remove_dir_all(&build_dir);
+                if let Err(error) = moved {
+                    return Ending::Failed(format!("cannot create the release directory: {error}"));
+                }
+            }
+        }
+        let procfile = match read_procfile(&release) {
+            Ok(procfile) => procfile,
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(&release);
+                return Ending::Failed(why);
+            }
+        };
+        // Build and release phase (not for a reused release: it was built and released).
+        if job.rollback_from.is_none() {
+            for (name, command, timeout, label) in [
+                (
+                    "BUILD",
+                    &procfile.build,
+                    self.args.build_timeout_secs,
+                    "build",
+                ),
+                (
+                    "RELEASE",
+                    &procfile.release,
+                    self.args.release_timeout_secs,
+                    "release",
+                ),
+            ] {
+                let Some(command) = command else { continue };
+                stage(name);
+                log.stage(label).await;
+                let outcome = run_step(
+                    self.shell(command, &release),
+                    Duration::from_secs(timeout),
+                    log,
+                    &mut cancel,
+                )
+                .await;
+                if let Err(error) = outcome {
+                    let _ = std::fs::remove_dir_all(&release);
+                    return step_failed(label, error);
+                }
+            }
+        }
+        if *cancel.borrow() {
+            let _ = std::fs::remove_dir_all(&release);
+            return Ending::Cancelled;
+        }
+        stage("START");
+        log.stage("start").await;
+        let started = self.start_instance(
+            &job.app_name,
+            deployment.database_id,
+            &release,
+            &procfile.web,
+        );
+        let (group, port) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&release);
+                return Ending::Failed(format!("start: cannot start `web`: {error}"));
+            }
+        };
+        stage("HEALTH_CHECK");
+        log.stage("health check").await;
+        let check = self.args.health();
+        let healthy = tokio::select! {
+            result = health::wait_healthy(&check, port, group) => result,
+            () = wait_for(&mut cancel) => Err(String::new()),
+        };
+        if let Err(why) = healthy {
+            stop_group(group, Duration::from_secs(self.args.stop_grace_secs)).await;
+            let output = self.output_file(&job.app_name, deployment.database_id);
+            log.line("==> the new instance's last output lines:").await;
+            for line in process::last_lines(&output, 100) {
+                log.line(line).await;
+            }
+            let _ = std::fs::remove_dir_all(&release);
+            if *cancel.borrow() {
+                return Ending::Cancelled;
+            }
+            return Ending::Failed(why);
+        }
+        stage("SWITCH");
+        log.stage("switch").await;
+        let instance = Instance {
+            app_name: job.app_name.clone(),
+            deployment: deployment.database_id,
+            release: release.clone(),
+            group,
+            private_port: port,
+            public_port: job.port.filter(|_| job.access_mode == "PORT"),
+        };
+        if let Err(why) = self.switch(app_id, instance).await {
+            stop_group(group, Duration::from_secs(self.args.stop_grace_secs)).await;
+            return Ending::Failed(why);
+        }
+        log.line(format!(
+            "serving on {}",
+            job.port.map_or_else(
+                || format!("private port {port}"),
+                |public| format!("port {public}")
+            )
+        ))
+        .await;
+        self.prune_releases(&job.app_name, deployment.database_id);
+        Ending::Success
+    }
+
+    fn shell(&self, command: &str, dir: &Path) -> Command {
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(command).current_dir(dir);
+        shell
+    }
+
+    /// Starts `web` from `release` on a free private port: (process group, port).
+    fn start_instance(
+        &self,
+        app: &str,
+        deployment: i64,
+        release: &Path,
+        web: &str,
+    ) -> std::io::Result<(i32, u16)> {
+        let port = free_private_port()?;
+        let output = self.output_file(app, deployment);
+        std::fs::create_dir_all(output.parent().expect("parent"))?;
+        let group = spawn_web(self.shell(web, release), port, &output)?;
+        Ok((group, port))
+    }
+
+    /// Puts `instance` behind the app's endpoint (opening it if needed), records it, and
+    /// drains and stops the instance it replaces in the background.
+    async fn switch(self: &Arc<Self>, app_id: i64, instance: Instance) -> Result<(), String> {
+        let upstream = Upstream::new(instance.private_port);
+        let replaced_upstream = match instance.public_port {
+            None => None,
+            Some(port) => {
+                let mut endpoints = self.endpoints.lock().expect("endpoints");
+                match endpoints.get(&app_id) {
+                    Some(endpoint) => Some(endpoint.switch(upstream)),
+                    None => {
+                        endpoints.insert(app_id, self.open_endpoint(port, upstream)?);
+                        None
+                    }
+                }
+            }
+        };
+        let previous = {
+            let mut state = self.state.lock().expect("state");
+            let previous = state.apps.insert(app_id, instance);
+            state.save(&self.work);
+            previous
+        };
+        if let Some(previous) = previous {
+            let runner = self.clone();
+            tokio::spawn(async move {
+                if let Some(upstream) = replaced_upstream {
+                    upstream
+                        .drained(Duration::from_secs(runner.args.drain_secs))
+                        .await;
+                }
+                stop_group(
+                    previous.group,
+                    Duration::from_secs(runner.args.stop_grace_secs),
+                )
+                .await;
+            });
+        }
+        Ok(())
+    }
+
+    fn open_endpoint(&self, port: u16, upstream: Upstream) -> Result<Endpoint, String> {
+        let bind = self.args.bind_address;
+        // Bound synchronously here so that a taken port fails this deployment clearly.
+        let listener = std::net::TcpListener::bind((bind, port))
+            .map_err(|e| format!("switch: cannot listen on the app's port {bind}:{port}: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("switch: {e}"))?;
+        Endpoint::from_listener(listener, upstream).map_err(|e| format!("switch: {e}"))
+    }
+
+    /// Keeps the newest `keep_releases` releases of `app` (and always `current`).
+    fn prune_releases(&self, app: &str, current: i64) {
+        let dir = self.app_dir(app).join("releases");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut ids: Vec<i64> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids.into_iter().skip(self.args.keep_releases.max(1)) {
+            if id != current {
+                let _ = std::fs::remove_dir_all(dir.join(id.to_string()));
+                let _ = std::fs::remove_file(self.output_file(app, id));
+            }
+        }
+    }
+}
+
+/// Resolves when `cancel` turns true.
+async fn wait_for(cancel: &mut watch::Receiver<bool>) {
+    while !*cancel.borrow_and_update() {
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn read_procfile(release: &Path) -> Result<procfile::Procfile, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(release.join("Procfile"))
+        .map_err(|_| "the repository has no Procfile (it must name a `web:` process)".to_owned())?;
+    let mut text = String::new();
+    file.take(procfile::MAX_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the Procfile: {e}"))?;
+    procfile::parse(&text)
+}
+
+/// `cp -a` of a release (a rollback's copy; releases are never changed in place).
+async fn copy_release(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("cp -a {status}")))
+    }
+}
+
+/// `Err` when the work directory's file system has less than `min_mib` free.
+fn enough_disk(dir: &Path, min_mib: u64) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Ok(());
+    }
+    let free_mib = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64) >> 20;
+    if free_mib < min_mib {
+        return Err(format!(
+            "not enough disk space: {free_mib} MiB free in {}, at least {min_mib} MiB needed (KEYSTONE_MIN_FREE_MIB)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Renews the lease at a third of its length, reporting progress; turns `cancel` on when the
+/// server asks for it or the lease is lost.
+async fn heartbeat(
+    client: Client,
+    deployment: String,
+    lease_expires_at: chrono::DateTime<chrono::Utc>,
+    progress: watch::Receiver<Progress>,
+    cancel: watch::Sender<bool>,
+) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        heartbeat_deployment: Beat,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Beat {
+        cancel_requested: bool,
+    }
+    let lease = (lease_expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::from_secs(30));
+    let every = (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    let mut progress = progress;
+    loop {
+        let current = progress.borrow_and_update().clone();
+        match client
+            .call::<Data>(
+                operations::HEARTBEAT,
+                json!({ "id": deployment, "stage": current.stage, "commitSha": current.commit_sha }),
+            )
+            .await
+        {
+            Ok(data) => {
+                if data.heartbeat_deployment.cancel_requested {
+                    let _ = cancel.send(true);
+                }
+            }
+            Err(error) if error.code() == Some("CONFLICT") => {
+                tracing::warn!(%error, "lost the lease on the deployment; stopping it");
+                let _ = cancel.send(true);
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "heartbeat failed; retrying"),
+        }
+        // Beat again at the interval, or as soon as the stage changes.
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(every).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! What the runner remembers across restarts (`<work>/state.json`, mode 0600): for each app
+//! it serves, the instance behind its endpoint. Written atomically (a temporary file, then a
+//! rename) after every switch and stop; a missing or unreadable file means nothing runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// By app id.
+    pub apps: BTreeMap<i64, Instance>,
+}
+
+/// A running instance of an app.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Instance {
+    pub app_name: String,
+    /// The deployment whose release it runs.
+    pub deployment: i64,
+    pub release: PathBuf,
+    /// Its process group.
+    pub group: i32,
+    pub private_port: u16,
+    /// The app's public port (PORT apps).
+    pub public_port: Option<u16>,
+}
+
+impl State {
+    fn path(work: &Path) -> PathBuf {
+        work.join("state.json")
+    }
+
+    pub fn load(work: &Path) -> Self {
+        match std::fs::read(Self::path(work)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(%error, "the runner's state file is unreadable; starting empty");
+                State::default()
+            }),
+            Err(_) => State::default(),
+        }
+    }
+
+    pub fn save(&self, work: &Path) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path(work);
+        let draft = work.join("state.json.tmp");
+        let written = (|| -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&draft)?;
+            file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+            file.sync_all()?;
+            std::fs::rename(&draft, &path)
+        })();
+        if let Err(error) = written {
+            tracing::error!(%error, path = %path.display(), "cannot save the runner's state");
+        }
+    }
+}

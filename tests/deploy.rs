@@ -1,0 +1,449 @@
+//! The runner, end to end: a real `git daemon` on loopback serving a sample app repository
+//! (a small HTTP server from Python's standard library that answers with its version), the
+//! real server, and `keystone runner` with the process runtime. Deploy, redeploy under load
+//! with zero failed requests, a failing health check that leaves the old version serving,
+//! a rollback without a rebuild, a runner restart, stop and delete.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::on_both_backends;
+use crate::support::{Backend, Server, TestDb, global_id, http};
+
+on_both_backends!(deploy_switch_rollback_restart_stop);
+
+const APP: &str = r#"import http.server, os, sys
+VERSION = "__VERSION__"
+if VERSION == "broken":
+    print("app: refusing to start: missing DATABASE_URL", flush=True)
+    sys.exit(3)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = VERSION.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+print("app: serving", VERSION, flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+/// A bare repository served by `git daemon` on loopback, and a work tree to push from.
+struct GitServer {
+    daemon: Child,
+    port: u16,
+    work: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Keystone Test",
+            "-c",
+            "user.email=test@keystone.invalid",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .await
+        .expect("git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Waits until `condition` holds, checking every 100 ms, for at most `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl GitServer {
+    async fn start(dir: &Path) -> GitServer {
+        let base = dir.join("git");
+        let bare = base.join("app.git");
+        std::fs::create_dir_all(&bare).expect("dirs");
+        git(&bare, &["init", "--bare", "--initial-branch=main"]).await;
+        let work = dir.join("app-src");
+        std::fs::create_dir_all(&work).expect("dirs");
+        git(&work, &["init", "--initial-branch=main"]).await;
+        git(
+            &work,
+            &["remote", "add", "origin", bare.to_str().expect("path")],
+        )
+        .await;
+        let port = free_port();
+        let daemon = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+            ])
+            .arg(&base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("git daemon");
+        eventually("git daemon to listen", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        GitServer { daemon, port, work }
+    }
+
+    fn url(&self) -> String {
+        format!("git://127.0.0.1:{}/app.git", self.port)
+    }
+
+    /// Commits the app at `version` (and `procfile`) and pushes it; returns the commit.
+    async fn push(&self, version: &str, procfile: &str) -> String {
+        std::fs::write(
+            self.work.join("app.py"),
+            APP.replace("__VERSION__", version),
+        )
+        .expect("app.py");
+        std::fs::write(self.work.join("Procfile"), procfile).expect("Procfile");
+        git(&self.work, &["add", "-A"]).await;
+        git(&self.work, &["commit", "-q", "-m", version]).await;
+        git(&self.work, &["push", "-q", "origin", "main"]).await;
+        git(&self.work, &["rev-parse", "HEAD"]).await
+    }
+}
+
+const PROCFILE: &str = "web: python3 app.py\nbuild: echo building $(cat app.py | wc -l) lines\nrelease: echo release phase\n";
+
+/// A `keystone runner` process.
+struct RunnerProcess {
+    child: Child,
+}
+
+impl RunnerProcess {
+    /// Its log (both runs of a test append to one file beside the work directory).
+    fn log(work: &Path) -> String {
+        std::fs::read_to_string(work.with_extension("log")).unwrap_or_default()
+    }
+
+    async fn start(server: &Server, token_file: &Path, work: &Path) -> RunnerProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work.with_extension("log"))
+            .expect("runner log");
+        let child = Command::new(env!("CARGO_BIN_EXE_keystone"))
+            .arg("runner")
+            .args(["--server", &server.base_url])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--work-dir")
+            .arg(work)
+            .args([
+                "--poll-ms",
+                "200",
+                "--reconcile-secs",
+                "1",
+                "--health-interval-secs",
+                "1",
+                "--health-deadline-secs",
+                "15",
+                "--drain-secs",
+                "2",
+                "--stop-grace-secs",
+                "2",
+                "--min-free-mib",
+                "1",
+            ])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("keystone runner");
+        RunnerProcess { child }
+    }
+
+    /// SIGTERM, and wait for it to exit.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("pid");
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the runner stops within 20 s")
+            .expect("wait");
+    }
+}
+
+async fn deploy(server: &Server, app: &str) -> String {
+    let body = server
+        .graphql(
+            "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
+            json!({ "id": app }),
+        )
+        .await;
+    Server::data(&body)["deployApp"]["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+const DEPLOYMENT: &str = "query($id: ID!) { deployment(id: $id) { databaseId status stage commitSha errorSummary logs(tail: 500) } }";
+
+/// Waits for `deployment` to end; returns it.
+async fn finished(server: &Server, deployment: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let body = server
+            .graphql(DEPLOYMENT, json!({ "id": deployment }))
+            .await;
+        let last = Server::data(&body)["deployment"].clone();
+        if !matches!(last["status"].as_str(), Some("QUEUED" | "RUNNING")) {
+            return last;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deployment still {}: {last:#}",
+            last["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What `http://127.0.0.1:<port>/` answers.
+async fn answer(port: u16) -> Result<String, reqwest::Error> {
+    http()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await?
+        .text()
+        .await
+}
+
+async fn deploy_switch_rollback_restart_stop(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let server = Server::start(&db, &["--port-range", &range])
+        .await
+        .expect("server starts");
+    let git_server = GitServer::start(db.dir()).await;
+    let v1 = git_server.push("v1", PROCFILE).await;
+    let token = server.create_token("builder", "RUNNER").await;
+    let token_file = db.dir().join("runner.token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let work = db.dir().join("runner-work");
+    let runner = RunnerProcess::start(&server, &token_file, &work).await;
+
+    let body = server
+        .graphql(
+            "mutation($u: String!) { createRepository(input: { name: \"sample\", gitUrl: $u }) { repository { id } } }",
+            json!({ "u": git_server.url() }),
+        )
+        .await;
+    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+    let body = server
+        .graphql(
+            "mutation($r: ID!) { createApp(input: { name: \"sample\", repositoryId: $r }) { app { id } } }",
+            json!({ "r": repository }),
+        )
+        .await;
+    let app = Server::data(&body)["createApp"]["app"]["id"]
+        .as_str()
+        .expect("app")
+        .to_owned();
+
+    // v1: cloned, built, released, started, checked, switched.
+    let first = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(first["status"], "SUCCESS", "{first:#}");
+    assert_eq!(first["commitSha"], v1.as_str());
+    assert_eq!(first["stage"], "SWITCH");
+    let log = first["logs"].to_string();
+    for marker in [
+        "==> clone",
+        "==> build",
+        "building",
+        "==> release",
+        "release phase",
+        "==> start",
+        "==> health check",
+        "==> switch",
+    ] {
+        assert!(log.contains(marker), "{marker} in {log}");
+    }
+    assert_eq!(answer(port).await.expect("v1 answers"), "v1");
+    let body = server
+        .graphql(
+            "query($id: ID!) { app: node(id: $id) { ... on App { status url } } }",
+            json!({ "id": app }),
+        )
+        .await;
+    assert_eq!(Server::data(&body)["app"]["status"], "RUNNING");
+
+    // v2 under load: not one request fails while traffic moves.
+    let v2 = git_server.push("v2", PROCFILE).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, served_v2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, failures, served_v2) = (stop.clone(), failures.clone(), served_v2.clone());
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match answer(port).await.as_deref() {
+                    Ok("v1") => {}
+                    Ok("v2") => {
+                        served_v2.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let second = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(second["status"], "SUCCESS", "{second:#}");
+    assert_eq!(second["commitSha"], v2.as_str());
+    eventually("v2 to serve the load", Duration::from_secs(10), || async {
+        served_v2.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let sent = load.await.expect("load");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "failed requests of {sent}"
+    );
+    assert!(sent > 20, "the load ran: {sent} requests");
+
+    // A version that does not start: v2 keeps serving; the log has its output.
+    git_server.push("broken", PROCFILE).await;
+    let third = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(third["status"], "FAILED", "{third:#}");
+    let summary = third["errorSummary"].as_str().unwrap_or_default();
+    assert!(summary.contains("health check"), "{summary}");
+    assert!(
+        third["logs"].to_string().contains("missing DATABASE_URL"),
+        "the app's output is in the log: {third:#}"
+    );
+    assert_eq!(answer(port).await.expect("v2 still answers"), "v2");
+
+    // Roll back to v1: its release is reused, nothing is rebuilt.
+    let body = server
+        .graphql(
+            "mutation($app: ID!, $to: ID!) { rollbackApp(input: { appId: $app, toDeploymentId: $to }) { deployment { id } } }",
+            json!({ "app": app, "to": global_id("Deployment", first["databaseId"].as_i64().expect("id")) }),
+        )
+        .await;
+    let rollback = Server::data(&body)["rollbackApp"]["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let rolled = finished(&server, &rollback).await;
+    assert_eq!(rolled["status"], "SUCCESS", "{rolled:#}");
+    assert_eq!(rolled["commitSha"], v1.as_str());
+    let log = rolled["logs"].to_string();
+    assert!(log.contains("reusing the release"), "{log}");
+    assert!(
+        !log.contains("==> clone") && !log.contains("==> build"),
+        "{log}"
+    );
+    assert_eq!(answer(port).await.expect("v1 again"), "v1");
+
+    // A runner restart: the instance outlives it and is re-adopted (its port re-opened).
+    runner.stop().await;
+    let runner = RunnerProcess::start(&server, &token_file, &work).await;
+    let readopted = tokio::time::timeout(Duration::from_secs(20), async {
+        while !answer(port).await.is_ok_and(|a| a == "v1") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        readopted.is_ok(),
+        "the re-adopted app answers; runner log:\n{}",
+        RunnerProcess::log(&work)
+    );
+
+    // Stop closes the port; delete removes releases.
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+                json!({ "id": app }),
+            )
+            .await,
+    );
+    eventually(
+        "the stopped app's port to close",
+        Duration::from_secs(20),
+        || async { answer(port).await.is_err() },
+    )
+    .await;
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
+                json!({ "id": app }),
+            )
+            .await,
+    );
+    let releases = work.join("apps").join("sample");
+    eventually(
+        "the deleted app's releases to go",
+        Duration::from_secs(20),
+        || {
+            let gone = !releases.exists();
+            async move { gone }
+        },
+    )
+    .await;
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
+}
