@@ -16,7 +16,10 @@ use tokio::process::{Child, Command};
 use crate::on_both_backends;
 use crate::support::{Backend, Server, TestDb, global_id, http};
 
-on_both_backends!(deploy_switch_rollback_restart_stop);
+on_both_backends!(
+    deploy_switch_rollback_restart_stop,
+    cancel_kill_and_retention
+);
 
 const APP: &str = r#"import http.server, os, sys
 VERSION = "__VERSION__"
@@ -160,6 +163,15 @@ impl RunnerProcess {
     }
 
     async fn start(server: &Server, token_file: &Path, work: &Path) -> RunnerProcess {
+        Self::start_with(server, token_file, work, &[]).await
+    }
+
+    async fn start_with(
+        server: &Server,
+        token_file: &Path,
+        work: &Path,
+        extra: &[&str],
+    ) -> RunnerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -188,6 +200,7 @@ impl RunnerProcess {
                 "--min-free-mib",
                 "1",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -197,6 +210,12 @@ impl RunnerProcess {
             .spawn()
             .expect("keystone runner");
         RunnerProcess { child }
+    }
+
+    /// SIGKILL: the runner dies mid-step, as on a crash.
+    async fn kill(mut self) {
+        self.child.start_kill().expect("kill -9");
+        self.child.wait().await.expect("wait");
     }
 
     /// SIGTERM, and wait for it to exit.
@@ -446,4 +465,200 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
     drop(git_server.daemon);
     server.stop().await;
     db.cleanup().await;
+}
+
+/// How many processes have `needle` in their command line.
+fn processes_with(needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+                .is_ok_and(|cmdline| cmdline.contains(needle))
+        })
+        .count()
+}
+
+/// Waits until `deployment` has reached `stage`.
+async fn at_stage(server: &Server, deployment: &str, stage: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = server
+            .graphql(DEPLOYMENT, json!({ "id": deployment }))
+            .await;
+        let current = Server::data(&body)["deployment"].clone();
+        if current["stage"] == stage {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deployment never reached {stage}: {current:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Cancelling during a build that daemonized a child leaves no process; a runner killed with
+/// `kill -9` mid-build is replaced and the deployment finishes on its second attempt; only
+/// the newest releases are kept.
+async fn cancel_kill_and_retention(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let server = Server::start(&db, &["--port-range", &range, "--lease-secs", "3"])
+        .await
+        .expect("server starts");
+    let git_server = GitServer::start(db.dir()).await;
+    // A build that puts a child in the background, then waits on another.
+    let marker = format!("{}", 40_000 + u32::from(port % 1000));
+    git_server
+        .push(
+            "slow",
+            &format!("web: python3 app.py\nbuild: sleep {marker}1 & sleep {marker}2\n"),
+        )
+        .await;
+    let token = server.create_token("builder", "RUNNER").await;
+    let token_file = db.dir().join("runner.token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let work = db.dir().join("runner-work");
+    let keep = ["--keep-releases", "2"];
+    let runner = RunnerProcess::start_with(&server, &token_file, &work, &keep).await;
+    let body = server
+        .graphql(
+            "mutation($u: String!) { createRepository(input: { name: \"sample\", gitUrl: $u }) { repository { id } } }",
+            json!({ "u": git_server.url() }),
+        )
+        .await;
+    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+    let body = server
+        .graphql(
+            "mutation($r: ID!) { createApp(input: { name: \"sample\", repositoryId: $r }) { app { id } } }",
+            json!({ "r": repository }),
+        )
+        .await;
+    let app = Server::data(&body)["createApp"]["app"]["id"]
+        .as_str()
+        .expect("app")
+        .to_owned();
+
+    let cancelled = deploy(&server, &app).await;
+    at_stage(&server, &cancelled, "BUILD").await;
+    // (`sh -c` itself has the command in its command line too.)
+    assert!(
+        processes_with(&format!("sleep {marker}1")) >= 1,
+        "the daemonized child runs"
+    );
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { cancelDeployment(input: { id: $id }) { cancelled } }",
+                json!({ "id": cancelled }),
+            )
+            .await,
+    );
+    let ended = finished(&server, &cancelled).await;
+    assert_eq!(ended["status"], "CANCELLED", "{ended:#}");
+    eventually(
+        "no build process to be left",
+        Duration::from_secs(10),
+        || async {
+            processes_with(&format!("sleep {marker}1"))
+                + processes_with(&format!("sleep {marker}2"))
+                == 0
+        },
+    )
+    .await;
+
+    // kill -9 of the runner during a build; its successor kills the orphaned build and
+    // finishes the deployment. (The build hangs until the flag exists: the retry is quick.)
+    let flag = db.dir().join("crashed");
+    git_server
+        .push(
+            "v-after-crash",
+            &format!(
+                "web: python3 app.py\nbuild: test -e {} || sleep {marker}3\n",
+                flag.display()
+            ),
+        )
+        .await;
+    let crashed = deploy(&server, &app).await;
+    at_stage(&server, &crashed, "BUILD").await;
+    let body = server.graphql(DEPLOYMENT, json!({ "id": crashed })).await;
+    let id = Server::data(&body)["deployment"]["databaseId"]
+        .as_i64()
+        .expect("id");
+    let group = std::fs::read_to_string(work.join(format!("builds/{id}/group")))
+        .expect("the running step's group is recorded");
+    runner.kill().await;
+    std::fs::write(&flag, "").expect("flag");
+    assert!(
+        group_alive(group.trim()).await,
+        "the build outlived its runner"
+    );
+    let runner = RunnerProcess::start_with(&server, &token_file, &work, &keep).await;
+    eventually(
+        "the orphaned build to be killed",
+        Duration::from_secs(10),
+        || async { !group_alive(group.trim()).await },
+    )
+    .await;
+    let ended = finished(&server, &crashed).await;
+    assert_eq!(ended["status"], "SUCCESS", "{ended:#}");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT attempts FROM api_deployment_run WHERE deployment_id = {id}"
+        ))
+        .await,
+        2,
+        "claimed again after the lease lapsed"
+    );
+    assert_eq!(answer(port).await.expect("answers"), "v-after-crash");
+
+    // Retention: two more releases, and only the newest two are kept.
+    for version in ["r2", "r3"] {
+        git_server.push(version, "web: python3 app.py\n").await;
+        let done = finished(&server, &deploy(&server, &app).await).await;
+        assert_eq!(done["status"], "SUCCESS", "{done:#}");
+    }
+    assert_eq!(answer(port).await.expect("answers"), "r3");
+    let releases = std::fs::read_dir(work.join("apps/sample/releases"))
+        .expect("releases")
+        .count();
+    assert_eq!(releases, 2, "--keep-releases 2");
+    runner.stop().await;
+    // The app's instance outlives the runner; stop it for the next test.
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+                json!({ "id": app }),
+            )
+            .await,
+    );
+    let runner = RunnerProcess::start_with(&server, &token_file, &work, &keep).await;
+    eventually(
+        "the stopped app's port to close",
+        Duration::from_secs(20),
+        || async { answer(port).await.is_err() },
+    )
+    .await;
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Whether any process of group `group` lives (`kill -0 -- -<group>`).
+async fn group_alive(group: &str) -> bool {
+    Command::new("kill")
+        .args(["-0", "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|status| status.success())
 }

@@ -792,7 +792,10 @@ async fn nested_query_statement_count(backend: Backend) {
             .await
             == 0
         {
-            assert!(tokio::time::Instant::now() < deadline, "lastUsedAt recorded");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lastUsedAt recorded"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         counts.push(statements_for(&server, NESTED).await);

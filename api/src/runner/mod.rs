@@ -46,8 +46,7 @@ use tokio::sync::{Semaphore, watch};
 use self::client::{Client, ClientError, operations};
 use self::endpoint::{Endpoint, Upstream, free_private_port};
 use self::health::HealthCheck;
-use self::logs::LogSender;
-use self::process::{StepError, run_step, spawn_web, stop_group};
+use self::process::{StepContext, StepError, kill_orphaned_step, run_step, spawn_web, stop_group};
 use self::state::{Instance, State};
 
 /// `keystone runner` settings.
@@ -165,10 +164,20 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
     })?;
     let client = Client::new(&args.server, &token)?;
     let work = std::path::absolute(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
-    create_private_dir(&work).map_err(|source| RunnerError::WorkDir {
+    let work_error = |source| RunnerError::WorkDir {
         path: work.clone(),
         source,
-    })?;
+    };
+    create_private_dir(&work).map_err(work_error)?;
+    let _lock = lock_work_dir(&work).map_err(work_error)?;
+    // Steps a killed runner left running are killed, and their scratch space removed (their
+    // deployments are requeued by the server when the lease lapses).
+    if let Ok(entries) = std::fs::read_dir(work.join("builds")) {
+        for entry in entries.flatten() {
+            kill_orphaned_step(&entry.path().join("group"));
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let runner = Arc::new(Runner {
         state: Mutex::new(State::load(&work)),
         client,
@@ -191,6 +200,24 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
     // them.
     tracing::info!("runner stopped; running apps keep serving until it starts again");
     Ok(())
+}
+
+/// Holds an exclusive lock on `<work>/runner.lock` for the process's life: two runners on one
+/// work directory would fight over its releases and ports.
+fn lock_work_dir(work: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(work.join("runner.lock"))?;
+    // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other(
+            "another runner is using this work directory (runner.lock is held)",
+        ));
+    }
+    Ok(file)
 }
 
 fn create_private_dir(path: &Path) -> std::io::Result<()> {
@@ -302,6 +329,10 @@ impl Runner {
             .join(deployment.to_string())
     }
 
+    fn build_dir(&self, deployment: i64) -> PathBuf {
+        self.work.join("builds").join(deployment.to_string())
+    }
+
     fn output_file(&self, app: &str, deployment: i64) -> PathBuf {
         self.app_dir(app)
             .join("output")
@@ -322,9 +353,24 @@ impl Runner {
             progress,
             cancel_tx,
         ));
-        let ending = self
-            .deploy(&deployment, &job, app_id, &log, &progress_tx, cancel)
-            .await;
+        // Scratch space for the deployment: the clone, git's empty HOME, the running step's
+        // process group. Removed when the deployment ends, whatever the outcome.
+        let build_dir = self.build_dir(deployment.database_id);
+        let _ = std::fs::remove_dir_all(&build_dir);
+        let mut context = StepContext {
+            log: &log,
+            cancel,
+            group_file: build_dir.join("group"),
+        };
+        let ending = match std::fs::create_dir_all(&build_dir) {
+            Ok(()) => {
+                self.deploy(&deployment, &job, app_id, &progress_tx, &mut context)
+                    .await
+            }
+            Err(error) => Ending::Failed(format!("cannot create {}: {error}", build_dir.display())),
+        };
+        drop(context);
+        let _ = std::fs::remove_dir_all(&build_dir);
         let commit_sha = progress_tx.borrow().commit_sha.clone();
         match &ending {
             Ending::Success => log.line("==> deployed").await,
@@ -375,10 +421,10 @@ impl Runner {
         deployment: &ClaimedDeployment,
         job: &Job,
         app_id: i64,
-        log: &LogSender,
         progress: &watch::Sender<Progress>,
-        mut cancel: watch::Receiver<bool>,
+        context: &mut StepContext<'_>,
     ) -> Ending {
+        let log = context.log;
         let stage = |name: &'static str| {
             progress.send_modify(|p| p.stage = Some(name));
         };
@@ -417,11 +463,7 @@ impl Runner {
             None => {
                 stage("CLONE");
                 log.stage("clone").await;
-                let build_dir = self
-                    .work
-                    .join("builds")
-                    .join(deployment.database_id.to_string());
-                let _ = std::fs::remove_dir_all(&build_dir);
+                let build_dir = self.build_dir(deployment.database_id);
                 let checkout = build_dir.join("source");
                 let cloned = source::clone(
                     &job.repository_url,
@@ -429,16 +471,12 @@ impl Runner {
                     &checkout,
                     &build_dir.join("home"),
                     Duration::from_secs(self.args.clone_timeout_secs),
-                    log,
-                    &mut cancel,
+                    context,
                 )
                 .await;
                 let sha = match cloned {
                     Ok(sha) => sha,
-                    Err(error) => {
-                        let _ = std::fs::remove_dir_all(&build_dir);
-                        return step_failed("clone", error);
-                    }
+                    Err(error) => return step_failed("clone", error),
                 };
                 log.line(format!("commit {sha}")).await;
                 progress.send_modify(|p| p.commit_sha = Some(sha.clone()));
@@ -449,7 +487,6 @@ impl Runner {
                         let _ = std::fs::remove_dir_all(&release);
                         std::fs::rename(&checkout, &release)
                     });
-                let _ = std::fs::remove_dir_all(&build_dir);
                 if let Err(error) = moved {
                     return Ending::Failed(format!("cannot create the release directory: {error}"));
                 }
@@ -484,8 +521,7 @@ impl Runner {
                 let outcome = run_step(
                     self.shell(command, &release),
                     Duration::from_secs(timeout),
-                    log,
-                    &mut cancel,
+                    context,
                 )
                 .await;
                 if let Err(error) = outcome {
@@ -494,7 +530,7 @@ impl Runner {
                 }
             }
         }
-        if *cancel.borrow() {
+        if *context.cancel.borrow() {
             let _ = std::fs::remove_dir_all(&release);
             return Ending::Cancelled;
         }
@@ -518,7 +554,7 @@ impl Runner {
         let check = self.args.health();
         let healthy = tokio::select! {
             result = health::wait_healthy(&check, port, group) => result,
-            () = wait_for(&mut cancel) => Err(String::new()),
+            () = wait_for(&mut context.cancel) => Err(String::new()),
         };
         if let Err(why) = healthy {
             stop_group(group, Duration::from_secs(self.args.stop_grace_secs)).await;
@@ -528,7 +564,7 @@ impl Runner {
                 log.line(line).await;
             }
             let _ = std::fs::remove_dir_all(&release);
-            if *cancel.borrow() {
+            if *context.cancel.borrow() {
                 return Ending::Cancelled;
             }
             return Ending::Failed(why);
@@ -731,7 +767,7 @@ async fn heartbeat(
     let lease = (lease_expires_at - chrono::Utc::now())
         .to_std()
         .unwrap_or(Duration::from_secs(30));
-    let every = (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    let every = (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut progress = progress;
     loop {
         let current = progress.borrow_and_update().clone();

@@ -8,7 +8,7 @@
 //! - [`spawn_web`]: a web process in the background, its output appended to a file.
 //! - [`stop_group`]: SIGTERM to a group, SIGKILL after a grace period.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -33,14 +33,40 @@ pub enum StepError {
     Cancelled,
 }
 
-/// Runs `command` (its own process group, output to `log`) until it exits, `timeout` passes
-/// or `cancel` turns true; in the last two cases the whole group is killed.
+/// Where a deployment's steps run: their log, the cancellation signal, and a file that holds
+/// the running step's process group (so that a runner killed mid-build can kill the orphaned
+/// step when it starts again).
+pub struct StepContext<'a> {
+    pub log: &'a LogSender,
+    pub cancel: watch::Receiver<bool>,
+    pub group_file: PathBuf,
+}
+
+/// Kills the step recorded in `group_file`, if one still runs (a runner that was killed left
+/// it behind).
+pub fn kill_orphaned_step(group_file: &Path) {
+    if let Some(group) = std::fs::read_to_string(group_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        && group_alive(group)
+    {
+        tracing::warn!(
+            group,
+            "killing a step left behind by a previous run of the runner"
+        );
+        signal_group(group, libc::SIGKILL);
+    }
+}
+
+/// Runs `command` (its own process group, output to the log) until it exits, `timeout` passes
+/// or the context's cancellation turns true; in the last two cases the whole group is killed.
 pub async fn run_step(
     mut command: Command,
     timeout: Duration,
-    log: &LogSender,
-    cancel: &mut watch::Receiver<bool>,
+    context: &mut StepContext<'_>,
 ) -> Result<(), StepError> {
+    let log = context.log;
+    let cancel = &mut context.cancel;
     command
         .process_group(0)
         .stdin(Stdio::null())
@@ -51,6 +77,9 @@ pub async fn run_step(
         .spawn()
         .map_err(|e| StepError::Failed(format!("cannot start: {e}")))?;
     let group = child.id().map(|pid| pid as i32);
+    if let Some(group) = group {
+        let _ = std::fs::write(&context.group_file, group.to_string());
+    }
     let stdout = child
         .stdout
         .take()
@@ -91,6 +120,7 @@ pub async fn run_step(
     if let Some(group) = group {
         signal_group(group, libc::SIGKILL);
     }
+    let _ = std::fs::remove_file(&context.group_file);
     outcome
 }
 

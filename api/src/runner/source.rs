@@ -9,10 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::process::Command;
-use tokio::sync::watch;
 
-use super::logs::LogSender;
-use super::process::{StepError, run_step};
+use super::process::{StepContext, StepError, run_step};
 
 /// A `git` command with the hardened environment.
 fn git(home: &Path) -> Command {
@@ -53,8 +51,7 @@ pub async fn clone(
     into: &Path,
     home: &Path,
     timeout: Duration,
-    log: &LogSender,
-    cancel: &mut watch::Receiver<bool>,
+    context: &mut StepContext<'_>,
 ) -> Result<String, StepError> {
     std::fs::create_dir_all(home).map_err(|e| StepError::Failed(e.to_string()))?;
     let mut command = git(home);
@@ -72,7 +69,7 @@ pub async fn clone(
             url,
         ])
         .arg(into);
-    run_step(command, timeout, log, cancel).await?;
+    run_step(command, timeout, context).await?;
     let output = git(home)
         .arg("-C")
         .arg(into)
