@@ -18,8 +18,144 @@ use crate::support::{Backend, Server, TestDb, global_id, http};
 
 on_both_backends!(
     deploy_switch_rollback_restart_stop,
+    docker_deploy_switch_rollback_restart_stop,
     cancel_kill_and_retention
 );
+
+/// The runner's runtimes, as the lifecycle test drives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    Process,
+    Docker,
+}
+
+/// The local base image Docker builds start from (no registry is reachable): a root file
+/// system holding a static busybox, imported once.
+const BASE_IMAGE: &str = "keystone-test/busybox:latest";
+
+impl Flavor {
+    fn runner_args(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Process => &[],
+            Flavor::Docker => &["--runtime", "docker", "--docker-network", "host"],
+        }
+    }
+
+    /// The sample app at `version` ("broken" exits at once, printing why).
+    fn sources(self, version: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Flavor::Process => vec![
+                ("app.py", APP.replace("__VERSION__", version)),
+                ("Procfile", PROCFILE.to_owned()),
+            ],
+            Flavor::Docker => {
+                let command = if version == "broken" {
+                    r#"echo "app: refusing to start: missing DATABASE_URL"; exit 3"#.to_owned()
+                } else {
+                    "exec httpd -f -p 127.0.0.1:$PORT -h /www".to_owned()
+                };
+                vec![
+                    (
+                        "Dockerfile",
+                        format!(
+                            "FROM {BASE_IMAGE}\nCOPY index.html /www/index.html\nCMD [\"sh\", \"-c\", {}]\n",
+                            serde_json::to_string(&command).expect("json")
+                        ),
+                    ),
+                    ("index.html", version.to_owned()),
+                    (
+                        "Procfile",
+                        "web: unused with docker\nrelease: echo release phase\n".to_owned(),
+                    ),
+                ]
+            }
+        }
+    }
+}
+
+/// Whether Docker can be used: `docker info` answers and the base image exists (it is
+/// imported when missing). Without Docker the Docker tests say so and pass, unless
+/// `KEYSTONE_REQUIRE_DOCKER=1` (set by `.ci/run`) makes them fail.
+async fn docker_ready() -> bool {
+    static READY: tokio::sync::OnceCell<Result<(), String>> = tokio::sync::OnceCell::const_new();
+    let ready = READY
+        .get_or_init(|| async {
+            let info = Command::new("docker").arg("info").output().await;
+            if !info.is_ok_and(|o| o.status.success()) {
+                return Err("`docker info` fails: no Docker engine is running".to_owned());
+            }
+            let present = Command::new("docker")
+                .args(["image", "inspect", BASE_IMAGE])
+                .output()
+                .await
+                .is_ok_and(|o| o.status.success());
+            if present {
+                return Ok(());
+            }
+            let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .ok_or(
+                    "no busybox to build the base image from (apt-get install busybox-static)",
+                )?;
+            let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(root.path().join("bin")).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(root.path().join("www")).map_err(|e| e.to_string())?;
+            std::fs::copy(busybox, root.path().join("bin/busybox")).map_err(|e| e.to_string())?;
+            for applet in ["sh", "echo", "httpd", "sleep", "cat", "ls", "true"] {
+                std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet))
+                    .map_err(|e| e.to_string())?;
+            }
+            let import = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "tar -C '{}' -c . | docker import - {BASE_IMAGE}",
+                    root.path().display()
+                ))
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if import.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "docker import: {}",
+                    String::from_utf8_lossy(&import.stderr)
+                ))
+            }
+        })
+        .await;
+    match ready {
+        Ok(()) => true,
+        Err(why) if std::env::var("KEYSTONE_REQUIRE_DOCKER").as_deref() == Ok("1") => {
+            panic!("KEYSTONE_REQUIRE_DOCKER=1 but Docker cannot be used: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "note: skipping the Docker runtime test ({why}); start dockerd (see .ci/run) to run it"
+            );
+            false
+        }
+    }
+}
+
+/// The Docker objects labelled for `app`: containers and images.
+async fn docker_objects(app: &str) -> usize {
+    let filter = format!("label=keystone.app={app}");
+    let mut count = 0;
+    for args in [
+        vec!["ps", "--all", "--quiet", "--filter", &filter],
+        vec!["images", "--quiet", "--filter", &filter],
+    ] {
+        let output = Command::new("docker")
+            .args(&args)
+            .output()
+            .await
+            .expect("docker");
+        count += String::from_utf8_lossy(&output.stdout).lines().count();
+    }
+    count
+}
 
 const APP: &str = r#"import http.server, os, sys
 VERSION = "__VERSION__"
@@ -136,14 +272,28 @@ impl GitServer {
 
     /// Commits the app at `version` (and `procfile`) and pushes it; returns the commit.
     async fn push(&self, version: &str, procfile: &str) -> String {
-        std::fs::write(
-            self.work.join("app.py"),
-            APP.replace("__VERSION__", version),
+        self.commit(
+            version,
+            &[
+                ("app.py", APP.replace("__VERSION__", version)),
+                ("Procfile", procfile.to_owned()),
+            ],
         )
-        .expect("app.py");
-        std::fs::write(self.work.join("Procfile"), procfile).expect("Procfile");
+        .await
+    }
+
+    /// Replaces the work tree's files with `files`, commits and pushes; returns the commit.
+    async fn commit(&self, message: &str, files: &[(&str, String)]) -> String {
+        for entry in std::fs::read_dir(&self.work).expect("work tree").flatten() {
+            if entry.file_name() != ".git" {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for (name, content) in files {
+            std::fs::write(self.work.join(name), content).expect("file");
+        }
         git(&self.work, &["add", "-A"]).await;
-        git(&self.work, &["commit", "-q", "-m", version]).await;
+        git(&self.work, &["commit", "-q", "-m", message]).await;
         git(&self.work, &["push", "-q", "origin", "main"]).await;
         git(&self.work, &["rev-parse", "HEAD"]).await
     }
@@ -162,11 +312,7 @@ impl RunnerProcess {
         std::fs::read_to_string(work.with_extension("log")).unwrap_or_default()
     }
 
-    async fn start(server: &Server, token_file: &Path, work: &Path) -> RunnerProcess {
-        Self::start_with(server, token_file, work, &[]).await
-    }
-
-    async fn start_with(
+    async fn start(
         server: &Server,
         token_file: &Path,
         work: &Path,
@@ -246,7 +392,7 @@ async fn deploy(server: &Server, app: &str) -> String {
         .to_owned()
 }
 
-const DEPLOYMENT: &str = "query($id: ID!) { deployment(id: $id) { databaseId status stage commitSha errorSummary logs(tail: 500) } }";
+const DEPLOYMENT: &str = "query($id: ID!) { deployment(id: $id) { databaseId status stage commitSha imageTag errorSummary logs(tail: 500) } }";
 
 /// Waits for `deployment` to end; returns it.
 async fn finished(server: &Server, deployment: &str) -> Value {
@@ -270,42 +416,57 @@ async fn finished(server: &Server, deployment: &str) -> Value {
 
 /// What `http://127.0.0.1:<port>/` answers.
 async fn answer(port: u16) -> Result<String, reqwest::Error> {
-    http()
+    let text = http()
         .get(format!("http://127.0.0.1:{port}/"))
         .send()
         .await?
+        .error_for_status()?
         .text()
-        .await
+        .await?;
+    Ok(text.trim().to_owned())
 }
 
 async fn deploy_switch_rollback_restart_stop(backend: Backend) {
+    lifecycle(backend, Flavor::Process).await;
+}
+
+async fn docker_deploy_switch_rollback_restart_stop(backend: Backend) {
+    if docker_ready().await {
+        lifecycle(backend, Flavor::Docker).await;
+    }
+}
+
+async fn lifecycle(backend: Backend, flavor: Flavor) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
     let port = free_port();
     let range = format!("{port}-{port}");
+    // Containers and images are shared by parallel tests: a name of its own.
+    let name = format!("sample-{port}");
     let server = Server::start(&db, &["--port-range", &range])
         .await
         .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
-    let v1 = git_server.push("v1", PROCFILE).await;
+    let v1 = git_server.commit("v1", &flavor.sources("v1")).await;
     let token = server.create_token("builder", "RUNNER").await;
     let token_file = db.dir().join("runner.token");
     std::fs::write(&token_file, &token).expect("token file");
     let work = db.dir().join("runner-work");
-    let runner = RunnerProcess::start(&server, &token_file, &work).await;
+    let extra = flavor.runner_args();
+    let runner = RunnerProcess::start(&server, &token_file, &work, extra).await;
 
     let body = server
         .graphql(
-            "mutation($u: String!) { createRepository(input: { name: \"sample\", gitUrl: $u }) { repository { id } } }",
-            json!({ "u": git_server.url() }),
+            "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
+            json!({ "n": name, "u": git_server.url() }),
         )
         .await;
     let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
     let body = server
         .graphql(
-            "mutation($r: ID!) { createApp(input: { name: \"sample\", repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository }),
+            "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r }) { app { id } } }",
+            json!({ "n": name, "r": repository }),
         )
         .await;
     let app = Server::data(&body)["createApp"]["app"]["id"]
@@ -319,10 +480,14 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
     assert_eq!(first["commitSha"], v1.as_str());
     assert_eq!(first["stage"], "SWITCH");
     let log = first["logs"].to_string();
+    let built = match flavor {
+        Flavor::Process => "building",
+        Flavor::Docker => "image keystone/",
+    };
     for marker in [
         "==> clone",
         "==> build",
-        "building",
+        built,
         "==> release",
         "release phase",
         "==> start",
@@ -330,6 +495,25 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
         "==> switch",
     ] {
         assert!(log.contains(marker), "{marker} in {log}");
+    }
+    if flavor == Flavor::Docker {
+        let short: String = v1.chars().take(7).collect();
+        let image = format!("keystone/{name}:{}-{short}", first["databaseId"]);
+        assert_eq!(first["imageTag"], image.as_str(), "{first:#}");
+        let labels = Command::new("docker")
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{json .Config.Labels}}",
+                &image,
+            ])
+            .output()
+            .await
+            .expect("docker image inspect");
+        let labels: Value = serde_json::from_slice(&labels.stdout).expect("labels");
+        assert_eq!(labels["keystone.managed"], "true");
+        assert_eq!(labels["keystone.app"], name.as_str());
     }
     assert_eq!(answer(port).await.expect("v1 answers"), "v1");
     let body = server
@@ -341,7 +525,7 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
     assert_eq!(Server::data(&body)["app"]["status"], "RUNNING");
 
     // v2 under load: not one request fails while traffic moves.
-    let v2 = git_server.push("v2", PROCFILE).await;
+    let v2 = git_server.commit("v2", &flavor.sources("v2")).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (failures, served_v2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = {
@@ -380,7 +564,7 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
     assert!(sent > 20, "the load ran: {sent} requests");
 
     // A version that does not start: v2 keeps serving; the log has its output.
-    git_server.push("broken", PROCFILE).await;
+    git_server.commit("broken", &flavor.sources("broken")).await;
     let third = finished(&server, &deploy(&server, &app).await).await;
     assert_eq!(third["status"], "FAILED", "{third:#}");
     let summary = third["errorSummary"].as_str().unwrap_or_default();
@@ -415,7 +599,7 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
 
     // A runner restart: the instance outlives it and is re-adopted (its port re-opened).
     runner.stop().await;
-    let runner = RunnerProcess::start(&server, &token_file, &work).await;
+    let runner = RunnerProcess::start(&server, &token_file, &work, extra).await;
     let readopted = tokio::time::timeout(Duration::from_secs(20), async {
         while !answer(port).await.is_ok_and(|a| a == "v1") {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -451,7 +635,7 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
             )
             .await,
     );
-    let releases = work.join("apps").join("sample");
+    let releases = work.join("apps").join(&name);
     eventually(
         "the deleted app's releases to go",
         Duration::from_secs(20),
@@ -461,6 +645,17 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
         },
     )
     .await;
+    if flavor == Flavor::Docker {
+        eventually(
+            "the deleted app's containers and images to go",
+            Duration::from_secs(20),
+            || {
+                let name = name.clone();
+                async move { docker_objects(&name).await == 0 }
+            },
+        )
+        .await;
+    }
     runner.stop().await;
     drop(git_server.daemon);
     server.stop().await;
@@ -527,7 +722,7 @@ async fn cancel_kill_and_retention(backend: Backend) {
     std::fs::write(&token_file, &token).expect("token file");
     let work = db.dir().join("runner-work");
     let keep = ["--keep-releases", "2"];
-    let runner = RunnerProcess::start_with(&server, &token_file, &work, &keep).await;
+    let runner = RunnerProcess::start(&server, &token_file, &work, &keep).await;
     let body = server
         .graphql(
             "mutation($u: String!) { createRepository(input: { name: \"sample\", gitUrl: $u }) { repository { id } } }",
@@ -600,7 +795,7 @@ async fn cancel_kill_and_retention(backend: Backend) {
         group_alive(group.trim()).await,
         "the build outlived its runner"
     );
-    let runner = RunnerProcess::start_with(&server, &token_file, &work, &keep).await;
+    let runner = RunnerProcess::start(&server, &token_file, &work, &keep).await;
     eventually(
         "the orphaned build to be killed",
         Duration::from_secs(10),
@@ -611,7 +806,7 @@ async fn cancel_kill_and_retention(backend: Backend) {
     assert_eq!(ended["status"], "SUCCESS", "{ended:#}");
     assert_eq!(
         db.count(&format!(
-            "SELECT attempts FROM api_deployment_run WHERE deployment_id = {id}"
+            "SELECT CAST(attempts AS BIGINT) FROM api_deployment_run WHERE deployment_id = {id}"
         ))
         .await,
         2,
@@ -640,7 +835,7 @@ async fn cancel_kill_and_retention(backend: Backend) {
             )
             .await,
     );
-    let runner = RunnerProcess::start_with(&server, &token_file, &work, &keep).await;
+    let runner = RunnerProcess::start(&server, &token_file, &work, &keep).await;
     eventually(
         "the stopped app's port to close",
         Duration::from_secs(20),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::process::group_alive;
+use super::runtime::{Handle, Runtime};
 
 #[derive(Clone, Debug)]
 pub struct HealthCheck {
@@ -17,14 +17,19 @@ pub struct HealthCheck {
     pub deadline: Duration,
 }
 
-/// Waits until the instance on `port` (process group `group`) is healthy; `Err` says why
-/// not, for the deployment's `errorSummary`.
-pub async fn wait_healthy(check: &HealthCheck, port: u16, group: i32) -> Result<(), String> {
+/// Waits until the instance on `port` is healthy; `Err` says why not, for the deployment's
+/// `errorSummary`.
+pub async fn wait_healthy(
+    check: &HealthCheck,
+    port: u16,
+    runtime: &Runtime,
+    instance: &Handle,
+) -> Result<(), String> {
     let started = tokio::time::Instant::now();
     let Some(path) = &check.path else {
         let settle = Duration::from_secs(10).min(check.deadline);
         tokio::time::sleep(settle).await;
-        if !group_alive(group) {
+        if !runtime.alive(instance).await {
             return Err("health check: the web process exited within 10 s".to_owned());
         }
         return match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -42,7 +47,7 @@ pub async fn wait_healthy(check: &HealthCheck, port: u16, group: i32) -> Result<
         .map_err(|e| format!("health check: {e}"))?;
     let mut last = "no answer".to_owned();
     loop {
-        if !group_alive(group) {
+        if !runtime.alive(instance).await {
             return Err(format!(
                 "health check: the web process exited before GET {path} answered (last: {last})"
             ));

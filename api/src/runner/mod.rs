@@ -29,6 +29,7 @@ mod logs;
 mod process;
 mod procfile;
 mod reconcile;
+mod runtime;
 mod source;
 mod state;
 
@@ -46,7 +47,8 @@ use tokio::sync::{Semaphore, watch};
 use self::client::{Client, ClientError, operations};
 use self::endpoint::{Endpoint, Upstream, free_private_port};
 use self::health::HealthCheck;
-use self::process::{StepContext, StepError, kill_orphaned_step, run_step, spawn_web, stop_group};
+use self::process::{StepContext, StepError, kill_orphaned_step};
+use self::runtime::{Docker, Handle, Release, Runtime};
 use self::state::{Instance, State};
 
 /// `keystone runner` settings.
@@ -62,6 +64,17 @@ pub struct RunnerArgs {
         default_value = "keystone-runner.token"
     )]
     pub token_file: PathBuf,
+    /// How apps run: `process` (the Procfile's `web:` as a process group) or `docker`
+    /// (`docker build` of the repository's Dockerfile, then a container).
+    #[arg(long, env = "KEYSTONE_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// The Docker CLI (Podman's `podman` works as well).
+    #[arg(long, env = "KEYSTONE_DOCKER", default_value = "docker")]
+    pub docker_binary: String,
+    /// `host`: containers use the host's network; otherwise their port is published on
+    /// 127.0.0.1 only.
+    #[arg(long, env = "KEYSTONE_DOCKER_NETWORK", default_value = "bridge")]
+    pub docker_network: String,
     /// Where releases, build directories and the state file live.
     #[arg(
         long,
@@ -117,7 +130,23 @@ pub struct RunnerArgs {
     pub reconcile_secs: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+}
+
 impl RunnerArgs {
+    fn runtime(&self) -> Runtime {
+        match self.runtime {
+            RuntimeKind::Process => Runtime::Process,
+            RuntimeKind::Docker => Runtime::Docker(Docker {
+                binary: self.docker_binary.clone(),
+                host_network: self.docker_network == "host",
+            }),
+        }
+    }
+
     fn health(&self) -> HealthCheck {
         HealthCheck {
             path: Some(self.health_path.clone()).filter(|p| !p.is_empty()),
@@ -149,6 +178,7 @@ pub enum RunnerError {
 pub(crate) struct Runner {
     client: Client,
     args: RunnerArgs,
+    runtime: Runtime,
     work: PathBuf,
     state: Mutex<State>,
     endpoints: Mutex<std::collections::HashMap<i64, Endpoint>>,
@@ -180,6 +210,7 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
     }
     let runner = Arc::new(Runner {
         state: Mutex::new(State::load(&work)),
+        runtime: args.runtime(),
         client,
         work,
         endpoints: Mutex::default(),
@@ -265,6 +296,7 @@ struct Job {
 #[serde(rename_all = "camelCase")]
 struct RollbackFrom {
     deployment_database_id: i64,
+    image_tag: String,
 }
 
 async fn claim_loop(runner: Arc<Runner>, slots: Arc<Semaphore>) {
@@ -316,6 +348,7 @@ enum Ending {
 struct Progress {
     stage: Option<&'static str>,
     commit_sha: Option<String>,
+    image_tag: Option<String>,
 }
 
 impl Runner {
@@ -371,7 +404,10 @@ impl Runner {
         };
         drop(context);
         let _ = std::fs::remove_dir_all(&build_dir);
-        let commit_sha = progress_tx.borrow().commit_sha.clone();
+        let (commit_sha, image_tag) = {
+            let progress = progress_tx.borrow();
+            (progress.commit_sha.clone(), progress.image_tag.clone())
+        };
         match &ending {
             Ending::Success => log.line("==> deployed").await,
             Ending::Failed(why) => log.line(format!("==> failed: {why}")).await,
@@ -390,6 +426,7 @@ impl Runner {
             "status": status,
             "errorSummary": summary.map(|s| s.chars().take(3900).collect::<String>()),
             "commitSha": commit_sha,
+            "imageTag": image_tag,
         });
         for attempt in 0..5u32 {
             match self
@@ -425,6 +462,9 @@ impl Runner {
         context: &mut StepContext<'_>,
     ) -> Ending {
         let log = context.log;
+        let runtime = &self.runtime;
+        let id = deployment.database_id;
+        let app = job.app_name.as_str();
         let stage = |name: &'static str| {
             progress.send_modify(|p| p.stage = Some(name));
         };
@@ -432,138 +472,164 @@ impl Runner {
             StepError::Cancelled => Ending::Cancelled,
             other => Ending::Failed(format!("{what}: {other}")),
         };
-        let release = self.release_dir(&job.app_name, deployment.database_id);
-        // Source: a rollback reuses an earlier release when this runner still has it.
-        let reused = match &job.rollback_from {
-            Some(from) => {
-                let earlier = self.release_dir(&job.app_name, from.deployment_database_id);
-                earlier.is_dir().then_some(earlier)
-            }
-            None => None,
+        let release = self.release_dir(app, id);
+        // Cleans up what this deployment made when it does not serve.
+        let discard = || {
+            let _ = std::fs::remove_dir_all(&release);
         };
         if let Err(why) = enough_disk(&self.work, self.args.min_free_mib) {
             return Ending::Failed(why);
         }
-        match reused {
-            Some(earlier) => {
-                log.line(format!(
-                    "==> rollback: reusing the release of deployment {} (no rebuild)",
-                    job.rollback_from
-                        .as_ref()
-                        .map_or(0, |f| f.deployment_database_id)
-                ))
-                .await;
-                if let Ok(sha) = std::fs::read_to_string(earlier.join(".keystone-commit")) {
-                    progress.send_modify(|p| p.commit_sha = Some(sha.trim().to_owned()));
-                }
-                if let Err(error) = copy_release(&earlier, &release).await {
-                    return Ending::Failed(format!("rollback: cannot copy the release: {error}"));
-                }
-            }
-            None => {
-                stage("CLONE");
-                log.stage("clone").await;
-                let build_dir = self.build_dir(deployment.database_id);
-                let checkout = build_dir.join("source");
-                let cloned = source::clone(
-                    &job.repository_url,
-                    &job.branch,
-                    &checkout,
-                    &build_dir.join("home"),
-                    Duration::from_secs(self.args.clone_timeout_secs),
-                    context,
-                )
-                .await;
-                let sha = match cloned {
-                    Ok(sha) => sha,
-                    Err(error) => return step_failed("clone", error),
+        // Source: a rollback reuses the earlier release (and image) when this runner still has
+        // them; anything else is cloned.
+        let earlier = match &job.rollback_from {
+            Some(from) => {
+                let dir = self.release_dir(app, from.deployment_database_id);
+                let image_kept = match runtime {
+                    Runtime::Process => true,
+                    Runtime::Docker(_) => runtime.has_image(&from.image_tag).await,
                 };
-                log.line(format!("commit {sha}")).await;
-                progress.send_modify(|p| p.commit_sha = Some(sha.clone()));
-                let _ = std::fs::remove_dir_all(checkout.join(".git"));
-                let _ = std::fs::write(checkout.join(".keystone-commit"), &sha);
-                let moved =
-                    std::fs::create_dir_all(release.parent().expect("parent")).and_then(|()| {
-                        let _ = std::fs::remove_dir_all(&release);
-                        std::fs::rename(&checkout, &release)
-                    });
-                if let Err(error) = moved {
-                    return Ending::Failed(format!("cannot create the release directory: {error}"));
-                }
+                (dir.is_dir() && image_kept).then_some((dir, from))
+            }
+            None => None,
+        };
+        let mut image = None;
+        let reused = earlier.is_some();
+        if let Some((dir, from)) = earlier {
+            log.line(format!(
+                "==> rollback: reusing the release of deployment {} (no rebuild)",
+                from.deployment_database_id
+            ))
+            .await;
+            if let Ok(sha) = std::fs::read_to_string(dir.join(".keystone-commit")) {
+                progress.send_modify(|p| p.commit_sha = Some(sha.trim().to_owned()));
+            }
+            if let Err(error) = copy_release(&dir, &release).await {
+                return Ending::Failed(format!("rollback: cannot copy the release: {error}"));
+            }
+            image = Some(from.image_tag.clone()).filter(|tag| !tag.is_empty());
+        } else {
+            stage("CLONE");
+            log.stage("clone").await;
+            let build_dir = self.build_dir(id);
+            let checkout = build_dir.join("source");
+            let cloned = source::clone(
+                &job.repository_url,
+                &job.branch,
+                &checkout,
+                &build_dir.join("home"),
+                Duration::from_secs(self.args.clone_timeout_secs),
+                context,
+            )
+            .await;
+            let sha = match cloned {
+                Ok(sha) => sha,
+                Err(error) => return step_failed("clone", error),
+            };
+            log.line(format!("commit {sha}")).await;
+            progress.send_modify(|p| p.commit_sha = Some(sha.clone()));
+            let _ = std::fs::remove_dir_all(checkout.join(".git"));
+            let _ = std::fs::write(checkout.join(".keystone-commit"), &sha);
+            let moved = std::fs::create_dir_all(release.parent().expect("parent")).and_then(|()| {
+                let _ = std::fs::remove_dir_all(&release);
+                std::fs::rename(&checkout, &release)
+            });
+            if let Err(error) = moved {
+                return Ending::Failed(format!("cannot create the release directory: {error}"));
             }
         }
-        let procfile = match read_procfile(&release) {
-            Ok(procfile) => procfile,
-            Err(why) => {
-                let _ = std::fs::remove_dir_all(&release);
+        // The Procfile: required by the process runtime; optional with Docker (the image's
+        // command serves; `release:` still runs before traffic moves).
+        let procfile = match (read_procfile(&release), runtime) {
+            (Ok(procfile), _) => Some(procfile),
+            (Err(_), Runtime::Docker(_)) if !release.join("Procfile").exists() => None,
+            (Err(why), _) => {
+                discard();
                 return Ending::Failed(why);
             }
         };
-        // Build and release phase (not for a reused release: it was built and released).
-        if job.rollback_from.is_none() {
-            for (name, command, timeout, label) in [
-                (
-                    "BUILD",
-                    &procfile.build,
-                    self.args.build_timeout_secs,
-                    "build",
-                ),
-                (
-                    "RELEASE",
-                    &procfile.release,
-                    self.args.release_timeout_secs,
-                    "release",
-                ),
-            ] {
-                let Some(command) = command else { continue };
-                stage(name);
-                log.stage(label).await;
-                let outcome = run_step(
-                    self.shell(command, &release),
-                    Duration::from_secs(timeout),
+        if !reused {
+            stage("BUILD");
+            log.stage("build").await;
+            let commit = progress.borrow().commit_sha.clone().unwrap_or_default();
+            let built = runtime
+                .build(
+                    Release {
+                        app,
+                        deployment: id,
+                        dir: &release,
+                    },
+                    &commit,
+                    procfile.as_ref().and_then(|p| p.build.as_deref()),
+                    Duration::from_secs(self.args.build_timeout_secs),
                     context,
                 )
                 .await;
-                if let Err(error) = outcome {
-                    let _ = std::fs::remove_dir_all(&release);
-                    return step_failed(label, error);
+            match built {
+                Ok(built) => image = built,
+                Err(error) => {
+                    discard();
+                    return step_failed("build", error);
                 }
             }
+            if let Some(image) = &image {
+                progress.send_modify(|p| p.image_tag = Some(image.clone()));
+                log.line(format!("image {image}")).await;
+            }
+            if let Some(command) = procfile.as_ref().and_then(|p| p.release.as_deref()) {
+                stage("RELEASE");
+                log.stage("release").await;
+                let outcome = runtime
+                    .release(
+                        command,
+                        &release,
+                        image.as_deref(),
+                        Duration::from_secs(self.args.release_timeout_secs),
+                        context,
+                    )
+                    .await;
+                if let Err(error) = outcome {
+                    discard();
+                    return step_failed("release", error);
+                }
+            }
+        } else if let Some(image) = &image {
+            progress.send_modify(|p| p.image_tag = Some(image.clone()));
         }
         if *context.cancel.borrow() {
-            let _ = std::fs::remove_dir_all(&release);
+            discard();
             return Ending::Cancelled;
         }
         stage("START");
         log.stage("start").await;
-        let started = self.start_instance(
-            &job.app_name,
-            deployment.database_id,
-            &release,
-            &procfile.web,
-        );
-        let (group, port) = match started {
+        let web = procfile.as_ref().map(|p| p.web.as_str());
+        let (handle, port) = match self
+            .start_instance(app, id, &release, web, image.as_deref())
+            .await
+        {
             Ok(started) => started,
-            Err(error) => {
-                let _ = std::fs::remove_dir_all(&release);
-                return Ending::Failed(format!("start: cannot start `web`: {error}"));
+            Err(why) => {
+                discard();
+                return Ending::Failed(format!("start: {why}"));
             }
         };
         stage("HEALTH_CHECK");
         log.stage("health check").await;
         let check = self.args.health();
         let healthy = tokio::select! {
-            result = health::wait_healthy(&check, port, group) => result,
+            result = health::wait_healthy(&check, port, runtime, &handle) => result,
             () = wait_for(&mut context.cancel) => Err(String::new()),
         };
         if let Err(why) = healthy {
-            stop_group(group, Duration::from_secs(self.args.stop_grace_secs)).await;
-            let output = self.output_file(&job.app_name, deployment.database_id);
+            let output = runtime
+                .last_output(&handle, &self.output_file(app, id), 100)
+                .await;
+            runtime.stop(&handle, self.stop_grace()).await;
             log.line("==> the new instance's last output lines:").await;
-            for line in process::last_lines(&output, 100) {
+            for line in output {
                 log.line(line).await;
             }
-            let _ = std::fs::remove_dir_all(&release);
+            discard();
             if *context.cancel.borrow() {
                 return Ending::Cancelled;
             }
@@ -572,15 +638,17 @@ impl Runner {
         stage("SWITCH");
         log.stage("switch").await;
         let instance = Instance {
-            app_name: job.app_name.clone(),
-            deployment: deployment.database_id,
+            app_name: app.to_owned(),
+            deployment: id,
             release: release.clone(),
-            group,
+            handle: handle.clone(),
+            image: image.clone(),
             private_port: port,
             public_port: job.port.filter(|_| job.access_mode == "PORT"),
         };
         if let Err(why) = self.switch(app_id, instance).await {
-            stop_group(group, Duration::from_secs(self.args.stop_grace_secs)).await;
+            runtime.stop(&handle, self.stop_grace()).await;
+            discard();
             return Ending::Failed(why);
         }
         log.line(format!(
@@ -591,29 +659,35 @@ impl Runner {
             )
         ))
         .await;
-        self.prune_releases(&job.app_name, deployment.database_id);
+        self.prune_releases(app, id).await;
         Ending::Success
     }
 
-    fn shell(&self, command: &str, dir: &Path) -> Command {
-        let mut shell = Command::new("sh");
-        shell.arg("-c").arg(command).current_dir(dir);
-        shell
+    fn stop_grace(&self) -> Duration {
+        Duration::from_secs(self.args.stop_grace_secs)
     }
 
-    /// Starts `web` from `release` on a free private port: (process group, port).
-    fn start_instance(
+    /// Starts an instance of `release` on a free private port: (handle, port).
+    async fn start_instance(
         &self,
         app: &str,
         deployment: i64,
         release: &Path,
-        web: &str,
-    ) -> std::io::Result<(i32, u16)> {
-        let port = free_private_port()?;
+        web: Option<&str>,
+        image: Option<&str>,
+    ) -> Result<(Handle, u16), String> {
+        let port = free_private_port().map_err(|e| format!("no free port: {e}"))?;
         let output = self.output_file(app, deployment);
-        std::fs::create_dir_all(output.parent().expect("parent"))?;
-        let group = spawn_web(self.shell(web, release), port, &output)?;
-        Ok((group, port))
+        let release = Release {
+            app,
+            deployment,
+            dir: release,
+        };
+        let handle = self
+            .runtime
+            .start(release, web, image, port, &output)
+            .await?;
+        Ok((handle, port))
     }
 
     /// Puts `instance` behind the app's endpoint (opening it if needed), records it, and
@@ -647,11 +721,10 @@ impl Runner {
                         .drained(Duration::from_secs(runner.args.drain_secs))
                         .await;
                 }
-                stop_group(
-                    previous.group,
-                    Duration::from_secs(runner.args.stop_grace_secs),
-                )
-                .await;
+                runner
+                    .runtime
+                    .stop(&previous.handle, runner.stop_grace())
+                    .await;
             });
         }
         Ok(())
@@ -669,7 +742,9 @@ impl Runner {
     }
 
     /// Keeps the newest `keep_releases` releases of `app` (and always `current`).
-    fn prune_releases(&self, app: &str, current: i64) {
+    /// Keeps the newest `keep_releases` releases of `app` (always `current`), and the images
+    /// of those deployments (an image a container still runs is never removed).
+    async fn prune_releases(&self, app: &str, current: i64) {
         let dir = self.app_dir(app).join("releases");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -678,12 +753,17 @@ impl Runner {
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
-        for id in ids.into_iter().skip(self.args.keep_releases.max(1)) {
-            if id != current {
+        let keep = self.args.keep_releases.max(1);
+        let mut kept = vec![current];
+        for (rank, id) in ids.into_iter().enumerate() {
+            if rank < keep || id == current {
+                kept.push(id);
+            } else {
                 let _ = std::fs::remove_dir_all(dir.join(id.to_string()));
                 let _ = std::fs::remove_file(self.output_file(app, id));
             }
         }
+        self.runtime.prune_images(app, &kept).await;
     }
 }
 

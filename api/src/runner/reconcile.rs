@@ -22,7 +22,6 @@ use super::Runner;
 use super::client::{ClientError, operations};
 use super::endpoint::Upstream;
 use super::health;
-use super::process::{group_alive, stop_group};
 use super::state::Instance;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -80,6 +79,7 @@ pub async fn pass(runner: &Arc<Runner>) {
         if !listed.contains(id) && !busy.contains(id) {
             tracing::info!(app = %instance.app_name, "app deleted: removing its instance and releases");
             stop_app(runner, *id).await;
+            runner.runtime.remove_app(&instance.app_name).await;
             let _ = std::fs::remove_dir_all(runner.app_dir(&instance.app_name));
         }
     }
@@ -92,6 +92,7 @@ pub async fn pass(runner: &Arc<Runner>) {
                 .iter()
                 .any(|(id, i)| i.app_name == name && busy.contains(id));
             if !names.contains(name.as_str()) && !running {
+                runner.runtime.remove_app(&name).await;
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -108,7 +109,7 @@ pub async fn pass(runner: &Arc<Runner>) {
                 stop_app(runner, app.database_id).await;
             }
             (false, None) => {}
-            (true, Some(instance)) if group_alive(instance.group) => {
+            (true, Some(instance)) if runner.runtime.alive(&instance.handle).await => {
                 adopt(runner, app.database_id, &instance);
             }
             (true, _) => restart(runner, app).await,
@@ -126,11 +127,10 @@ pub async fn stop_app(runner: &Runner, app_id: i64) {
         instance
     };
     if let Some(instance) = instance {
-        stop_group(
-            instance.group,
-            Duration::from_secs(runner.args.stop_grace_secs),
-        )
-        .await;
+        runner
+            .runtime
+            .stop(&instance.handle, runner.stop_grace())
+            .await;
     }
 }
 
@@ -161,28 +161,42 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp) {
         return;
     };
     let release = runner.release_dir(&app.name, deployment);
-    let Ok(procfile) = super::read_procfile(&release) else {
+    if !release.is_dir() {
         tracing::warn!(app = %app.name, deployment, "the current release is not on this runner; redeploy the app");
         return;
-    };
-    let (group, port) = match runner.start_instance(&app.name, deployment, &release, &procfile.web)
-    {
+    }
+    let procfile = super::read_procfile(&release).ok();
+    // The image it ran with, when the runtime builds images.
+    let image = runner
+        .state
+        .lock()
+        .expect("state")
+        .apps
+        .get(&app.database_id)
+        .and_then(|i| i.image.clone());
+    let web = procfile.as_ref().map(|p| p.web.as_str());
+    let started = runner
+        .start_instance(&app.name, deployment, &release, web, image.as_deref())
+        .await;
+    let (handle, port) = match started {
         Ok(started) => started,
         Err(error) => {
             tracing::warn!(app = %app.name, %error, "cannot start the current release");
             return;
         }
     };
-    if let Err(why) = health::wait_healthy(&runner.args.health(), port, group).await {
+    let check = runner.args.health();
+    if let Err(why) = health::wait_healthy(&check, port, &runner.runtime, &handle).await {
         tracing::warn!(app = %app.name, %why, "the restarted instance is not healthy");
-        stop_group(group, Duration::from_secs(runner.args.stop_grace_secs)).await;
+        runner.runtime.stop(&handle, runner.stop_grace()).await;
         return;
     }
     let instance = Instance {
         app_name: app.name.clone(),
         deployment,
         release,
-        group,
+        handle: handle.clone(),
+        image,
         private_port: port,
         public_port: app.port.filter(|_| app.access_mode == "PORT"),
     };
@@ -190,7 +204,7 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp) {
         Ok(()) => tracing::info!(app = %app.name, deployment, "started the current release again"),
         Err(error) => {
             tracing::warn!(app = %app.name, %error, "cannot serve the restarted instance");
-            stop_group(group, Duration::from_secs(runner.args.stop_grace_secs)).await;
+            runner.runtime.stop(&handle, runner.stop_grace()).await;
         }
     }
 }

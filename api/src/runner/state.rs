@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::runtime::Handle;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// By app id.
@@ -20,8 +22,11 @@ pub struct Instance {
     /// The deployment whose release it runs.
     pub deployment: i64,
     pub release: PathBuf,
-    /// Its process group.
-    pub group: i32,
+    /// Its process group or container.
+    pub handle: Handle,
+    /// The image it runs (docker runtime).
+    #[serde(default)]
+    pub image: Option<String>,
     pub private_port: u16,
     /// The app's public port (PORT apps).
     pub public_port: Option<u16>,
