@@ -19,7 +19,8 @@ use crate::support::{Backend, Server, TestDb, global_id, http};
 on_both_backends!(
     deploy_switch_rollback_restart_stop,
     docker_deploy_switch_rollback_restart_stop,
-    cancel_kill_and_retention
+    cancel_kill_and_retention,
+    host_apps_are_routed_by_name
 );
 
 /// The runner's runtimes, as the lifecycle test drives them.
@@ -856,4 +857,94 @@ async fn group_alive(group: &str) -> bool {
         .status()
         .await
         .is_ok_and(|status| status.success())
+}
+
+/// What the runner's HOST router answers for `host`: (status, body).
+async fn answer_as(router: u16, host: &str) -> Option<(u16, String)> {
+    let response = http()
+        .get(format!("http://127.0.0.1:{router}/"))
+        .header("Host", host)
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?.trim().to_owned()))
+}
+
+/// A `HOST` app is served by name through the runner's router, switches without a gap like
+/// a `PORT` app, and stops answering when stopped; other names get a 404.
+async fn host_apps_are_routed_by_name(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--apps-domain", "apps.test"])
+        .await
+        .expect("server starts");
+    let git_server = GitServer::start(db.dir()).await;
+    git_server.push("v1", PROCFILE).await;
+    let token = server.create_token("builder", "RUNNER").await;
+    let token_file = db.dir().join("runner.token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let router = free_port();
+    let bind = format!("127.0.0.1:{router}");
+    let extra = ["--host-bind", &bind, "--apps-domain", "apps.test"];
+    let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &extra).await;
+    let name = format!("web-{router}");
+    let body = server
+        .graphql(
+            "mutation($u: String!) { createRepository(input: { name: \"hosted\", gitUrl: $u }) { repository { id } } }",
+            json!({ "u": git_server.url() }),
+        )
+        .await;
+    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+    let body = server
+        .graphql(
+            "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r, accessMode: HOST }) { app { id url } } }",
+            json!({ "n": name, "r": repository }),
+        )
+        .await;
+    let created = &Server::data(&body)["createApp"]["app"];
+    assert_eq!(created["url"], format!("http://{name}.apps.test"));
+    let app = created["id"].as_str().expect("id").to_owned();
+    let first = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(first["status"], "SUCCESS", "{first:#}");
+    let host = format!("{name}.apps.test");
+    assert_eq!(answer_as(router, &host).await, Some((200, "v1".to_owned())));
+    assert_eq!(
+        answer_as(router, &format!("{host}:8080")).await,
+        Some((200, "v1".to_owned())),
+        "a port in Host is ignored"
+    );
+    let unknown = answer_as(router, "nobody.apps.test")
+        .await
+        .expect("answers");
+    assert_eq!(unknown.0, 404);
+
+    git_server.push("v2", PROCFILE).await;
+    let second = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(second["status"], "SUCCESS", "{second:#}");
+    assert_eq!(answer_as(router, &host).await, Some((200, "v2".to_owned())));
+
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+                json!({ "id": app }),
+            )
+            .await,
+    );
+    eventually(
+        "the stopped HOST app to stop answering",
+        Duration::from_secs(20),
+        || async {
+            answer_as(router, &host)
+                .await
+                .is_some_and(|(status, _)| status == 404)
+        },
+    )
+    .await;
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
 }

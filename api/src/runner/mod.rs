@@ -25,6 +25,7 @@
 pub mod client;
 mod endpoint;
 mod health;
+mod host_router;
 mod logs;
 mod process;
 mod procfile;
@@ -47,6 +48,7 @@ use tokio::sync::{Semaphore, watch};
 use self::client::{Client, ClientError, operations};
 use self::endpoint::{Endpoint, Upstream, free_private_port};
 use self::health::HealthCheck;
+use self::host_router::HostRouter;
 use self::process::{StepContext, StepError, kill_orphaned_step};
 use self::runtime::{Docker, Handle, Release, Runtime};
 use self::state::{Instance, State};
@@ -85,6 +87,13 @@ pub struct RunnerArgs {
     /// Address the apps' public ports listen on.
     #[arg(long, env = "KEYSTONE_RUNNER_BIND", default_value = "127.0.0.1")]
     pub bind_address: IpAddr,
+    /// Where `HOST` apps are served, by host name (put the TLS proxy in front of it).
+    #[arg(long, env = "KEYSTONE_HOST_BIND", default_value = "127.0.0.1:8080")]
+    pub host_bind: std::net::SocketAddr,
+    /// The domain `HOST` apps are served under: `<app>.<domain>` (the server's
+    /// `--apps-domain`).
+    #[arg(long, env = "KEYSTONE_APPS_DOMAIN", default_value = "localhost")]
+    pub apps_domain: String,
     /// Deployments built at once.
     #[arg(long, env = "KEYSTONE_RUNNER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
@@ -182,6 +191,8 @@ pub(crate) struct Runner {
     work: PathBuf,
     state: Mutex<State>,
     endpoints: Mutex<std::collections::HashMap<i64, Endpoint>>,
+    /// The listener of `HOST` apps (none when `--host-bind` could not be bound).
+    host_router: Option<HostRouter>,
     /// Apps with a deployment in progress here (reconciliation leaves them alone).
     busy: Mutex<HashSet<i64>>,
 }
@@ -208,7 +219,18 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+    let host_router = match HostRouter::open(args.host_bind, &args.apps_domain).await {
+        Ok(router) => {
+            tracing::info!(address = %router.address, domain = %args.apps_domain, "serving HOST apps");
+            Some(router)
+        }
+        Err(error) => {
+            tracing::warn!(bind = %args.host_bind, %error, "cannot serve HOST apps (--host-bind); their deployments will fail");
+            None
+        }
+    };
     let runner = Arc::new(Runner {
+        host_router,
         state: Mutex::new(State::load(&work)),
         runtime: args.runtime(),
         client,
@@ -645,6 +667,7 @@ impl Runner {
             image: image.clone(),
             private_port: port,
             public_port: job.port.filter(|_| job.access_mode == "PORT"),
+            host_routed: job.access_mode == "HOST",
         };
         if let Err(why) = self.switch(app_id, instance).await {
             runtime.stop(&handle, self.stop_grace()).await;
@@ -695,6 +718,15 @@ impl Runner {
     async fn switch(self: &Arc<Self>, app_id: i64, instance: Instance) -> Result<(), String> {
         let upstream = Upstream::new(instance.private_port);
         let replaced_upstream = match instance.public_port {
+            None if instance.host_routed => match &self.host_router {
+                Some(router) => router.switch(&instance.app_name, upstream),
+                None => {
+                    return Err(format!(
+                        "switch: HOST apps are not served: --host-bind {} could not be bound",
+                        self.args.host_bind
+                    ));
+                }
+            },
             None => None,
             Some(port) => {
                 let mut endpoints = self.endpoints.lock().expect("endpoints");

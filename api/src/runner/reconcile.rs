@@ -127,6 +127,9 @@ pub async fn stop_app(runner: &Runner, app_id: i64) {
         instance
     };
     if let Some(instance) = instance {
+        if let Some(router) = &runner.host_router {
+            router.remove(&instance.app_name);
+        }
         runner
             .runtime
             .stop(&instance.handle, runner.stop_grace())
@@ -134,8 +137,17 @@ pub async fn stop_app(runner: &Runner, app_id: i64) {
     }
 }
 
-/// A live instance (after a runner restart): give it its endpoint back.
+/// A live instance (after a runner restart): give it its endpoint (or host route) back.
 fn adopt(runner: &Runner, app_id: i64, instance: &Instance) {
+    if instance.host_routed
+        && let Some(router) = &runner.host_router
+    {
+        if !router.has(&instance.app_name) {
+            tracing::info!(app = %instance.app_name, "re-adopted a running instance");
+            router.switch(&instance.app_name, Upstream::new(instance.private_port));
+        }
+        return;
+    }
     let Some(port) = instance.public_port else {
         return;
     };
@@ -199,6 +211,7 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp) {
         image,
         private_port: port,
         public_port: app.port.filter(|_| app.access_mode == "PORT"),
+        host_routed: app.access_mode == "HOST",
     };
     match runner.switch(app.database_id, instance).await {
         Ok(()) => tracing::info!(app = %app.name, deployment, "started the current release again"),

@@ -30,6 +30,9 @@ pub struct Instance {
     pub private_port: u16,
     /// The app's public port (PORT apps).
     pub public_port: Option<u16>,
+    /// Served by host name through the HOST router (HOST apps).
+    #[serde(default)]
+    pub host_routed: bool,
 }
 
 impl State {
