@@ -146,6 +146,20 @@ fn http_operations(caller: &str) -> Vec<(&'static str, Needs, String)> {
             ),
         ),
         (
+            "setAppEnv",
+            Needs::Admin,
+            format!(
+                r#"mutation {{ setAppEnv(input: {{ appId: "{MISSING_APP}", name: "X", value: "y" }}) {{ appId }} }}"#
+            ),
+        ),
+        (
+            "unsetAppEnv",
+            Needs::Admin,
+            format!(
+                r#"mutation {{ unsetAppEnv(input: {{ appId: "{MISSING_APP}", name: "X" }}) {{ removed }} }}"#
+            ),
+        ),
+        (
             "runnerApps",
             Needs::Run,
             "{ runnerApps { name status } }".into(),

@@ -9,6 +9,7 @@ const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
+const CONFIG_VARS: &str = "m20261130_000006_app_config_vars";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -81,7 +82,7 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER],
+        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER, CONFIG_VARS],
         "adopted, then migrated on"
     );
     db.exec(

@@ -20,7 +20,8 @@ on_both_backends!(
     deploy_switch_rollback_restart_stop,
     docker_deploy_switch_rollback_restart_stop,
     cancel_kill_and_retention,
-    host_apps_are_routed_by_name
+    host_apps_are_routed_by_name,
+    config_vars_reach_the_app_and_stay_secret
 );
 
 /// The runner's runtimes, as the lifecycle test drives them.
@@ -165,7 +166,7 @@ if VERSION == "broken":
     sys.exit(3)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = VERSION.encode()
+        body = (VERSION + os.environ.get("GREETING", "")).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -942,6 +943,129 @@ async fn host_apps_are_routed_by_name(backend: Backend) {
                 .is_some_and(|(status, _)| status == 404)
         },
     )
+    .await;
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Config vars reach the build and web processes, their values are never shown (API, log,
+/// audit trail, database), and a change takes effect at the next deployment.
+async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let server = Server::start(&db, &["--port-range", &range])
+        .await
+        .expect("server starts");
+    let key = db.dir().join("keystone-secrets.key");
+    let mode = std::fs::metadata(&key).expect("the key file").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let git_server = GitServer::start(db.dir()).await;
+    git_server
+        .push(
+            "v1",
+            "web: python3 app.py\nbuild: echo \"token is $API_TOKEN\"\n",
+        )
+        .await;
+    let token = server.create_token("builder", "RUNNER").await;
+    let token_file = db.dir().join("runner.token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
+    let body = server
+        .graphql(
+            "mutation($u: String!) { createRepository(input: { name: \"configured\", gitUrl: $u }) { repository { id } } }",
+            json!({ "u": git_server.url() }),
+        )
+        .await;
+    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+    let body = server
+        .graphql(
+            "mutation($r: ID!) { createApp(input: { name: \"configured\", repositoryId: $r }) { app { id } } }",
+            json!({ "r": repository }),
+        )
+        .await;
+    let app = Server::data(&body)["createApp"]["app"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let secret = "s3cr3t-value-0123456789";
+    for (name, value) in [("GREETING", "hello"), ("API_TOKEN", secret)] {
+        let body = server
+            .graphql(
+                "mutation($a: ID!, $n: String!, $v: String!) { setAppEnv(input: { appId: $a, name: $n, value: $v }) { variable { name updatedAt } } }",
+                json!({ "a": app, "n": name, "v": value }),
+            )
+            .await;
+        assert_eq!(Server::data(&body)["setAppEnv"]["variable"]["name"], name);
+    }
+    let (_, body) = server
+        .graphql_as(
+            &server.admin_token,
+            "mutation($a: ID!) { setAppEnv(input: { appId: $a, name: \"PORT\", value: \"1\" }) { appId } }",
+            json!({ "a": app }),
+        )
+        .await;
+    assert_eq!(
+        crate::support::only_error(&body),
+        ("BAD_USER_INPUT".to_owned(), Some("name".to_owned()))
+    );
+    let viewer = server.create_token("watcher", "VIEWER").await;
+    let (_, body) = server
+        .graphql_as(
+            &viewer,
+            "query($a: ID!) { node(id: $a) { ... on App { env { name } } } }",
+            json!({ "a": app }),
+        )
+        .await;
+    assert_eq!(
+        Server::data(&body)["node"]["env"],
+        json!([{ "name": "API_TOKEN" }, { "name": "GREETING" }])
+    );
+    let done = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(done["status"], "SUCCESS", "{done:#}");
+    assert_eq!(answer(port).await.expect("answers"), "v1hello");
+    let log = done["logs"].to_string();
+    assert!(log.contains("token is [REDACTED]"), "{log}");
+    for place in [
+        log,
+        db.rows("SELECT arguments FROM api_audit_event")
+            .await
+            .join("\n"),
+        db.rows("SELECT sealed FROM api_app_env").await.join("\n"),
+    ] {
+        assert!(!place.contains(secret), "the value leaked: {place}");
+    }
+    // A change takes effect at the next deployment.
+    Server::data(
+        &server
+            .graphql(
+                "mutation($a: ID!) { unsetAppEnv(input: { appId: $a, name: \"GREETING\" }) { removed } }",
+                json!({ "a": app }),
+            )
+            .await,
+    );
+    assert_eq!(answer(port).await.expect("answers"), "v1hello");
+    let done = finished(&server, &deploy(&server, &app).await).await;
+    assert_eq!(done["status"], "SUCCESS", "{done:#}");
+    assert_eq!(answer(port).await.expect("answers"), "v1");
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+                json!({ "id": app }),
+            )
+            .await,
+    );
+    eventually("the app to stop", Duration::from_secs(20), || async {
+        answer(port).await.is_err()
+    })
     .await;
     runner.stop().await;
     drop(git_server.daemon);

@@ -10,8 +10,10 @@ const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 /// Every table the migrations create.
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
-const KEYSTONE_TABLES: [&str; 7] = [
+const CONFIG_VARS: &str = "m20261130_000006_app_config_vars";
+const KEYSTONE_TABLES: [&str; 8] = [
     "api_app",
+    "api_app_env",
     "api_app_placement",
     "api_audit_event",
     "api_deployment",
@@ -52,7 +54,7 @@ async fn migrate_from_empty(backend: Backend) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER]
+        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER, CONFIG_VARS]
     );
 
     // Applying again is a no-op that says so.
@@ -96,6 +98,14 @@ async fn down_up_round_trip(backend: Backend) {
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {CONFIG_VARS}")),
+        "{}",
+        down.stdout
+    );
+    assert!(!db.tables().await.contains(&"api_app_env".to_owned()));
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -306,7 +316,7 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(RUNNER)
+        Some(CONFIG_VARS)
     );
     db.cleanup().await;
 }

@@ -49,7 +49,8 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
             "m20261126_000002_index_deployments_by_app_and_time",
             "m20261126_000003_create_tokens_and_audit_events",
             "m20261126_000004_deployment_lifecycle",
-            "m20261130_000005_runner_placement_and_commits"
+            "m20261130_000005_runner_placement_and_commits",
+            "m20261130_000006_app_config_vars"
         ])
     );
     server.stop().await;

@@ -177,6 +177,14 @@ pub struct ServeArgs {
     /// (`EVENTS_DROPPED`).
     #[arg(long, env = "KEYSTONE_WS_BYTES_PER_SECOND", default_value_t = 1 << 20)]
     pub ws_bytes_per_second: u32,
+    /// The key that seals config vars (made with mode 0600 at first start; back it up with
+    /// the database, and give every instance the same file).
+    #[arg(
+        long,
+        env = "KEYSTONE_SECRETS_KEY_FILE",
+        default_value = "keystone-secrets.key"
+    )]
+    pub secrets_key_file: PathBuf,
     /// Most bytes a deployment's log may hold; past it a marker line is written and further
     /// output is dropped.
     #[arg(long, env = "KEYSTONE_MAX_LOG_BYTES", default_value_t = 10 << 20)]
@@ -199,6 +207,7 @@ pub struct Config {
     pub rate_limit_burst: u32,
     pub token_cache: Duration,
     pub admin_token_file: PathBuf,
+    pub secrets_key_file: PathBuf,
     pub graphiql: bool,
     pub cors_origins: Vec<String>,
     pub behind_tls_proxy: bool,
@@ -231,6 +240,7 @@ impl Config {
             rate_limit_burst: serve.rate_limit_burst,
             token_cache: Duration::from_millis(serve.token_cache_ms),
             admin_token_file: serve.admin_token_file.clone(),
+            secrets_key_file: serve.secrets_key_file.clone(),
             graphiql: !serve.no_graphiql,
             cors_origins: serve.cors_origins.clone(),
             behind_tls_proxy: serve.behind_tls_proxy,

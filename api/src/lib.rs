@@ -52,6 +52,11 @@ pub enum ServeError {
     },
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("cannot read or create the config-var key {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the server until SIGTERM or Ctrl-C: migrates (unless turned off), listens, and on
@@ -68,6 +73,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracing::debug!(target: "keystone::sql", elapsed_us = info.elapsed.as_micros() as u64, sql = %info.statement.sql);
     });
     let cors_origins = cors_origins(&config.cors_origins)?;
+    let secrets =
+        domain::secrets::SecretBox::load_or_create(&config.secrets_key_file).map_err(|source| {
+            ServeError::KeyFile {
+                path: config.secrets_key_file.clone(),
+                source,
+            }
+        })?;
     let admission = Arc::new(Admission::new(
         Arc::new(Authenticator::new(config.token_cache)),
         RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
@@ -87,6 +99,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             apps_domain: config.apps_domain.clone(),
             events,
             admission: admission.clone(),
+            secrets: Arc::new(secrets),
             ports: config.ports,
             runners: config.runners.clone(),
         },

@@ -163,6 +163,7 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(AuditEvent, backend),
             table_shape(DeploymentRun, backend),
             table_shape(AppPlacement, backend),
+            table_shape(AppEnv, backend),
         ]
         .into_iter()
         .collect(),

@@ -8,6 +8,7 @@
 
 pub mod api_token;
 pub mod app;
+pub mod app_env;
 pub mod app_placement;
 pub mod audit_event;
 pub mod deployment;
@@ -20,6 +21,7 @@ pub use timestamp::Timestamp;
 pub mod prelude {
     pub use super::api_token::{Entity as ApiToken, Role};
     pub use super::app::{AccessMode, AppStatus, Entity as App};
+    pub use super::app_env::Entity as AppEnv;
     pub use super::app_placement::Entity as AppPlacement;
     pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};

@@ -17,7 +17,15 @@ use super::access::Principal;
 use super::{DomainError, writer_turn};
 
 /// Argument names whose values are never recorded.
-const SECRET_NAMES: &[&str] = &["secret", "token", "password", "passphrase", "privatekey"];
+const SECRET_NAMES: &[&str] = &[
+    "secret",
+    "token",
+    "password",
+    "passphrase",
+    "privatekey",
+    // `setAppEnv`'s value: config vars are write-only.
+    "value",
+];
 /// Argument names whose text is recorded only as its size: free text from runners (build
 /// output, error summaries) that may carry secrets.
 const TEXT_NAMES: &[&str] = &["chunk", "errorsummary"];

@@ -5,11 +5,13 @@
 pub mod access;
 pub mod apps;
 pub mod audit;
+pub mod env;
 pub mod events;
 pub mod logs;
 pub mod ports;
 pub mod repositories;
 pub mod runs;
+pub mod secrets;
 pub mod validation;
 
 use tokio::sync::{Mutex, MutexGuard};

@@ -321,6 +321,38 @@ pub fn image_reference(reference: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Config var names: POSIX (`[A-Za-z_][A-Za-z0-9_]*`), at most 128 characters; `PORT` is the
+/// runner's to set.
+pub fn env_name(name: &str) -> Result<(), String> {
+    not_blank(name)?;
+    max_chars(name, 128)?;
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(
+            "must be a POSIX name: letters, digits and '_', not starting with a digit".into(),
+        );
+    }
+    if name == "PORT" {
+        return Err("PORT is set by the runner (the port the app listens on)".into());
+    }
+    Ok(())
+}
+
+/// Config var values: at most 32 KiB, no NUL (an environment cannot hold one).
+pub fn env_value(value: &str) -> Result<(), String> {
+    if value.len() > 32 * 1024 {
+        return Err(format!("must be at most 32768 bytes (got {})", value.len()));
+    }
+    if value.contains('\0') {
+        return Err("must not contain NUL".into());
+    }
+    Ok(())
+}
+
 /// A commit a runner built: 40 lowercase hex digits (a SHA-1 object name).
 pub fn commit_sha(sha: &str) -> Result<(), String> {
     if sha.len() == 40

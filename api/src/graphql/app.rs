@@ -21,6 +21,7 @@ use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::access::Capability;
 use crate::domain::apps::{self, AppChanges, NewApp};
+use crate::domain::env;
 
 /// How an app is reached.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +104,19 @@ impl App {
     /// The host port the app listens on, for PORT apps that have one.
     async fn current_port(&self) -> Option<i32> {
         self.model.current_port
+    }
+
+    /// Its config vars: names and when each was set (values are write-only).
+    async fn env(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AppEnvVar>> {
+        Ok(env::names(&api(ctx)?.db, self.model.id)
+            .await
+            .extend()?
+            .into_iter()
+            .map(|(name, updated_at)| AppEnvVar {
+                name,
+                updated_at: updated_at.as_utc(),
+            })
+            .collect())
     }
 
     async fn status(&self) -> AppStatus {
@@ -370,6 +384,53 @@ pub struct DeleteAppPayload {
 }
 
 #[derive(InputObject)]
+pub struct SetAppEnvInput {
+    app_id: ID,
+    /// A POSIX name (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters; not `PORT`).
+    name: String,
+    /// At most 32 KiB.
+    value: String,
+}
+
+/// A config var, as the API shows it: never its value.
+#[derive(SimpleObject)]
+pub struct AppEnvVar {
+    name: String,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct SetAppEnvPayload {
+    app_id: ID,
+    variable: AppEnvVar,
+}
+
+impl AuditObject for SetAppEnvPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(self.app_id.clone())
+    }
+}
+
+#[derive(InputObject)]
+pub struct UnsetAppEnvInput {
+    app_id: ID,
+    name: String,
+}
+
+#[derive(SimpleObject)]
+pub struct UnsetAppEnvPayload {
+    app_id: ID,
+    /// Whether the variable was set.
+    removed: bool,
+}
+
+impl AuditObject for UnsetAppEnvPayload {
+    fn audit_object(&self) -> Option<ID> {
+        Some(self.app_id.clone())
+    }
+}
+
+#[derive(InputObject)]
 pub struct RollbackAppInput {
     app_id: ID,
     /// An earlier successful deployment of the app.
@@ -504,6 +565,48 @@ impl AppMutation {
             Ok(DeployAppPayload {
                 deployment: Deployment(deployment),
                 app: app.into(),
+            })
+        })
+        .await
+    }
+
+    /// Sets a config var of the app (admin only). The value is write-only: it is stored
+    /// sealed, never returned, redacted in the audit trail, and reaches the app's build,
+    /// release and web processes from its next deployment on.
+    async fn set_app_env(
+        &self,
+        ctx: &Context<'_>,
+        input: SetAppEnvInput,
+    ) -> async_graphql::Result<SetAppEnvPayload> {
+        audited(ctx, Capability::Administer, async {
+            let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+            let api = api(ctx)?;
+            let updated_at = env::set(&api.db, &api.secrets, id, &input.name, &input.value)
+                .await
+                .extend()?;
+            Ok(SetAppEnvPayload {
+                app_id: input.app_id,
+                variable: AppEnvVar {
+                    name: input.name,
+                    updated_at: updated_at.as_utc(),
+                },
+            })
+        })
+        .await
+    }
+
+    /// Removes a config var of the app (admin only), from its next deployment on.
+    async fn unset_app_env(
+        &self,
+        ctx: &Context<'_>,
+        input: UnsetAppEnvInput,
+    ) -> async_graphql::Result<UnsetAppEnvPayload> {
+        audited(ctx, Capability::Administer, async {
+            let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+            let removed = env::unset(&api(ctx)?.db, id, &input.name).await.extend()?;
+            Ok(UnsetAppEnvPayload {
+                app_id: input.app_id,
+                removed,
             })
         })
         .await

@@ -76,6 +76,8 @@ pub struct ApiContext {
     pub events: EventBus,
     /// Checks the token and rate limit of every operation.
     pub admission: Arc<Admission>,
+    /// Seals and opens config vars.
+    pub secrets: Arc<crate::domain::secrets::SecretBox>,
     /// Host ports given to `PORT` apps.
     pub ports: PortRange,
     /// Leases, attempts and the logs directory of the runner protocol.

@@ -12,6 +12,7 @@ use super::deployment::{Deployment, DeploymentStage};
 use super::ids::{NodeType, decode_as};
 use super::{ApiContext, api};
 use crate::domain::access::Capability;
+use crate::domain::env;
 use crate::domain::runs::{self, Outcome};
 
 /// Everything a runner needs to build and start a claimed deployment.
@@ -37,6 +38,16 @@ pub struct RunnerJob {
     /// For a rollback: the earlier deployment whose release (or image) to reuse; rebuild its
     /// `commitSha` when the runner no longer has it.
     rollback_from: Option<RollbackSource>,
+    /// The app's config vars, with their values (only runners receive them): set them for
+    /// the build, release and web processes, and keep them out of logs.
+    env: Vec<EnvVar>,
+}
+
+/// A config var with its value.
+#[derive(SimpleObject)]
+pub struct EnvVar {
+    name: String,
+    value: String,
 }
 
 /// The release a rollback reuses.
@@ -165,25 +176,34 @@ impl RunnerMutation {
                     deployment: None,
                     job: None,
                 },
-                Some(claim) => ClaimDeploymentPayload {
-                    job: Some(RunnerJob {
-                        repository_url: claim.repository.git_url,
-                        branch: claim.repository.default_branch,
-                        app_name: claim.app.name,
-                        app_database_id: claim.app.id,
-                        access_mode: claim.app.access_mode.into(),
-                        port: claim.deployment.assigned_port,
-                        logs_path: claim.deployment.logs_path.clone(),
-                        attempt: claim.attempt,
-                        lease_expires_at: claim.lease_expires_at.as_utc(),
-                        rollback_from: claim.source.map(|source| RollbackSource {
-                            deployment_database_id: source.deployment_id,
-                            commit_sha: source.commit_sha,
-                            image_tag: source.image_tag,
+                Some(claim) => {
+                    let env = env::values(&api.db, &api.secrets, claim.app.id)
+                        .await
+                        .extend()?
+                        .into_iter()
+                        .map(|(name, value)| EnvVar { name, value })
+                        .collect();
+                    ClaimDeploymentPayload {
+                        job: Some(RunnerJob {
+                            repository_url: claim.repository.git_url,
+                            branch: claim.repository.default_branch,
+                            app_name: claim.app.name,
+                            app_database_id: claim.app.id,
+                            access_mode: claim.app.access_mode.into(),
+                            port: claim.deployment.assigned_port,
+                            logs_path: claim.deployment.logs_path.clone(),
+                            attempt: claim.attempt,
+                            lease_expires_at: claim.lease_expires_at.as_utc(),
+                            rollback_from: claim.source.map(|source| RollbackSource {
+                                deployment_database_id: source.deployment_id,
+                                commit_sha: source.commit_sha,
+                                image_tag: source.image_tag,
+                            }),
+                            env,
                         }),
-                    }),
-                    deployment: Some(Deployment(claim.deployment)),
-                },
+                        deployment: Some(Deployment(claim.deployment)),
+                    }
+                }
             })
         })
         .await
@@ -297,6 +317,8 @@ pub struct RunnerApp {
     current_deployment_database_id: Option<i64>,
     /// That deployment's commit.
     current_commit_sha: Option<String>,
+    /// The app's config vars with their values (to start its release again after a reboot).
+    env: Vec<EnvVar>,
 }
 
 #[derive(Default)]
@@ -309,12 +331,18 @@ impl RunnerQuery {
     /// An app missing from the list was deleted: its instance, releases and images go.
     #[graphql(guard = "Require(Capability::Run)")]
     async fn runner_apps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunnerApp>> {
-        let placed = runs::placed_apps(&api(ctx)?.db, principal(ctx)?)
-            .await
-            .extend()?;
-        Ok(placed
-            .into_iter()
-            .map(|placed| RunnerApp {
+        let api = api(ctx)?;
+        let placed = runs::placed_apps(&api.db, principal(ctx)?).await.extend()?;
+        let mut apps = Vec::with_capacity(placed.len());
+        for placed in placed {
+            let env = env::values(&api.db, &api.secrets, placed.app.id)
+                .await
+                .extend()?
+                .into_iter()
+                .map(|(name, value)| EnvVar { name, value })
+                .collect();
+            apps.push(RunnerApp {
+                env,
                 id: NodeType::App.id(placed.app.id),
                 database_id: placed.app.id,
                 name: placed.app.name,
@@ -323,7 +351,8 @@ impl RunnerQuery {
                 status: placed.app.status.into(),
                 current_deployment_database_id: placed.current.as_ref().map(|(d, _)| d.id),
                 current_commit_sha: placed.current.and_then(|(_, sha)| sha),
-            })
-            .collect())
+            });
+        }
+        Ok(apps)
     }
 }

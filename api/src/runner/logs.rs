@@ -32,9 +32,23 @@ impl LogSender {
     }
 }
 
-/// Starts sending `deployment`'s log; the task ends, having sent everything, once every
-/// [`LogSender`] is dropped.
-pub fn spool(client: Client, deployment: String) -> (LogSender, JoinHandle<()>) {
+/// Values shorter than this are not redacted (they would blank out ordinary words).
+const MIN_SECRET: usize = 4;
+
+/// Starts sending `deployment`'s log, with every occurrence of a value in `secrets` replaced
+/// by `[REDACTED]`; the task ends, having sent everything, once every [`LogSender`] is
+/// dropped.
+pub fn spool(
+    client: Client,
+    deployment: String,
+    secrets: Vec<String>,
+) -> (LogSender, JoinHandle<()>) {
+    let mut secrets: Vec<String> = secrets
+        .into_iter()
+        .filter(|s| s.len() >= MIN_SECRET)
+        .collect();
+    // Longest first, so that a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let (sender, mut lines) = mpsc::channel::<String>(QUEUE_LINES);
     let task = tokio::spawn(async move {
         let mut batch = String::new();
@@ -51,9 +65,14 @@ pub fn spool(client: Client, deployment: String) -> (LogSender, JoinHandle<()>) 
                     }
                 }
             };
-            let Some(line) = next else { break };
+            let Some(mut line) = next else { break };
             if full {
                 continue;
+            }
+            for secret in &secrets {
+                if line.contains(secret.as_str()) {
+                    line = line.replace(secret.as_str(), "[REDACTED]");
+                }
             }
             batch.push_str(&line);
             batch.push('\n');

@@ -312,6 +312,15 @@ struct Job {
     port: Option<u16>,
     lease_expires_at: chrono::DateTime<chrono::Utc>,
     rollback_from: Option<RollbackFrom>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+}
+
+/// A config var, as the server hands it to the runner.
+#[derive(Clone, Deserialize)]
+pub(crate) struct EnvVar {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Clone, Deserialize)]
@@ -398,7 +407,9 @@ impl Runner {
         let (app_id, app_name) = (job.app_database_id, job.app_name.clone());
         self.busy.lock().expect("busy").insert(app_id);
         tracing::info!(deployment = deployment.database_id, app = %app_name, "deploying");
-        let (log, spooler) = logs::spool(self.client.clone(), deployment.id.clone());
+        // Values of config vars never reach the log.
+        let secrets = job.env.iter().map(|var| var.value.clone()).collect();
+        let (log, spooler) = logs::spool(self.client.clone(), deployment.id.clone(), secrets);
         let (progress_tx, progress) = watch::channel(Progress::default());
         let (cancel_tx, cancel) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat(
@@ -486,6 +497,11 @@ impl Runner {
         let log = context.log;
         let runtime = &self.runtime;
         let id = deployment.database_id;
+        let env: Vec<(String, String)> = job
+            .env
+            .iter()
+            .map(|var| (var.name.clone(), var.value.clone()))
+            .collect();
         let app = job.app_name.as_str();
         let stage = |name: &'static str| {
             progress.send_modify(|p| p.stage = Some(name));
@@ -580,6 +596,7 @@ impl Runner {
                         app,
                         deployment: id,
                         dir: &release,
+                        env: &env,
                     },
                     &commit,
                     procfile.as_ref().and_then(|p| p.build.as_deref()),
@@ -604,7 +621,12 @@ impl Runner {
                 let outcome = runtime
                     .release(
                         command,
-                        &release,
+                        Release {
+                            app,
+                            deployment: id,
+                            dir: &release,
+                            env: &env,
+                        },
                         image.as_deref(),
                         Duration::from_secs(self.args.release_timeout_secs),
                         context,
@@ -626,7 +648,16 @@ impl Runner {
         log.stage("start").await;
         let web = procfile.as_ref().map(|p| p.web.as_str());
         let (handle, port) = match self
-            .start_instance(app, id, &release, web, image.as_deref())
+            .start_instance(
+                Release {
+                    app,
+                    deployment: id,
+                    dir: &release,
+                    env: &env,
+                },
+                web,
+                image.as_deref(),
+            )
             .await
         {
             Ok(started) => started,
@@ -693,19 +724,12 @@ impl Runner {
     /// Starts an instance of `release` on a free private port: (handle, port).
     async fn start_instance(
         &self,
-        app: &str,
-        deployment: i64,
-        release: &Path,
+        release: Release<'_>,
         web: Option<&str>,
         image: Option<&str>,
     ) -> Result<(Handle, u16), String> {
         let port = free_private_port().map_err(|e| format!("no free port: {e}"))?;
-        let output = self.output_file(app, deployment);
-        let release = Release {
-            app,
-            deployment,
-            dir: release,
-        };
+        let output = self.output_file(release.app, release.deployment);
         let handle = self
             .runtime
             .start(release, web, image, port, &output)

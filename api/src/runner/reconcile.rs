@@ -22,9 +22,10 @@ use super::Runner;
 use super::client::{ClientError, operations};
 use super::endpoint::Upstream;
 use super::health;
+use super::runtime::Release;
 use super::state::Instance;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlacedApp {
     pub database_id: i64,
@@ -33,6 +34,8 @@ pub struct PlacedApp {
     pub port: Option<u16>,
     pub status: String,
     pub current_deployment_database_id: Option<i64>,
+    #[serde(default)]
+    pub env: Vec<super::EnvVar>,
 }
 
 pub async fn placed(runner: &Runner) -> Result<Vec<PlacedApp>, ClientError> {
@@ -187,8 +190,22 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp) {
         .get(&app.database_id)
         .and_then(|i| i.image.clone());
     let web = procfile.as_ref().map(|p| p.web.as_str());
+    let env: Vec<(String, String)> = app
+        .env
+        .iter()
+        .map(|var| (var.name.clone(), var.value.clone()))
+        .collect();
     let started = runner
-        .start_instance(&app.name, deployment, &release, web, image.as_deref())
+        .start_instance(
+            Release {
+                app: &app.name,
+                deployment,
+                dir: &release,
+                env: &env,
+            },
+            web,
+            image.as_deref(),
+        )
         .await;
     let (handle, port) = match started {
         Ok(started) => started,

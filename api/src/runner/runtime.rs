@@ -43,12 +43,21 @@ pub enum Handle {
     Container { name: String },
 }
 
-/// A deployment's release: its app, its deployment, its directory.
+/// A deployment's release: its app, its deployment, its directory, and the app's config vars.
 #[derive(Clone, Copy)]
 pub struct Release<'a> {
     pub app: &'a str,
     pub deployment: i64,
     pub dir: &'a Path,
+    pub env: &'a [(String, String)],
+}
+
+/// `--env NAME` for each variable: Docker takes the values from its CLI's environment, so no
+/// value appears on a command line.
+fn env_args(command: &mut Command, env: &[(String, String)]) {
+    for (name, value) in env {
+        command.arg("--env").arg(name).env(name, value);
+    }
 }
 
 /// The labels that mark Docker objects as Keystone's.
@@ -106,11 +115,14 @@ impl Runtime {
             app,
             deployment,
             dir: release,
+            env,
         } = release;
         match self {
             Runtime::Process => {
                 if let Some(build) = build {
-                    run_step(shell(build, release), timeout, context).await?;
+                    let mut command = shell(build, release);
+                    command.envs(env.iter().map(|(n, v)| (n, v)));
+                    run_step(command, timeout, context).await?;
                 }
                 Ok(None)
             }
@@ -136,7 +148,7 @@ impl Runtime {
     pub async fn release(
         &self,
         command: &str,
-        release: &Path,
+        release: Release<'_>,
         image: Option<&str>,
         timeout: Duration,
         context: &mut StepContext<'_>,
@@ -148,10 +160,15 @@ impl Runtime {
                 if docker.host_network {
                     run.args(["--network", "host"]);
                 }
+                env_args(&mut run, release.env);
                 run.args([image, "sh", "-c", command]);
                 run_step(run, timeout, context).await
             }
-            _ => run_step(shell(command, release), timeout, context).await,
+            _ => {
+                let mut run = shell(command, release.dir);
+                run.envs(release.env.iter().map(|(n, v)| (n, v)));
+                run_step(run, timeout, context).await
+            }
         }
     }
 
@@ -169,14 +186,16 @@ impl Runtime {
             app,
             deployment,
             dir: release,
+            env,
         } = release;
         match self {
             Runtime::Process => {
                 let web = web.ok_or("the Procfile has no `web:` process")?;
                 std::fs::create_dir_all(output.parent().expect("parent"))
                     .map_err(|e| e.to_string())?;
-                let group =
-                    spawn_web(shell(web, release), port, output).map_err(|e| e.to_string())?;
+                let mut command = shell(web, release);
+                command.envs(env.iter().map(|(n, v)| (n, v)));
+                let group = spawn_web(command, port, output).map_err(|e| e.to_string())?;
                 Ok(Handle::Process { group })
             }
             Runtime::Docker(docker) => {
@@ -189,8 +208,9 @@ impl Runtime {
                     .args(["--log-opt", "max-size=10m", "--log-opt", "max-file=3"])
                     .args(labels(app, deployment))
                     .args(["--env", &format!("PORT={port}")])
-                    .args(docker.network_args(port))
-                    .arg(image);
+                    .args(docker.network_args(port));
+                env_args(&mut run, env);
+                run.arg(image);
                 let result = run.output().await.map_err(|e| e.to_string())?;
                 if !result.status.success() {
                     return Err(format!(
