@@ -15,6 +15,7 @@ on_both_backends!(
     concurrent_claimers_get_each_deployment_once,
     lapsed_leases_requeue_then_fail,
     reports_cancellation_and_logs,
+    log_chunks_apply_once_and_resume,
 );
 
 /// `count` PORT apps (see `insert_port_apps`), each deployed once through the API.
@@ -344,6 +345,106 @@ async fn reports_cancellation_and_logs(backend: Backend) {
             .as_str()
             .unwrap_or_default()
             .contains("cancelled")
+    );
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Numbered log chunks: a retry is applied once (also when it races the original), a gap is
+/// refused, a reader resumes after the line it read last, and a re-claimed deployment
+/// continues the numbering.
+async fn log_chunks_apply_once_and_resume(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--lease-secs", "2", "--max-attempts", "3"])
+        .await
+        .expect("server starts");
+    queue_deployments(&server, &db, 1).await;
+    let runner = server.create_token("runner", "RUNNER").await;
+    let claim_with_sequence =
+        "mutation { claimDeployment { deployment { id } job { attempt logSequence } } }";
+    let (_, body) = server
+        .graphql_as(&runner, claim_with_sequence, json!({}))
+        .await;
+    let claimed = Server::data(&body)["claimDeployment"].clone();
+    let id = claimed["deployment"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(claimed["job"]["logSequence"], 0);
+    let append = "mutation($id: ID!, $chunk: String!, $n: Int) { appendDeploymentLog(input: { deploymentId: $id, chunk: $chunk, sequence: $n }) { bytesWritten sequence duplicate } }";
+    let send = |chunk: &'static str, n: i64| {
+        let (server, runner, id) = (&server, runner.clone(), id.clone());
+        async move {
+            server
+                .graphql_as(&runner, append, json!({ "id": id, "chunk": chunk, "n": n }))
+                .await
+                .1
+        }
+    };
+    let first = send("a\n", 1).await;
+    assert_eq!(
+        Server::data(&first)["appendDeploymentLog"],
+        json!({ "bytesWritten": 2, "sequence": 1, "duplicate": false })
+    );
+    let retry = send("a\n", 1).await;
+    assert_eq!(
+        Server::data(&retry)["appendDeploymentLog"],
+        json!({ "bytesWritten": 0, "sequence": 1, "duplicate": true })
+    );
+    let gap = send("x\n", 3).await;
+    assert_eq!(
+        only_error(&gap),
+        ("CONFLICT".to_owned(), Some("sequence".to_owned()))
+    );
+    Server::data(&send("b\nc\n", 2).await);
+    // The original and its retry at once: one is applied.
+    let (one, other) = tokio::join!(send("d\n", 3), send("d\n", 3));
+    let duplicates = [one, other]
+        .iter()
+        .filter(|body| Server::data(body)["appendDeploymentLog"]["duplicate"] == true)
+        .count();
+    assert_eq!(duplicates, 1);
+    let read = "query($id: ID!, $after: Int, $tail: Int!) { deployment(id: $id) { logs(after: $after, tail: $tail) } }";
+    for (after, tail, expected) in [
+        (0, 100, json!(["a", "b", "c", "d"])),
+        (1, 100, json!(["b", "c", "d"])),
+        (2, 1, json!(["c"])),
+        (4, 100, json!([])),
+    ] {
+        let body = server
+            .graphql(read, json!({ "id": id, "after": after, "tail": tail }))
+            .await;
+        assert_eq!(
+            Server::data(&body)["deployment"]["logs"],
+            expected,
+            "after {after}"
+        );
+    }
+    // The runner goes silent; the deployment is claimed again and numbering continues.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let (_, body) = server
+            .graphql_as(&runner, claim_with_sequence, json!({}))
+            .await;
+        let claimed = Server::data(&body)["claimDeployment"].clone();
+        if !claimed["deployment"].is_null() {
+            break claimed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease lapsed and it was requeued"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again["job"]["attempt"], 2);
+    assert_eq!(again["job"]["logSequence"], 3);
+    Server::data(&send("e\n", 4).await);
+    let body = server
+        .graphql(read, json!({ "id": id, "after": 0, "tail": 100 }))
+        .await;
+    assert_eq!(
+        Server::data(&body)["deployment"]["logs"],
+        json!(["a", "b", "c", "d", "e"]),
+        "no gap, no duplicate"
     );
     server.stop().await;
     db.cleanup().await;

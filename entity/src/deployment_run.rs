@@ -33,6 +33,9 @@ pub struct Model {
     pub stage: Option<Stage>,
     /// For a rollback: the earlier successful deployment whose release it reuses.
     pub source_deployment_id: Option<i64>,
+    /// The sequence number of the last log chunk applied (0: none).
+    #[sea_orm(default_value = 0)]
+    pub log_sequence: i64,
 }
 
 /// A running deployment's stage, as its runner reports it.

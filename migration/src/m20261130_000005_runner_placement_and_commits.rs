@@ -1,7 +1,8 @@
 //! The runner: which runner an app is placed on (`api_app_placement`: the first runner that
 //! runs an app keeps it, so its port and instances stay on one host), and per deployment the
-//! commit a runner built, the stage it is at, and for a rollback the deployment whose release
-//! it reuses (`api_deployment_run.commit_sha`, `stage`, `source_deployment_id`).
+//! commit a runner built, the stage it is at, for a rollback the deployment whose release it
+//! reuses, and the sequence number of the last log chunk applied (`api_deployment_run.
+//! commit_sha`, `stage`, `source_deployment_id`, `log_sequence`).
 
 use sea_orm_migration::prelude::*;
 
@@ -68,6 +69,11 @@ impl MigrationTrait for Migration {
                 .big_integer()
                 .null()
                 .take(),
+            ColumnDef::new("log_sequence")
+                .big_integer()
+                .not_null()
+                .default(0)
+                .take(),
         ] {
             manager
                 .alter_table(Table::alter().table(RUN).add_column(column).take())
@@ -77,7 +83,12 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in ["commit_sha", "stage", "source_deployment_id"] {
+        for column in [
+            "commit_sha",
+            "stage",
+            "source_deployment_id",
+            "log_sequence",
+        ] {
             manager
                 .alter_table(Table::alter().table(RUN).drop_column(column).take())
                 .await?;

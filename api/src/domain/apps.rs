@@ -226,6 +226,7 @@ pub async fn deploy(
         commit_sha: Set(None),
         stage: Set(None),
         source_deployment_id: Set(source),
+        log_sequence: Set(0),
     })
     .exec_without_returning(&txn)
     .await?;

@@ -152,6 +152,57 @@ impl LogStore {
         .await
     }
 
+    /// Lines `after + 1 ..= after + count` of the log at `path` (numbered from 1), from at
+    /// most `max_bytes` of them: a reader resumes exactly where it stopped.
+    pub async fn after(
+        &self,
+        path: &str,
+        after: usize,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<Tail, DomainError> {
+        if path.is_empty() || count == 0 {
+            return Ok(Tail::default());
+        }
+        let path = self.confined(path)?.to_owned();
+        run_blocking(move || {
+            use std::io::BufRead;
+            let file = match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
+                Err(e) => return Err(e),
+            };
+            let mut reader = std::io::BufReader::new(file);
+            let mut line = Vec::new();
+            let mut tail = Tail::default();
+            let mut number = 0;
+            let mut bytes = 0;
+            while reader.read_until(b'\n', &mut line)? > 0 {
+                number += 1;
+                if number > after {
+                    if tail.lines.len() == count {
+                        break;
+                    }
+                    bytes += line.len();
+                    if bytes > max_bytes {
+                        tail.cut = true;
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    tail.lines
+                        .push(text.trim_end_matches(['\n', '\r']).to_owned());
+                }
+                line.clear();
+            }
+            Ok(tail)
+        })
+        .await
+    }
+
     /// Deletes the log files among `paths` that this store owns (after their deployments'
     /// rows are gone); failures are logged, not returned: the rows are deleted already.
     pub async fn remove(&self, paths: Vec<String>) {

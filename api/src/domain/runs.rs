@@ -65,6 +65,8 @@ pub struct Claim {
     pub lease_expires_at: Timestamp,
     /// For a rollback: the deployment whose release to reuse, with its commit.
     pub source: Option<Source>,
+    /// The last log chunk applied (a re-claimed deployment continues after it).
+    pub log_sequence: i64,
 }
 
 /// An earlier deployment a rollback reuses.
@@ -145,6 +147,7 @@ async fn locked(
                 commit_sha: Set(None),
                 stage: Set(None),
                 source_deployment_id: Set(None),
+                log_sequence: Set(0),
             }
             .insert(txn)
             .await?
@@ -270,6 +273,7 @@ pub async fn claim(
     let deployment = active.update(&txn).await?;
     let attempt = run.attempts + 1;
     let source_id = run.source_deployment_id;
+    let log_sequence = run.log_sequence;
     let mut run: deployment_run::ActiveModel = run.into();
     run.attempts = Set(attempt);
     run.runner_name = Set(Some(runner.name.clone()));
@@ -309,6 +313,7 @@ pub async fn claim(
         attempt,
         lease_expires_at,
         source,
+        log_sequence,
     }))
 }
 
@@ -608,8 +613,23 @@ pub async fn placed_apps(
         .collect())
 }
 
+/// What an append did.
+pub struct LogAppend {
+    pub appended: super::logs::Appended,
+    /// The sequence number of the last chunk applied (0 when chunks carry none).
+    pub sequence: i64,
+    /// The chunk's sequence number was applied before: nothing was written.
+    pub duplicate: bool,
+}
+
 /// Appends `chunk` to the log of a deployment `runner` holds, up to the log's cap; returns
 /// what was written (published to `deploymentLog` subscribers).
+///
+/// With a `sequence` (1, 2, …, per deployment) a chunk is applied exactly once: a retry of
+/// an applied chunk is acknowledged as a duplicate and writes nothing, and a chunk that would
+/// leave a gap is a `CONFLICT` naming the number expected. The number is claimed and the file
+/// written in one transaction, so a concurrent retry waits and then sees the duplicate; only a
+/// server crash between the write and the commit can apply a chunk twice.
 pub async fn append_log(
     db: &DatabaseConnection,
     events: &EventBus,
@@ -617,7 +637,8 @@ pub async fn append_log(
     runner: &Principal,
     id: i64,
     chunk: &str,
-) -> Result<super::logs::Appended, DomainError> {
+    sequence: Option<i64>,
+) -> Result<LogAppend, DomainError> {
     if chunk.len() > MAX_LOG_CHUNK {
         return Err(DomainError::Invalid {
             field: "chunk",
@@ -627,30 +648,72 @@ pub async fn append_log(
             ),
         });
     }
-    // A read, not a write transaction: appending changes no row, and the holder check only
-    // has to be true when the chunk arrives (logs are frequent; SQLite has one writer).
-    let Some((deployment, run)) = Deployment::find_by_id(id)
-        .find_also_related(DeploymentRun)
-        .one(db)
-        .await?
-    else {
-        return Err(DomainError::NotFound {
-            entity: "deployment",
-            field: "deploymentId",
-            id,
+    if sequence.is_some_and(|n| n < 1) {
+        return Err(DomainError::Invalid {
+            field: "sequence",
+            reason: "must be 1 or more".into(),
         });
+    }
+    let (appended, last, duplicate) = match sequence {
+        None => {
+            // A read, not a write transaction: the holder check only has to be true when
+            // the chunk arrives.
+            let Some((deployment, run)) = Deployment::find_by_id(id)
+                .find_also_related(DeploymentRun)
+                .one(db)
+                .await?
+            else {
+                return Err(DomainError::NotFound {
+                    entity: "deployment",
+                    field: "deploymentId",
+                    id,
+                });
+            };
+            check_holder(
+                &deployment,
+                run.as_ref().and_then(|r| r.runner_name.as_deref()),
+                runner,
+            )?;
+            let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
+            (appended, run.map_or(0, |r| r.log_sequence), false)
+        }
+        Some(sequence) => {
+            let (_turn, txn) = begin_write(db).await?;
+            let (deployment, run) = held_by(&txn, runner, id).await?;
+            let last = run.log_sequence;
+            if sequence <= last {
+                let nothing = super::logs::Appended {
+                    text: String::new(),
+                    full: false,
+                };
+                (nothing, last, true)
+            } else if sequence > last + 1 {
+                return Err(conflict(
+                    "sequence",
+                    format!(
+                        "chunk {sequence} of deployment {id} would leave a gap: the next is {}",
+                        last + 1
+                    ),
+                ));
+            } else {
+                let mut run: deployment_run::ActiveModel = run.into();
+                run.log_sequence = Set(sequence);
+                run.update(&txn).await?;
+                let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
+                txn.commit().await?;
+                (appended, sequence, false)
+            }
+        }
     };
-    check_holder(
-        &deployment,
-        run.as_ref().and_then(|r| r.runner_name.as_deref()),
-        runner,
-    )?;
-    let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
     if !appended.text.is_empty() {
         events.publish(Event::DeploymentLog {
             deployment_id: id,
             chunk: Arc::from(appended.text.as_str()),
         });
     }
-    Ok(appended)
+    Ok(LogAppend {
+        appended,
+        sequence: last,
+        duplicate,
+    })
 }

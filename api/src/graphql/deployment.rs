@@ -165,11 +165,15 @@ impl Deployment {
     /// The last `tail` lines of the deployment's log (default 100, at most 10,000), from at
     /// most its last 1 MiB; one response carries at most 4 MiB of log lines in all
     /// (`RESPONSE_TOO_LARGE` past that). Each line counts towards the query's complexity.
+    ///
+    /// With `after: N`, the lines after line N instead (numbered from 1), at most `tail` of
+    /// them: a client that has read N lines resumes exactly there, without gap or duplicate.
     #[graphql(complexity = "1 + tail.max(0) as usize")]
     async fn logs(
         &self,
         ctx: &Context<'_>,
         #[graphql(default = 100)] tail: i32,
+        after: Option<i32>,
     ) -> async_graphql::Result<Vec<String>> {
         let tail = usize::try_from(tail)
             .ok()
@@ -196,12 +200,16 @@ impl Deployment {
             return Err(too_large());
         }
         let allowed = (*remaining).min(MAX_LOG_BYTES_PER_FIELD);
-        let read = api(ctx)?
-            .runners
-            .logs
-            .tail(&self.0.logs_path, tail, allowed)
-            .await
-            .extend()?;
+        let logs = &api(ctx)?.runners.logs;
+        let read = match after {
+            None => logs.tail(&self.0.logs_path, tail, allowed).await,
+            Some(after) => {
+                let after = usize::try_from(after)
+                    .map_err(|_| bad_input("after", "after must be 0 or more"))?;
+                logs.after(&self.0.logs_path, after, tail, allowed).await
+            }
+        }
+        .extend()?;
         if read.cut && allowed < MAX_LOG_BYTES_PER_FIELD {
             // The response's budget, not this field's, ran out.
             *remaining = 0;

@@ -33,6 +33,8 @@ pub struct RunnerJob {
     logs_path: String,
     /// 1 on the first claim, more after lapsed leases.
     attempt: i32,
+    /// The number of the deployment's last log chunk applied: number the next one after it.
+    log_sequence: i64,
     /// Heartbeat before this, or the deployment is requeued.
     lease_expires_at: DateTime<Utc>,
     /// For a rollback: the earlier deployment whose release (or image) to reuse; rebuild its
@@ -137,6 +139,9 @@ pub struct AppendDeploymentLogInput {
     deployment_id: ID,
     /// Log text (at most 64 KiB per call); lines end with `\n`.
     chunk: String,
+    /// The chunk's number (1, 2, … per deployment; continue from the job's `logSequence`):
+    /// a retried chunk is applied once, and a gap is a `CONFLICT`.
+    sequence: Option<i64>,
 }
 
 #[derive(SimpleObject)]
@@ -147,6 +152,10 @@ pub struct AppendDeploymentLogPayload {
     /// The deployment's log reached its size limit (`--max-log-bytes`): a marker line was
     /// written and further appends are dropped, so the runner may stop sending.
     log_full: bool,
+    /// The number of the last chunk applied.
+    sequence: i64,
+    /// This chunk's number was applied before (a retry): nothing was written.
+    duplicate: bool,
 }
 
 impl AuditObject for AppendDeploymentLogPayload {
@@ -193,6 +202,7 @@ impl RunnerMutation {
                             port: claim.deployment.assigned_port,
                             logs_path: claim.deployment.logs_path.clone(),
                             attempt: claim.attempt,
+                            log_sequence: claim.log_sequence,
                             lease_expires_at: claim.lease_expires_at.as_utc(),
                             rollback_from: claim.source.map(|source| RollbackSource {
                                 deployment_database_id: source.deployment_id,
@@ -281,20 +291,23 @@ impl RunnerMutation {
         audited_failures(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
             let api = api(ctx)?;
-            let appended = runs::append_log(
+            let append = runs::append_log(
                 &api.db,
                 &api.events,
                 &api.runners,
                 principal(ctx)?,
                 id,
                 &input.chunk,
+                input.sequence,
             )
             .await
             .extend()?;
             Ok(AppendDeploymentLogPayload {
                 deployment_id: input.deployment_id,
-                bytes_written: appended.text.len() as i32,
-                log_full: appended.full,
+                bytes_written: append.appended.text.len() as i32,
+                log_full: append.appended.full,
+                sequence: append.sequence,
+                duplicate: append.duplicate,
             })
         })
         .await

@@ -1,7 +1,8 @@
 //! A deployment's log on its way to the server: lines are collected and sent with
-//! `appendDeploymentLog` in batches (at most every 500 ms, or at 32 KiB), in order. A batch
-//! that cannot be sent is retried; once the server says the log is full, the rest is
-//! dropped. Memory stays bounded: the queue of lines is bounded, and a producer waits when it
+//! `appendDeploymentLog` in batches (at most every 500 ms, or at 32 KiB), in order, each with
+//! the next sequence number (continuing from the job's `logSequence`), so that a batch that
+//! is retried after a lost answer is applied once. Once the server says the log is full, the
+//! rest is dropped. Memory stays bounded: the queue of lines is bounded, and a producer waits when it
 //! is full (a build printing faster than the server takes it is slowed down, not buffered).
 
 use std::time::Duration;
@@ -42,6 +43,7 @@ pub fn spool(
     client: Client,
     deployment: String,
     secrets: Vec<String>,
+    last_sequence: i64,
 ) -> (LogSender, JoinHandle<()>) {
     let mut secrets: Vec<String> = secrets
         .into_iter()
@@ -51,6 +53,7 @@ pub fn spool(
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let (sender, mut lines) = mpsc::channel::<String>(QUEUE_LINES);
     let task = tokio::spawn(async move {
+        let mut sequence = last_sequence;
         let mut batch = String::new();
         let mut full = false;
         loop {
@@ -60,7 +63,7 @@ pub fn spool(
                 match tokio::time::timeout(BATCH_DELAY, lines.recv()).await {
                     Ok(line) => line,
                     Err(_) => {
-                        full = full || send(&client, &deployment, &mut batch).await;
+                        full = full || send(&client, &deployment, &mut sequence, &mut batch).await;
                         continue;
                     }
                 }
@@ -77,19 +80,19 @@ pub fn spool(
             batch.push_str(&line);
             batch.push('\n');
             if batch.len() >= BATCH_BYTES {
-                full = send(&client, &deployment, &mut batch).await;
+                full = send(&client, &deployment, &mut sequence, &mut batch).await;
             }
         }
         if !batch.is_empty() && !full {
-            send(&client, &deployment, &mut batch).await;
+            send(&client, &deployment, &mut sequence, &mut batch).await;
         }
     });
     (LogSender(sender), task)
 }
 
-/// Sends `batch` (emptying it), retrying a failed transport a few times; returns whether the
-/// server reported the log full.
-async fn send(client: &Client, deployment: &str, batch: &mut String) -> bool {
+/// Sends `batch` (emptying it) as chunk `sequence + 1`, retrying a failed transport with the
+/// same number; returns whether the server reported the log full (or refused it).
+async fn send(client: &Client, deployment: &str, sequence: &mut i64, batch: &mut String) -> bool {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Data {
@@ -101,15 +104,19 @@ async fn send(client: &Client, deployment: &str, batch: &mut String) -> bool {
         log_full: bool,
     }
     let chunk = std::mem::take(batch);
+    let number = *sequence + 1;
     for attempt in 0..5u32 {
         match client
             .call::<Data>(
                 operations::APPEND_LOG,
-                json!({ "id": deployment, "chunk": chunk }),
+                json!({ "id": deployment, "chunk": chunk, "sequence": number }),
             )
             .await
         {
-            Ok(data) => return data.append_deployment_log.log_full,
+            Ok(data) => {
+                *sequence = number;
+                return data.append_deployment_log.log_full;
+            }
             Err(error) if error.code().is_some() => {
                 // Refused (the deployment ended, or is not ours any more): nothing to retry.
                 tracing::warn!(%error, "the server refused a log batch");

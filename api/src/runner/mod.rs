@@ -310,6 +310,7 @@ struct Job {
     app_database_id: i64,
     access_mode: String,
     port: Option<u16>,
+    log_sequence: i64,
     lease_expires_at: chrono::DateTime<chrono::Utc>,
     rollback_from: Option<RollbackFrom>,
     #[serde(default)]
@@ -409,7 +410,12 @@ impl Runner {
         tracing::info!(deployment = deployment.database_id, app = %app_name, "deploying");
         // Values of config vars never reach the log.
         let secrets = job.env.iter().map(|var| var.value.clone()).collect();
-        let (log, spooler) = logs::spool(self.client.clone(), deployment.id.clone(), secrets);
+        let (log, spooler) = logs::spool(
+            self.client.clone(),
+            deployment.id.clone(),
+            secrets,
+            job.log_sequence,
+        );
         let (progress_tx, progress) = watch::channel(Progress::default());
         let (cancel_tx, cancel) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat(
