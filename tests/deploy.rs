@@ -455,7 +455,8 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     let token_file = db.dir().join("runner.token");
     std::fs::write(&token_file, &token).expect("token file");
     let work = db.dir().join("runner-work");
-    let extra = flavor.runner_args();
+    let extra = [flavor.runner_args(), &["--public-host", "runner-1.test"]].concat();
+    let extra = extra.as_slice();
     let runner = RunnerProcess::start(&server, &token_file, &work, extra).await;
 
     let body = server
@@ -520,11 +521,27 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     assert_eq!(answer(port).await.expect("v1 answers"), "v1");
     let body = server
         .graphql(
-            "query($id: ID!) { app: node(id: $id) { ... on App { status url } } }",
+            "query($id: ID!) { app: node(id: $id) { ... on App { status url runner } } }",
             json!({ "id": app }),
         )
         .await;
-    assert_eq!(Server::data(&body)["app"]["status"], "RUNNING");
+    assert_eq!(
+        Server::data(&body)["app"],
+        json!({ "status": "RUNNING", "url": format!("http://runner-1.test:{port}"), "runner": "builder" }),
+        "placed on its runner, reached at the host it advertises"
+    );
+    let viewer = server.create_token("watcher", "VIEWER").await;
+    let (_, body) = server
+        .graphql_as(
+            &viewer,
+            "query($id: ID!) { app: node(id: $id) { ... on App { runner } } }",
+            json!({ "id": app }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
 
     // v2 under load: not one request fails while traffic moves.
     let v2 = git_server.commit("v2", &flavor.sources("v2")).await;

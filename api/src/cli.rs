@@ -42,6 +42,9 @@ pub enum Command {
     Runner(crate::runner::RunnerArgs),
     /// Measure throughput against the database floor (run a release build; needs `wrk`).
     Bench(crate::bench::BenchArgs),
+    /// Measure a deployment: time per stage, and the longest gap clients see during a switch
+    /// against restarting in place (needs git and python3).
+    BenchDeploy(crate::bench::deploy::DeployBenchArgs),
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
     Schema,
     /// Create, list and revoke API tokens (works on the database directly).
@@ -114,6 +117,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Runner(args) => {
             crate::runner::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchDeploy(args) => {
+            crate::bench::deploy::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -13,6 +13,9 @@ pub struct Model {
     /// The runner's token name.
     #[sea_orm(column_type = "String(StringLen::N(100))")]
     pub runner_name: String,
+    /// The host name the runner advertises for its apps (`App.url`), if any.
+    #[sea_orm(column_type = "String(StringLen::N(255))", nullable)]
+    pub public_host: Option<String>,
     pub placed_at: Timestamp,
 }
 

@@ -40,6 +40,7 @@ impl MigrationTrait for Migration {
                             .primary_key(),
                     )
                     .col(ColumnDef::new("runner_name").string_len(100).not_null())
+                    .col(ColumnDef::new("public_host").string_len(255).null())
                     .col(timestamp(backend, PLACEMENT, "placed_at", true))
                     .foreign_key(
                         ForeignKey::create()

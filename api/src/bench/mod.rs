@@ -13,6 +13,7 @@
 //! grown by exactly the number of successful `deployApp` responses.
 
 mod dataset;
+pub mod deploy;
 mod floor;
 mod wrk;
 

@@ -222,7 +222,11 @@ pub async fn claim(
     events: &EventBus,
     policy: &RunnerPolicy,
     runner: &Principal,
+    public_host: Option<&str>,
 ) -> Result<Option<Claim>, DomainError> {
+    if let Some(host) = public_host {
+        super::check("publicHost", super::validation::public_host, host)?;
+    }
     let (_turn, txn) = begin_write(db).await?;
     // Apps placed on another runner are not this runner's to deploy.
     let elsewhere = AppPlacement::find()
@@ -281,16 +285,24 @@ pub async fn claim(
     run.heartbeat_at = Set(Some(now));
     run.stage = Set(None);
     run.update(&txn).await?;
-    // The first runner to run an app keeps it.
-    let placed = AppPlacement::find_by_id(app.id).one(&txn).await?;
-    if placed.is_none() {
-        AppPlacement::insert(app_placement::ActiveModel {
-            app_id: Set(app.id),
-            runner_name: Set(runner.name.clone()),
-            placed_at: Set(now),
-        })
-        .exec_without_returning(&txn)
-        .await?;
+    // The first runner to run an app keeps it; it may advertise a new public host.
+    match AppPlacement::find_by_id(app.id).one(&txn).await? {
+        None => {
+            AppPlacement::insert(app_placement::ActiveModel {
+                app_id: Set(app.id),
+                runner_name: Set(runner.name.clone()),
+                public_host: Set(public_host.map(str::to_owned)),
+                placed_at: Set(now),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        Some(placed) if public_host.is_some() && placed.public_host.as_deref() != public_host => {
+            let mut placed: app_placement::ActiveModel = placed.into();
+            placed.public_host = Set(public_host.map(str::to_owned));
+            placed.update(&txn).await?;
+        }
+        Some(_) => {}
     }
     let source = match source_id {
         None => None,

@@ -353,6 +353,22 @@ pub fn env_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The host name a runner advertises for its apps: a DNS name or an IP address, at most
+/// 255 characters.
+pub fn public_host(host: &str) -> Result<(), String> {
+    not_blank(host)?;
+    max_chars(host, 255)?;
+    let valid = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && !host.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err("must be a host name or an IP address".into())
+    }
+}
+
 /// A commit a runner built: 40 lowercase hex digits (a SHA-1 object name).
 pub fn commit_sha(sha: &str) -> Result<(), String> {
     if sha.len() == 40

@@ -14,7 +14,7 @@ use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder};
 use super::error::{OrInternal, bad_input, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{
-    AppFilter, DeploymentCount, DeploymentFilter, DeploymentsOfApp, RepositoryId,
+    AppFilter, DeploymentCount, DeploymentFilter, DeploymentsOfApp, PlacementOfApp, RepositoryId,
 };
 use super::repository::Repository;
 use super::total_count::TotalCount;
@@ -54,6 +54,18 @@ pub struct App {
     model: app::Model,
     /// The repository, when it was read together with the app (saves a statement).
     repository: Option<repository::Model>,
+}
+
+impl App {
+    async fn placement(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<entity::app_placement::Model>> {
+        loaders(ctx)?
+            .load_one(PlacementOfApp(self.model.id))
+            .await
+            .or_internal()
+    }
 }
 
 impl From<app::Model> for App {
@@ -106,6 +118,12 @@ impl App {
         self.model.current_port
     }
 
+    /// The runner the app is placed on (the first that ran it; its later deployments go to
+    /// the same runner). Admins only.
+    async fn runner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.placement(ctx).await?.map(|placed| placed.runner_name))
+    }
+
     /// Its config vars: names and when each was set (values are write-only).
     async fn env(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AppEnvVar>> {
         Ok(env::names(&api(ctx)?.db, self.model.id)
@@ -134,7 +152,10 @@ impl App {
                 &config.apps_domain,
             ) {
                 (app::AccessMode::Port, Some(port), _) => {
-                    Some(format!("http://{}:{port}", config.public_host))
+                    // The host its runner advertises, else the server's.
+                    let advertised = self.placement(ctx).await?.and_then(|p| p.public_host);
+                    let host = advertised.as_deref().unwrap_or(&config.public_host);
+                    Some(format!("http://{host}:{port}"))
                 }
                 (app::AccessMode::Host, _, Some(domain)) => {
                     Some(format!("http://{}.{domain}", self.model.name))

@@ -67,7 +67,7 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
 /// | role | reaches |
 /// |---|---|
 /// | admin | everything |
-/// | viewer | repositories, apps, deployments (with their logs); not tokens or the audit trail |
+/// | viewer | repositories, apps, deployments (with their logs); not tokens, the audit trail, or `App.runner` |
 /// | runner | its own identity (`viewer`), the payloads of the runner mutations and their `RunnerJob`, the `Deployment` it was handed (not its `app`), and of that app only `id`, `databaseId`, `name` and `status` |
 pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) -> bool {
     use entity::api_token::Role;
@@ -78,7 +78,10 @@ pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) ->
     }
     match role {
         Role::Admin => true,
-        Role::Viewer => !ADMIN_ONLY_TYPES.contains(&type_name),
+        Role::Viewer => match (type_name, field) {
+            ("App", "runner") => false,
+            _ => !ADMIN_ONLY_TYPES.contains(&type_name),
+        },
         Role::Runner => match type_name {
             "Viewer"
             | "RunnerJob"

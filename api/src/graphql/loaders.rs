@@ -374,6 +374,27 @@ impl Loader<DeploymentId> for Reader {
     }
 }
 
+/// Where an app is placed (which runner), by app id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PlacementOfApp(pub i64);
+
+impl Loader<PlacementOfApp> for Reader {
+    type Value = entity::app_placement::Model;
+    type Error = Arc<DbErr>;
+
+    async fn load(&self, keys: &[PlacementOfApp]) -> LoadResult<PlacementOfApp, Self::Value> {
+        by_id::<entity::prelude::AppPlacement, _>(
+            &self.db,
+            keys,
+            |k| k.0,
+            entity::app_placement::Column::AppId,
+            |m| m.app_id,
+            PlacementOfApp,
+        )
+        .await
+    }
+}
+
 /// The runner bookkeeping of a deployment (`api_deployment_run`), by deployment id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RunOfDeployment(pub i64);

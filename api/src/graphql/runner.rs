@@ -61,6 +61,13 @@ pub struct RollbackSource {
     image_tag: String,
 }
 
+#[derive(InputObject, Default)]
+pub struct ClaimDeploymentInput {
+    /// The host name where this runner's apps are reached (`App.url` of the apps placed on
+    /// it); the server's `--public-host` otherwise.
+    public_host: Option<String>,
+}
+
 #[derive(SimpleObject)]
 pub struct ClaimDeploymentPayload {
     /// The claimed deployment, now `RUNNING`; null when nothing is queued.
@@ -174,12 +181,20 @@ impl RunnerMutation {
     async fn claim_deployment(
         &self,
         ctx: &Context<'_>,
+        input: Option<ClaimDeploymentInput>,
     ) -> async_graphql::Result<ClaimDeploymentPayload> {
         audited(ctx, Capability::Run, async {
             let api: &ApiContext = api(ctx)?;
-            let claim = runs::claim(&api.db, &api.events, &api.runners, principal(ctx)?)
-                .await
-                .extend()?;
+            let input = input.unwrap_or_default();
+            let claim = runs::claim(
+                &api.db,
+                &api.events,
+                &api.runners,
+                principal(ctx)?,
+                input.public_host.as_deref(),
+            )
+            .await
+            .extend()?;
             Ok(match claim {
                 None => ClaimDeploymentPayload {
                     deployment: None,

@@ -1,6 +1,6 @@
 //! Is a new instance ready for traffic? Probed from the host, never from inside it (no tool
-//! is needed in the app): `GET <path>` on its private port every interval, each probe with a
-//! timeout, until a deadline. 200–399 is healthy (redirects are not followed); a refused
+//! is needed in the app): `GET <path>` on its private port — after 100 ms, then twice as long
+//! each time up to the interval — each probe with a timeout, until a deadline. 200–399 is healthy (redirects are not followed); a refused
 //! connection means "not yet". Without a path: the process still runs after 10 s and
 //! accepts TCP connections.
 
@@ -46,6 +46,8 @@ pub async fn wait_healthy(
         .build()
         .map_err(|e| format!("health check: {e}"))?;
     let mut last = "no answer".to_owned();
+    // Quick probes while the instance boots (100 ms, doubling), then every interval.
+    let mut wait = Duration::from_millis(100).min(check.interval);
     loop {
         if !runtime.alive(instance).await {
             return Err(format!(
@@ -66,12 +68,13 @@ pub async fn wait_healthy(
             }
             Err(error) => last = error.to_string(),
         }
-        if started.elapsed() + check.interval > check.deadline {
+        if started.elapsed() + wait > check.deadline {
             return Err(format!(
                 "health check: GET {path} did not answer 200–399 within {} s (last: {last})",
                 check.deadline.as_secs()
             ));
         }
-        tokio::time::sleep(check.interval).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(check.interval);
     }
 }

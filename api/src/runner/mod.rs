@@ -87,6 +87,10 @@ pub struct RunnerArgs {
     /// Address the apps' public ports listen on.
     #[arg(long, env = "KEYSTONE_RUNNER_BIND", default_value = "127.0.0.1")]
     pub bind_address: IpAddr,
+    /// The host name where this runner's apps are reached (their `url`); the server's
+    /// `--public-host` when unset.
+    #[arg(long, env = "KEYSTONE_RUNNER_PUBLIC_HOST")]
+    pub public_host: Option<String>,
     /// Where `HOST` apps are served, by host name (put the TLS proxy in front of it).
     #[arg(long, env = "KEYSTONE_HOST_BIND", default_value = "127.0.0.1:8080")]
     pub host_bind: std::net::SocketAddr,
@@ -337,9 +341,10 @@ async fn claim_loop(runner: Arc<Runner>, slots: Arc<Semaphore>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        let claim = json!({ "publicHost": runner.args.public_host });
         match runner
             .client
-            .call::<ClaimData>(operations::CLAIM, json!({}))
+            .call::<ClaimData>(operations::CLAIM, claim)
             .await
         {
             Ok(ClaimData {

@@ -1,0 +1,377 @@
+//! `keystone bench-deploy`: what a deployment costs and what a switch costs its clients.
+//!
+//! It starts everything on loopback in a scratch directory — this binary's server (SQLite),
+//! a `git daemon` with a sample app (Python's standard-library HTTP server), and this
+//! binary's runner (process runtime) — then:
+//!
+//! 1. deploys v1 and reports the time spent in each stage (from `Deployment.stage`, polled
+//!    every 10 ms) and in all;
+//! 2. redeploys v2 while a client requests the app's port back to back, and reports the
+//!    longest interval in which no request succeeded, and how many failed;
+//! 3. measures the baseline in the same run: the same two versions restarted in place on
+//!    one port (stop v1, start v2: what Piku does, and Dokku with raw host ports), with the
+//!    same client; and prints the ratio.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::runner::client::Client;
+
+const APP: &str = r#"import http.server, os
+VERSION = "__VERSION__"
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = VERSION.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DeployBenchArgs {
+    /// Redeploys measured (the longest gap over all is reported).
+    #[arg(long, default_value_t = 3)]
+    pub redeploys: u32,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn run_ok(command: &mut Command) -> anyhow::Result<String> {
+    let output = command.output().await?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn git(dir: &Path) -> Command {
+    let mut command = Command::new("git");
+    command
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@keystone.invalid",
+        ])
+        .current_dir(dir);
+    command
+}
+
+async fn push(work: &Path, version: &str) -> anyhow::Result<()> {
+    std::fs::write(work.join("app.py"), APP.replace("__VERSION__", version))?;
+    std::fs::write(work.join("Procfile"), "web: python3 app.py\n")?;
+    run_ok(git(work).args(["add", "-A"])).await?;
+    run_ok(git(work).args(["commit", "-q", "-m", version])).await?;
+    run_ok(git(work).args(["push", "-q", "origin", "main"])).await?;
+    Ok(())
+}
+
+/// Starts `keystone serve` in `dir`; returns it and its base URL.
+async fn start_server(dir: &Path, port: u16) -> anyhow::Result<(Child, String)> {
+    let range = format!("{port}-{port}");
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--bind", "127.0.0.1:0", "--port-range", &range])
+        .args(["--rate-limit-per-second", "0"])
+        .env("DATABASE_URL", "sqlite://bench.sqlite3?mode=rwc")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(at) = line.find("listening on http://") {
+            let base = line[at + "listening on ".len()..].trim().to_owned();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((child, base));
+        }
+    }
+    bail!("the server did not start")
+}
+
+/// Requests `http://127.0.0.1:<port>/` back to back until `stop`; the longest interval
+/// without a successful answer (ms) and the failures go into the counters.
+fn probe(port: u16, stop: Arc<AtomicBool>, gap_us: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let mut last_ok = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let ok = client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            let now = Instant::now();
+            if ok {
+                let gap = now.duration_since(last_ok).as_micros() as u64;
+                gap_us.fetch_max(gap, Ordering::SeqCst);
+                last_ok = now;
+            } else {
+                failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+}
+
+/// Deploys `app` and waits for the end, timing each stage.
+async fn deploy(admin: &Client, app: &str) -> anyhow::Result<Vec<(String, Duration)>> {
+    let body: Value = admin
+        .call(
+            "mutation($a: ID!) { deployApp(input: { appId: $a }) { deployment { id } } }",
+            json!({ "a": app }),
+        )
+        .await?;
+    let id = body["deployApp"]["deployment"]["id"]
+        .as_str()
+        .context("deployment id")?
+        .to_owned();
+    let started = Instant::now();
+    let mut stages: Vec<(String, Instant)> = vec![("QUEUED".into(), started)];
+    loop {
+        let body: Value = admin
+            .call(
+                "query($id: ID!) { deployment(id: $id) { status stage errorSummary } }",
+                json!({ "id": id }),
+            )
+            .await?;
+        let deployment = &body["deployment"];
+        let stage = deployment["stage"].as_str().unwrap_or("QUEUED").to_owned();
+        if stages.last().is_some_and(|(last, _)| *last != stage) {
+            stages.push((stage, Instant::now()));
+        }
+        match deployment["status"].as_str() {
+            Some("SUCCESS") => break,
+            Some("QUEUED" | "RUNNING") => tokio::time::sleep(Duration::from_millis(10)).await,
+            other => bail!(
+                "the deployment ended {other:?}: {}",
+                deployment["errorSummary"]
+            ),
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the deployment did not finish within 120 s");
+        }
+    }
+    let end = Instant::now();
+    let mut timed = Vec::new();
+    for (i, (stage, at)) in stages.iter().enumerate() {
+        let next = stages.get(i + 1).map_or(end, |(_, t)| *t);
+        timed.push((stage.clone(), next - *at));
+    }
+    Ok(timed)
+}
+
+/// The longest gap while `work` runs against a client probing `port`.
+async fn measure_gap<F: std::future::Future<Output = anyhow::Result<()>>>(
+    port: u16,
+    work: F,
+) -> anyhow::Result<(Duration, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (gap, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    probe(port, stop.clone(), gap.clone(), failed.clone());
+    let result = work.await;
+    // Let the client see the new version answer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    result?;
+    Ok((
+        Duration::from_micros(gap.load(Ordering::SeqCst)),
+        failed.load(Ordering::SeqCst),
+    ))
+}
+
+pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; measure with `cargo run --release -- bench-deploy`"
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let port = free_port()?;
+    let (_server, base) = start_server(root, port).await?;
+    let admin_token = std::fs::read_to_string(root.join("keystone-admin.token"))?;
+    let admin = Client::new(&base, &admin_token)?;
+    let runner_token = run_ok(
+        Command::new(std::env::current_exe()?)
+            .args(["token", "create", "--name", "bench", "--role", "runner"])
+            .env("DATABASE_URL", "sqlite://bench.sqlite3?mode=rwc")
+            .current_dir(root),
+    )
+    .await?;
+    std::fs::write(root.join("runner.token"), runner_token)?;
+    // The repository.
+    let bare = root.join("git/app.git");
+    std::fs::create_dir_all(&bare)?;
+    run_ok(git(&bare).args(["init", "-q", "--bare", "--initial-branch=main"])).await?;
+    let work = root.join("src");
+    std::fs::create_dir_all(&work)?;
+    run_ok(git(&work).args(["init", "-q", "--initial-branch=main"])).await?;
+    run_ok(git(&work).args(["remote", "add", "origin"]).arg(&bare)).await?;
+    push(&work, "v1").await?;
+    let git_port = free_port()?;
+    let _daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={git_port}"))
+        .arg(format!("--base-path={}", root.join("git").display()))
+        .arg(root.join("git"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let _runner = Command::new(std::env::current_exe()?)
+        .args(["runner", "--server", &base, "--token-file", "runner.token"])
+        .args([
+            "--work-dir",
+            "runner",
+            "--poll-ms",
+            "50",
+            "--health-interval-secs",
+            "1",
+        ])
+        .args([
+            "--drain-secs",
+            "1",
+            "--stop-grace-secs",
+            "1",
+            "--min-free-mib",
+            "1",
+        ])
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let body: Value = admin
+        .call(
+            "mutation($u: String!) { createRepository(input: { name: \"bench\", gitUrl: $u }) { repository { id } } }",
+            json!({ "u": format!("git://127.0.0.1:{git_port}/app.git") }),
+        )
+        .await?;
+    let repository = body["createRepository"]["repository"]["id"].clone();
+    let body: Value = admin
+        .call(
+            "mutation($r: ID!) { createApp(input: { name: \"bench\", repositoryId: $r }) { app { id } } }",
+            json!({ "r": repository }),
+        )
+        .await?;
+    let app = body["createApp"]["app"]["id"]
+        .as_str()
+        .context("app id")?
+        .to_owned();
+
+    let first = deploy(&admin, &app).await?;
+    println!("First deployment of the sample app (process runtime), per stage:");
+    let total: Duration = first.iter().map(|(_, d)| *d).sum();
+    for (stage, took) in &first {
+        println!("  {stage:<13} {:>8.3} s", took.as_secs_f64());
+    }
+    println!("  {:<13} {:>8.3} s", "total", total.as_secs_f64());
+
+    let mut keystone_gap = Duration::ZERO;
+    let mut keystone_failed = 0;
+    for round in 0..args.redeploys {
+        let version = format!("v{}", round + 2);
+        push(&work, &version).await?;
+        let (gap, failed) =
+            measure_gap(port, async { deploy(&admin, &app).await.map(|_| ()) }).await?;
+        keystone_gap = keystone_gap.max(gap);
+        keystone_failed += failed;
+    }
+
+    // Baseline: restart in place on one port.
+    let baseline_port = free_port()?;
+    let start = |version: &str| -> anyhow::Result<Child> {
+        let script = root.join(format!("baseline-{version}.py"));
+        std::fs::write(&script, APP.replace("__VERSION__", version))?;
+        Ok(Command::new("python3")
+            .arg(&script)
+            .env("PORT", baseline_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?)
+    };
+    let mut current = start("v1")?;
+    let ready = Instant::now();
+    while reqwest::get(format!("http://127.0.0.1:{baseline_port}/"))
+        .await
+        .is_err()
+    {
+        if ready.elapsed() > Duration::from_secs(20) {
+            bail!("the baseline app did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut baseline_gap = Duration::ZERO;
+    let mut baseline_failed = 0;
+    for round in 0..args.redeploys {
+        let version = format!("v{}", round + 2);
+        let (gap, failed) = measure_gap(baseline_port, async {
+            current.kill().await?;
+            current = start(&version)?;
+            let since = Instant::now();
+            while reqwest::get(format!("http://127.0.0.1:{baseline_port}/"))
+                .await
+                .is_err()
+            {
+                if since.elapsed() > Duration::from_secs(20) {
+                    bail!("the baseline app did not restart");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        })
+        .await?;
+        baseline_gap = baseline_gap.max(gap);
+        baseline_failed += failed;
+    }
+
+    println!();
+    println!(
+        "Switch under a back-to-back client, worst of {} redeploys:",
+        args.redeploys
+    );
+    println!(
+        "  keystone (health-checked switch)   longest interval without an answer {:>8.3} s, failed requests {keystone_failed}",
+        keystone_gap.as_secs_f64()
+    );
+    println!(
+        "  baseline (restart in place)        longest interval without an answer {:>8.3} s, failed requests {baseline_failed}",
+        baseline_gap.as_secs_f64()
+    );
+    if !baseline_gap.is_zero() {
+        println!(
+            "  ratio keystone / baseline: {:.3}",
+            keystone_gap.as_secs_f64() / baseline_gap.as_secs_f64()
+        );
+    }
+    Ok(())
+}
