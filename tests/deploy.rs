@@ -21,7 +21,8 @@ on_both_backends!(
     docker_deploy_switch_rollback_restart_stop,
     cancel_kill_and_retention,
     host_apps_are_routed_by_name,
-    config_vars_reach_the_app_and_stay_secret
+    config_vars_reach_the_app_and_stay_secret,
+    hostile_repositories_fail_clearly
 );
 
 /// The runner's runtimes, as the lifecycle test drives them.
@@ -1084,6 +1085,93 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
         answer(port).await.is_err()
     })
     .await;
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Repositories that cannot deploy end in a clear `errorSummary`: one that does not exist, a
+/// Procfile without `web`, and a build that prints 60 MB (the log stops at its cap with a
+/// marker; the deployment still finishes).
+async fn hostile_repositories_fail_clearly(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--max-log-bytes", "100000"])
+        .await
+        .expect("server starts");
+    let git_server = GitServer::start(db.dir()).await;
+    let token = server.create_token("builder", "RUNNER").await;
+    let token_file = db.dir().join("runner.token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
+    let app_for = |url: String, name: &'static str| {
+        let server = &server;
+        async move {
+            let body = server
+                .graphql(
+                    "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
+                    json!({ "n": name, "u": url }),
+                )
+                .await;
+            let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+            let body = server
+                .graphql(
+                    "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r }) { app { id } } }",
+                    json!({ "n": name, "r": repository }),
+                )
+                .await;
+            Server::data(&body)["createApp"]["app"]["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        }
+    };
+    let missing = app_for(
+        format!("git://127.0.0.1:{}/gone.git", git_server.port),
+        "missing",
+    )
+    .await;
+    let ended = finished(&server, &deploy(&server, &missing).await).await;
+    assert_eq!(ended["status"], "FAILED", "{ended:#}");
+    let summary = ended["errorSummary"].as_str().unwrap_or_default();
+    assert!(
+        summary.starts_with("clone: exited with status"),
+        "{summary}"
+    );
+
+    git_server.push("v1", "release: echo no web here\n").await;
+    let webless = app_for(git_server.url(), "webless").await;
+    let ended = finished(&server, &deploy(&server, &webless).await).await;
+    assert_eq!(ended["status"], "FAILED", "{ended:#}");
+    assert!(
+        ended["errorSummary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no `web:` process"),
+        "{ended:#}"
+    );
+
+    git_server
+        .push(
+            "v1",
+            "web: python3 app.py\nbuild: head -c 60000000 /dev/zero | tr '\\0' 'x' | fold -w 100\n",
+        )
+        .await;
+    let chatty = app_for(git_server.url(), "chatty").await;
+    let ended = finished(&server, &deploy(&server, &chatty).await).await;
+    assert_eq!(ended["status"], "SUCCESS", "{ended:#}");
+    let log = ended["logs"].to_string();
+    assert!(log.contains("reached its size limit"), "the log was capped");
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+                json!({ "id": chatty }),
+            )
+            .await,
+    );
     runner.stop().await;
     drop(git_server.daemon);
     server.stop().await;
