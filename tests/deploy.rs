@@ -1098,7 +1098,10 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let server = Server::start(&db, &["--max-log-bytes", "100000"])
+    // One port: only the app that gets as far as serving is a PORT app.
+    let port = free_port();
+    let range = format!("{port}-{port}");
+    let server = Server::start(&db, &["--max-log-bytes", "100000", "--port-range", &range])
         .await
         .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
@@ -1106,7 +1109,7 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     let token_file = db.dir().join("runner.token");
     std::fs::write(&token_file, &token).expect("token file");
     let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
-    let app_for = |url: String, name: &'static str| {
+    let app_for = |url: String, name: &'static str, access: &'static str| {
         let server = &server;
         async move {
             let body = server
@@ -1118,8 +1121,8 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
             let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
             let body = server
                 .graphql(
-                    "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r }) { app { id } } }",
-                    json!({ "n": name, "r": repository }),
+                    "mutation($n: String!, $r: ID!, $a: AccessMode!) { createApp(input: { name: $n, repositoryId: $r, accessMode: $a }) { app { id } } }",
+                    json!({ "n": name, "r": repository, "a": access }),
                 )
                 .await;
             Server::data(&body)["createApp"]["app"]["id"]
@@ -1131,6 +1134,7 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     let missing = app_for(
         format!("git://127.0.0.1:{}/gone.git", git_server.port),
         "missing",
+        "HOST",
     )
     .await;
     let ended = finished(&server, &deploy(&server, &missing).await).await;
@@ -1142,7 +1146,7 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     );
 
     git_server.push("v1", "release: echo no web here\n").await;
-    let webless = app_for(git_server.url(), "webless").await;
+    let webless = app_for(git_server.url(), "webless", "HOST").await;
     let ended = finished(&server, &deploy(&server, &webless).await).await;
     assert_eq!(ended["status"], "FAILED", "{ended:#}");
     assert!(
@@ -1159,7 +1163,7 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
             "web: python3 app.py\nbuild: head -c 60000000 /dev/zero | tr '\\0' 'x' | fold -w 100\n",
         )
         .await;
-    let chatty = app_for(git_server.url(), "chatty").await;
+    let chatty = app_for(git_server.url(), "chatty", "PORT").await;
     let ended = finished(&server, &deploy(&server, &chatty).await).await;
     assert_eq!(ended["status"], "SUCCESS", "{ended:#}");
     let log = ended["logs"].to_string();
