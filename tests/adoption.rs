@@ -9,7 +9,7 @@ const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
 const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
-const CONFIG_VARS: &str = "m20261130_000006_app_config_vars";
+const CONFIG_VARS: &str = "m20261130_000006_app_config";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not

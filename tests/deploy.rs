@@ -469,7 +469,7 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
     let body = server
         .graphql(
-            "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r }) { app { id } } }",
+            "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r, healthCheckPath: \"/index.html\" }) { app { id healthCheckPath } } }",
             json!({ "n": name, "r": repository }),
         )
         .await;
@@ -588,7 +588,10 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     let third = finished(&server, &deploy(&server, &app).await).await;
     assert_eq!(third["status"], "FAILED", "{third:#}");
     let summary = third["errorSummary"].as_str().unwrap_or_default();
-    assert!(summary.contains("health check"), "{summary}");
+    assert!(
+        summary.contains("health check") && summary.contains("GET /index.html"),
+        "the app's own check path is named: {summary}"
+    );
     assert!(
         third["logs"].to_string().contains("missing DATABASE_URL"),
         "the app's output is in the log: {third:#}"

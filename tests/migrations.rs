@@ -10,11 +10,12 @@ const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 /// Every table the migrations create.
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
-const CONFIG_VARS: &str = "m20261130_000006_app_config_vars";
-const KEYSTONE_TABLES: [&str; 8] = [
+const CONFIG_VARS: &str = "m20261130_000006_app_config";
+const KEYSTONE_TABLES: [&str; 9] = [
     "api_app",
     "api_app_env",
     "api_app_placement",
+    "api_app_settings",
     "api_audit_event",
     "api_deployment",
     "api_deployment_run",

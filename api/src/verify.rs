@@ -164,6 +164,7 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(DeploymentRun, backend),
             table_shape(AppPlacement, backend),
             table_shape(AppEnv, backend),
+            table_shape(AppSettings, backend),
         ]
         .into_iter()
         .collect(),

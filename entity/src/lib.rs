@@ -10,6 +10,7 @@ pub mod api_token;
 pub mod app;
 pub mod app_env;
 pub mod app_placement;
+pub mod app_settings;
 pub mod audit_event;
 pub mod deployment;
 pub mod deployment_run;
@@ -23,6 +24,7 @@ pub mod prelude {
     pub use super::app::{AccessMode, AppStatus, Entity as App};
     pub use super::app_env::Entity as AppEnv;
     pub use super::app_placement::Entity as AppPlacement;
+    pub use super::app_settings::Entity as AppSettings;
     pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
     pub use super::deployment_run::Entity as DeploymentRun;

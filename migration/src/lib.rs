@@ -18,7 +18,7 @@ mod m20261126_000002_index_deployments_by_app_and_time;
 mod m20261126_000003_create_tokens_and_audit_events;
 mod m20261126_000004_deployment_lifecycle;
 mod m20261130_000005_runner_placement_and_commits;
-mod m20261130_000006_app_config_vars;
+mod m20261130_000006_app_config;
 
 pub struct Migrator;
 
@@ -31,7 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_create_tokens_and_audit_events::Migration),
             Box::new(m20261126_000004_deployment_lifecycle::Migration),
             Box::new(m20261130_000005_runner_placement_and_commits::Migration),
-            Box::new(m20261130_000006_app_config_vars::Migration),
+            Box::new(m20261130_000006_app_config::Migration),
         ]
     }
 }

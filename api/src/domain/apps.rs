@@ -7,7 +7,7 @@ use entity::Timestamp;
 use entity::app::{AccessMode, AppStatus};
 use entity::deployment::DeploymentStatus;
 use entity::prelude::*;
-use entity::{app, deployment, deployment_run};
+use entity::{app, app_settings, deployment, deployment_run};
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -23,6 +23,9 @@ pub struct NewApp {
     pub repo_id: i64,
     /// `PORT` when not given.
     pub access_mode: Option<AccessMode>,
+    /// What the runner's health check requests (`""`: no HTTP check); its default when not
+    /// given.
+    pub health_check_path: Option<String>,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -31,10 +34,47 @@ pub struct AppChanges {
     pub name: Option<String>,
     pub repo_id: Option<i64>,
     pub access_mode: Option<AccessMode>,
+    pub health_check_path: Option<String>,
+}
+
+/// The path the app's health check requests (`/` unless set).
+pub async fn health_check_path(
+    db: &impl ConnectionTrait,
+    app_id: i64,
+) -> Result<String, DomainError> {
+    Ok(AppSettings::find_by_id(app_id)
+        .one(db)
+        .await?
+        .and_then(|settings| settings.health_check_path)
+        .unwrap_or_else(|| DEFAULT_HEALTH_CHECK_PATH.to_owned()))
+}
+
+/// What a health check requests unless the app says otherwise.
+pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/";
+
+/// Records the app's health-check path (inside the caller's transaction).
+async fn set_health_check_path(
+    txn: &impl ConnectionTrait,
+    app_id: i64,
+    path: String,
+) -> Result<(), DomainError> {
+    let row = app_settings::ActiveModel {
+        app_id: Set(app_id),
+        health_check_path: Set(Some(path)),
+    };
+    if AppSettings::find_by_id(app_id).one(txn).await?.is_some() {
+        row.update(txn).await?;
+    } else {
+        AppSettings::insert(row).exec_without_returning(txn).await?;
+    }
+    Ok(())
 }
 
 pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, DomainError> {
     check("name", validation::app_name, &new.name)?;
+    if let Some(path) = &new.health_check_path {
+        check("healthCheckPath", validation::health_check_path, path)?;
+    }
     let (_turn, txn) = begin_write(db).await?;
     repositories::find(&txn, new.repo_id, "repositoryId").await?;
     let created = app::ActiveModel {
@@ -47,6 +87,9 @@ pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, 
     }
     .insert(&txn)
     .await?;
+    if let Some(path) = new.health_check_path {
+        set_health_check_path(&txn, created.id, path).await?;
+    }
     txn.commit().await?;
     Ok(created)
 }
@@ -61,6 +104,9 @@ pub async fn update(
 ) -> Result<app::Model, DomainError> {
     if let Some(name) = &changes.name {
         check("name", validation::app_name, name)?;
+    }
+    if let Some(path) = &changes.health_check_path {
+        check("healthCheckPath", validation::health_check_path, path)?;
     }
     let (_turn, txn) = begin_write(db).await?;
     let mut active: app::ActiveModel = find_for_update(&txn, id, "id").await?.into();
@@ -78,6 +124,9 @@ pub async fn update(
         }
     }
     let updated = active.update(&txn).await?;
+    if let Some(path) = changes.health_check_path {
+        set_health_check_path(&txn, id, path).await?;
+    }
     txn.commit().await?;
     events.publish(Event::AppUpdated(Arc::new(updated.clone())));
     Ok(updated)

@@ -369,6 +369,22 @@ pub fn public_host(host: &str) -> Result<(), String> {
     }
 }
 
+/// What the runner's health check requests: a path starting with `/` (a query allowed), at
+/// most 200 characters, or empty for no HTTP check.
+pub fn health_check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    max_chars(path, 200)?;
+    if !path.starts_with('/') {
+        return Err("must start with '/' (or be empty: no HTTP check)".into());
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(())
+}
+
 /// A commit a runner built: 40 lowercase hex digits (a SHA-1 object name).
 pub fn commit_sha(sha: &str) -> Result<(), String> {
     if sha.len() == 40

@@ -20,7 +20,7 @@ use super::repository::Repository;
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::access::Capability;
-use crate::domain::apps::{self, AppChanges, NewApp};
+use crate::domain::apps::{self, AppChanges, NewApp, health_check_path};
 use crate::domain::env;
 
 /// How an app is reached.
@@ -116,6 +116,14 @@ impl App {
     /// The host port the app listens on, for PORT apps that have one.
     async fn current_port(&self) -> Option<i32> {
         self.model.current_port
+    }
+
+    /// What the runner's health check requests before traffic moves to a new version (empty:
+    /// no HTTP check).
+    async fn health_check_path(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        health_check_path(&api(ctx)?.db, self.model.id)
+            .await
+            .extend()
     }
 
     /// The runner the app is placed on (the first that ran it; its later deployments go to
@@ -350,6 +358,10 @@ pub struct CreateAppInput {
     repository_id: ID,
     /// `PORT` when omitted.
     access_mode: Option<AccessMode>,
+    /// What the runner's health check requests before traffic moves to a new version (`/`
+    /// when omitted; empty: no HTTP check, only "still running after 10 s and accepting
+    /// TCP").
+    health_check_path: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -359,6 +371,8 @@ pub struct UpdateAppInput {
     repository_id: Option<ID>,
     /// Switching to `HOST` releases the app's port.
     access_mode: Option<AccessMode>,
+    /// Takes effect at the next deployment.
+    health_check_path: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -509,6 +523,7 @@ impl AppMutation {
                     name: input.name,
                     repo_id,
                     access_mode: input.access_mode.map(Into::into),
+                    health_check_path: input.health_check_path,
                 },
             )
             .await
@@ -541,6 +556,7 @@ impl AppMutation {
                     name: input.name,
                     repo_id,
                     access_mode: input.access_mode.map(Into::into),
+                    health_check_path: input.health_check_path,
                 },
             )
             .await

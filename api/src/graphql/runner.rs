@@ -12,8 +12,8 @@ use super::deployment::{Deployment, DeploymentStage};
 use super::ids::{NodeType, decode_as};
 use super::{ApiContext, api};
 use crate::domain::access::Capability;
-use crate::domain::env;
 use crate::domain::runs::{self, Outcome};
+use crate::domain::{apps, env};
 
 /// Everything a runner needs to build and start a claimed deployment.
 #[derive(SimpleObject)]
@@ -35,6 +35,8 @@ pub struct RunnerJob {
     attempt: i32,
     /// The number of the deployment's last log chunk applied: number the next one after it.
     log_sequence: i64,
+    /// What the health check requests before traffic moves (empty: no HTTP check).
+    health_check_path: String,
     /// Heartbeat before this, or the deployment is requeued.
     lease_expires_at: DateTime<Utc>,
     /// For a rollback: the earlier deployment whose release (or image) to reuse; rebuild its
@@ -218,6 +220,9 @@ impl RunnerMutation {
                             logs_path: claim.deployment.logs_path.clone(),
                             attempt: claim.attempt,
                             log_sequence: claim.log_sequence,
+                            health_check_path: apps::health_check_path(&api.db, claim.app.id)
+                                .await
+                                .extend()?,
                             lease_expires_at: claim.lease_expires_at.as_utc(),
                             rollback_from: claim.source.map(|source| RollbackSource {
                                 deployment_database_id: source.deployment_id,
@@ -347,6 +352,8 @@ pub struct RunnerApp {
     current_commit_sha: Option<String>,
     /// The app's config vars with their values (to start its release again after a reboot).
     env: Vec<EnvVar>,
+    /// What the health check requests (empty: no HTTP check).
+    health_check_path: String,
 }
 
 #[derive(Default)]
@@ -361,7 +368,7 @@ impl RunnerQuery {
     async fn runner_apps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunnerApp>> {
         let api = api(ctx)?;
         let placed = runs::placed_apps(&api.db, principal(ctx)?).await.extend()?;
-        let mut apps = Vec::with_capacity(placed.len());
+        let mut listed = Vec::with_capacity(placed.len());
         for placed in placed {
             let env = env::values(&api.db, &api.secrets, placed.app.id)
                 .await
@@ -369,8 +376,11 @@ impl RunnerQuery {
                 .into_iter()
                 .map(|(name, value)| EnvVar { name, value })
                 .collect();
-            apps.push(RunnerApp {
+            listed.push(RunnerApp {
                 env,
+                health_check_path: apps::health_check_path(&api.db, placed.app.id)
+                    .await
+                    .extend()?,
                 id: NodeType::App.id(placed.app.id),
                 database_id: placed.app.id,
                 name: placed.app.name,
@@ -381,6 +391,6 @@ impl RunnerQuery {
                 current_commit_sha: placed.current.and_then(|(_, sha)| sha),
             });
         }
-        Ok(apps)
+        Ok(listed)
     }
 }

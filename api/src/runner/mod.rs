@@ -101,8 +101,8 @@ pub struct RunnerArgs {
     /// Deployments built at once.
     #[arg(long, env = "KEYSTONE_RUNNER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
-    /// Path probed by the health check (empty: no HTTP check, only "still running after
-    /// 10 s and accepting TCP").
+    /// Path probed by the health check of apps that do not set their own `healthCheckPath`
+    /// (empty: no HTTP check, only "still running after 10 s and accepting TCP").
     #[arg(long, env = "KEYSTONE_HEALTH_PATH", default_value = "/")]
     pub health_path: String,
     /// Seconds between health probes.
@@ -160,9 +160,12 @@ impl RunnerArgs {
         }
     }
 
-    fn health(&self) -> HealthCheck {
+    /// The health check of an app whose own path is `app_path` (the server always sends one;
+    /// `--health-path` when it does not).
+    fn health(&self, app_path: Option<&str>) -> HealthCheck {
+        let path = app_path.unwrap_or(&self.health_path);
         HealthCheck {
-            path: Some(self.health_path.clone()).filter(|p| !p.is_empty()),
+            path: Some(path.to_owned()).filter(|p| !p.is_empty()),
             interval: Duration::from_secs(self.health_interval_secs.max(1)),
             timeout: Duration::from_secs(self.health_timeout_secs.max(1)),
             deadline: Duration::from_secs(self.health_deadline_secs.max(1)),
@@ -315,6 +318,8 @@ struct Job {
     access_mode: String,
     port: Option<u16>,
     log_sequence: i64,
+    #[serde(default)]
+    health_check_path: Option<String>,
     lease_expires_at: chrono::DateTime<chrono::Utc>,
     rollback_from: Option<RollbackFrom>,
     #[serde(default)]
@@ -679,7 +684,7 @@ impl Runner {
         };
         stage("HEALTH_CHECK");
         log.stage("health check").await;
-        let check = self.args.health();
+        let check = self.args.health(job.health_check_path.as_deref());
         let healthy = tokio::select! {
             result = health::wait_healthy(&check, port, runtime, &handle) => result,
             () = wait_for(&mut context.cancel) => Err(String::new()),

@@ -36,6 +36,8 @@ pub struct PlacedApp {
     pub current_deployment_database_id: Option<i64>,
     #[serde(default)]
     pub env: Vec<super::EnvVar>,
+    #[serde(default)]
+    pub health_check_path: Option<String>,
 }
 
 pub async fn placed(runner: &Runner) -> Result<Vec<PlacedApp>, ClientError> {
@@ -214,7 +216,7 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp) {
             return;
         }
     };
-    let check = runner.args.health();
+    let check = runner.args.health(app.health_check_path.as_deref());
     if let Err(why) = health::wait_healthy(&check, port, &runner.runtime, &handle).await {
         tracing::warn!(app = %app.name, %why, "the restarted instance is not healthy");
         runner.runtime.stop(&handle, runner.stop_grace()).await;

@@ -1,6 +1,7 @@
-//! Config vars: `api_app_env` holds each app's variables, the values sealed (the server
-//! encrypts them with a key of its own before they reach the database; see the server's
-//! `domain::secrets`). Deleting an app deletes its variables.
+//! App configuration beside Django's columns: `api_app_env` holds each app's config vars,
+//! the values sealed (the server encrypts them with a key of its own before they reach the
+//! database; see the server's `domain::secrets`), and `api_app_settings` its runner settings
+//! (the health-check path). Deleting an app deletes both.
 
 use sea_orm_migration::prelude::*;
 
@@ -8,7 +9,7 @@ use crate::m20261126_000001_create_tables::timestamp;
 
 pub struct Migration;
 
-pub const NAME: &str = "m20261130_000006_app_config_vars";
+pub const NAME: &str = "m20261130_000006_app_config";
 
 impl MigrationName for Migration {
     fn name(&self) -> &str {
@@ -17,6 +18,7 @@ impl MigrationName for Migration {
 }
 
 const ENV: &str = "api_app_env";
+const SETTINGS: &str = "api_app_settings";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -44,10 +46,34 @@ impl MigrationTrait for Migration {
                     )
                     .take(),
             )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(SETTINGS)
+                    .col(
+                        ColumnDef::new("app_id")
+                            .big_integer()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new("health_check_path").string_len(200).null())
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("api_app_settings_app_id_fk")
+                            .from(SETTINGS, "app_id")
+                            .to("api_app", "id")
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .take(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(SETTINGS).take())
+            .await?;
         manager.drop_table(Table::drop().table(ENV).take()).await
     }
 }
