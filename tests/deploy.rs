@@ -193,6 +193,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A runner token for `server`, in `<test dir>/runner.token`; the file's path.
+async fn runner_token_file(server: &Server, db: &TestDb) -> PathBuf {
+    let token = server.create_token("builder", "RUNNER").await;
+    let path = db.dir().join("runner.token");
+    std::fs::write(&path, token).expect("token file");
+    path
+}
+
+/// A repository at `url` and an app of it, both called `name`, with the extra `createApp`
+/// input `fields` (`accessMode: HOST`, …): the app's `{ id url healthCheckPath }`.
+async fn create_app(server: &Server, name: &str, url: &str, fields: &str) -> Value {
+    let body = server
+        .graphql(
+            "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
+            json!({ "n": name, "u": url }),
+        )
+        .await;
+    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
+    let body = server
+        .graphql(
+            &format!(
+                "mutation($n: String!, $r: ID!) {{ createApp(input: {{ name: $n, repositoryId: $r, {fields} }}) {{ app {{ id url healthCheckPath }} }} }}"
+            ),
+            json!({ "n": name, "r": repository }),
+        )
+        .await;
+    Server::data(&body)["createApp"]["app"].clone()
+}
+
 async fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .args([
@@ -452,28 +481,19 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
         .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
     let v1 = git_server.commit("v1", &flavor.sources("v1")).await;
-    let token = server.create_token("builder", "RUNNER").await;
-    let token_file = db.dir().join("runner.token");
-    std::fs::write(&token_file, &token).expect("token file");
+    let token_file = runner_token_file(&server, &db).await;
     let work = db.dir().join("runner-work");
     let extra = [flavor.runner_args(), &["--public-host", "runner-1.test"]].concat();
     let extra = extra.as_slice();
     let runner = RunnerProcess::start(&server, &token_file, &work, extra).await;
 
-    let body = server
-        .graphql(
-            "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
-            json!({ "n": name, "u": git_server.url() }),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = server
-        .graphql(
-            "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r, healthCheckPath: \"/index.html\" }) { app { id healthCheckPath } } }",
-            json!({ "n": name, "r": repository }),
-        )
-        .await;
-    let app = Server::data(&body)["createApp"]["app"]["id"]
+    let app = create_app(
+        &server,
+        &name,
+        &git_server.url(),
+        "healthCheckPath: \"/index.html\"",
+    )
+    .await["id"]
         .as_str()
         .expect("app")
         .to_owned();
@@ -740,26 +760,11 @@ async fn cancel_kill_and_retention(backend: Backend) {
             &format!("web: python3 app.py\nbuild: sleep {marker}1 & sleep {marker}2\n"),
         )
         .await;
-    let token = server.create_token("builder", "RUNNER").await;
-    let token_file = db.dir().join("runner.token");
-    std::fs::write(&token_file, &token).expect("token file");
+    let token_file = runner_token_file(&server, &db).await;
     let work = db.dir().join("runner-work");
     let keep = ["--keep-releases", "2"];
     let runner = RunnerProcess::start(&server, &token_file, &work, &keep).await;
-    let body = server
-        .graphql(
-            "mutation($u: String!) { createRepository(input: { name: \"sample\", gitUrl: $u }) { repository { id } } }",
-            json!({ "u": git_server.url() }),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = server
-        .graphql(
-            "mutation($r: ID!) { createApp(input: { name: \"sample\", repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository }),
-        )
-        .await;
-    let app = Server::data(&body)["createApp"]["app"]["id"]
+    let app = create_app(&server, "sample", &git_server.url(), "").await["id"]
         .as_str()
         .expect("app")
         .to_owned();
@@ -904,28 +909,13 @@ async fn host_apps_are_routed_by_name(backend: Backend) {
         .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
     git_server.push("v1", PROCFILE).await;
-    let token = server.create_token("builder", "RUNNER").await;
-    let token_file = db.dir().join("runner.token");
-    std::fs::write(&token_file, &token).expect("token file");
+    let token_file = runner_token_file(&server, &db).await;
     let router = free_port();
     let bind = format!("127.0.0.1:{router}");
     let extra = ["--host-bind", &bind, "--apps-domain", "apps.test"];
     let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &extra).await;
     let name = format!("web-{router}");
-    let body = server
-        .graphql(
-            "mutation($u: String!) { createRepository(input: { name: \"hosted\", gitUrl: $u }) { repository { id } } }",
-            json!({ "u": git_server.url() }),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = server
-        .graphql(
-            "mutation($n: String!, $r: ID!) { createApp(input: { name: $n, repositoryId: $r, accessMode: HOST }) { app { id url } } }",
-            json!({ "n": name, "r": repository }),
-        )
-        .await;
-    let created = &Server::data(&body)["createApp"]["app"];
+    let created = &create_app(&server, &name, &git_server.url(), "accessMode: HOST").await;
     assert_eq!(created["url"], format!("http://{name}.apps.test"));
     let app = created["id"].as_str().expect("id").to_owned();
     let first = finished(&server, &deploy(&server, &app).await).await;
@@ -995,24 +985,9 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
             "web: python3 app.py\nbuild: echo \"token is $API_TOKEN\"\n",
         )
         .await;
-    let token = server.create_token("builder", "RUNNER").await;
-    let token_file = db.dir().join("runner.token");
-    std::fs::write(&token_file, &token).expect("token file");
+    let token_file = runner_token_file(&server, &db).await;
     let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
-    let body = server
-        .graphql(
-            "mutation($u: String!) { createRepository(input: { name: \"configured\", gitUrl: $u }) { repository { id } } }",
-            json!({ "u": git_server.url() }),
-        )
-        .await;
-    let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-    let body = server
-        .graphql(
-            "mutation($r: ID!) { createApp(input: { name: \"configured\", repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository }),
-        )
-        .await;
-    let app = Server::data(&body)["createApp"]["app"]["id"]
+    let app = create_app(&server, "configured", &git_server.url(), "").await["id"]
         .as_str()
         .expect("id")
         .to_owned();
@@ -1108,27 +1083,12 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
         .await
         .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
-    let token = server.create_token("builder", "RUNNER").await;
-    let token_file = db.dir().join("runner.token");
-    std::fs::write(&token_file, &token).expect("token file");
+    let token_file = runner_token_file(&server, &db).await;
     let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
     let app_for = |url: String, name: &'static str, access: &'static str| {
         let server = &server;
         async move {
-            let body = server
-                .graphql(
-                    "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
-                    json!({ "n": name, "u": url }),
-                )
-                .await;
-            let repository = Server::data(&body)["createRepository"]["repository"]["id"].clone();
-            let body = server
-                .graphql(
-                    "mutation($n: String!, $r: ID!, $a: AccessMode!) { createApp(input: { name: $n, repositoryId: $r, accessMode: $a }) { app { id } } }",
-                    json!({ "n": name, "r": repository, "a": access }),
-                )
-                .await;
-            Server::data(&body)["createApp"]["app"]["id"]
+            create_app(server, name, &url, &format!("accessMode: {access}")).await["id"]
                 .as_str()
                 .expect("id")
                 .to_owned()

@@ -138,14 +138,8 @@ impl LogStore {
         }
         let path = self.confined(path)?.to_owned();
         run_blocking(move || {
-            let file = match std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-            {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
-                Err(e) => return Err(e),
+            let Some(file) = open_existing(&path)? else {
+                return Ok(Tail::default());
             };
             read_tail(&file, lines, max_bytes)
         })
@@ -167,14 +161,8 @@ impl LogStore {
         let path = self.confined(path)?.to_owned();
         run_blocking(move || {
             use std::io::BufRead;
-            let file = match std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-            {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
-                Err(e) => return Err(e),
+            let Some(file) = open_existing(&path)? else {
+                return Ok(Tail::default());
             };
             let mut reader = std::io::BufReader::new(file);
             let mut line = Vec::new();
@@ -213,6 +201,19 @@ impl LogStore {
                 Err(error) => tracing::warn!(%path, %error, "cannot delete a deployment's log"),
             }
         }
+    }
+}
+
+/// The log at `path` opened for reading, never through a symbolic link; `None` if missing.
+fn open_existing(path: &Path) -> std::io::Result<Option<File>> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
