@@ -333,6 +333,27 @@ impl GitServer {
 
 const PROCFILE: &str = "web: python3 app.py\nbuild: echo building $(cat app.py | wc -l) lines\nrelease: echo release phase\n";
 
+/// `extra`, plus the tests' defaults for the settings it does not name (quick polls and
+/// passes, short drains and deadlines).
+fn with_defaults<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    const DEFAULTS: [(&str, &str); 7] = [
+        ("--poll-ms", "200"),
+        ("--reconcile-secs", "1"),
+        ("--health-interval-secs", "1"),
+        ("--health-deadline-secs", "15"),
+        ("--drain-secs", "2"),
+        ("--stop-grace-secs", "2"),
+        ("--min-free-mib", "1"),
+    ];
+    let mut args = extra.to_vec();
+    for (flag, value) in DEFAULTS {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args
+}
+
 /// A `keystone runner` process.
 struct RunnerProcess {
     child: Child,
@@ -362,23 +383,7 @@ impl RunnerProcess {
             .arg(token_file)
             .arg("--work-dir")
             .arg(work)
-            .args([
-                "--poll-ms",
-                "200",
-                "--reconcile-secs",
-                "1",
-                "--health-interval-secs",
-                "1",
-                "--health-deadline-secs",
-                "15",
-                "--drain-secs",
-                "2",
-                "--stop-grace-secs",
-                "2",
-                "--min-free-mib",
-                "1",
-            ])
-            .args(extra)
+            .args(with_defaults(extra))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -986,7 +991,14 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
         )
         .await;
     let token_file = runner_token_file(&server, &db).await;
-    let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
+    let runner = RunnerProcess::start(
+        &server,
+        &token_file,
+        &db.dir().join("work"),
+        // No periodic pass during the test: the stop below reaches the runner as a signal.
+        &["--reconcile-secs", "3600"],
+    )
+    .await;
     let app = create_app(&server, "configured", &git_server.url(), "").await["id"]
         .as_str()
         .expect("id")

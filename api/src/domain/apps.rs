@@ -7,7 +7,7 @@ use entity::Timestamp;
 use entity::app::{AccessMode, AppStatus};
 use entity::deployment::DeploymentStatus;
 use entity::prelude::*;
-use entity::{app, app_settings, deployment, deployment_run};
+use entity::{app, app_placement, app_settings, deployment, deployment_run};
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -133,7 +133,12 @@ pub async fn update(
 }
 
 /// Deletes an app and its deployments, refused while one of them is running.
-pub async fn delete(db: &DatabaseConnection, logs: &LogStore, id: i64) -> Result<i64, DomainError> {
+pub async fn delete(
+    db: &DatabaseConnection,
+    events: &EventBus,
+    logs: &LogStore,
+    id: i64,
+) -> Result<i64, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     find_for_update(&txn, id, "id").await?;
     let running = Deployment::find()
@@ -154,8 +159,10 @@ pub async fn delete(db: &DatabaseConnection, logs: &LogStore, id: i64) -> Result
         Deployment::find().filter(deployment::Column::AppId.eq(id)),
     )
     .await?;
+    let placed = placements(&txn, vec![id]).await?;
     App::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
+    publish_deleted(events, placed);
     logs.remove(log_files).await;
     Ok(id)
 }
@@ -379,4 +386,32 @@ pub(crate) async fn log_paths(
         .into_tuple()
         .all(txn)
         .await?)
+}
+
+/// The runners `apps` are placed on (read before they are deleted, for the event).
+pub(crate) async fn placements(
+    txn: &impl ConnectionTrait,
+    apps: Vec<i64>,
+) -> Result<Vec<(i64, Option<String>)>, DomainError> {
+    let placed: std::collections::HashMap<i64, String> = AppPlacement::find()
+        .filter(app_placement::Column::AppId.is_in(apps.clone()))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|p| (p.app_id, p.runner_name))
+        .collect();
+    Ok(apps
+        .into_iter()
+        .map(|id| (id, placed.get(&id).cloned()))
+        .collect())
+}
+
+/// Tells subscribers (runners among them) that these apps are gone.
+pub(crate) fn publish_deleted(events: &EventBus, apps: Vec<(i64, Option<String>)>) {
+    for (app_id, runner) in apps {
+        events.publish(Event::AppDeleted {
+            app_id,
+            runner: runner.map(Arc::from),
+        });
+    }
 }

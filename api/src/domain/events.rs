@@ -130,6 +130,12 @@ pub enum Event {
     AppUpdated(Arc<app::Model>),
     /// A runner appended `chunk` to a deployment's log.
     DeploymentLog { deployment_id: i64, chunk: Arc<str> },
+    /// An app was deleted (with its repository, or alone); `runner` is the runner it was
+    /// placed on, which removes its instance and releases.
+    AppDeleted {
+        app_id: i64,
+        runner: Option<Arc<str>>,
+    },
 }
 
 /// An event as a `NOTIFY` payload.
@@ -141,6 +147,7 @@ enum Wire {
     App { row: app::Model },
     AppId { id: i64 },
     Log { id: i64, chunk: String },
+    AppDeleted { id: i64, runner: Option<String> },
 }
 
 #[derive(Clone)]
@@ -270,6 +277,12 @@ fn encode(event: Event) -> Vec<String> {
             .into_iter()
             .collect()
         }
+        Event::AppDeleted { app_id, runner } => fits(&Wire::AppDeleted {
+            id: app_id,
+            runner: runner.map(|r| r.to_string()),
+        })
+        .into_iter()
+        .collect(),
         Event::DeploymentLog {
             deployment_id,
             chunk,
@@ -345,6 +358,10 @@ async fn receive_notifications(
         let event = match serde_json::from_str::<Wire>(payload) {
             Ok(Wire::Deployment { row }) => Event::DeploymentUpdated(Arc::new(row)),
             Ok(Wire::App { row }) => Event::AppUpdated(Arc::new(row)),
+            Ok(Wire::AppDeleted { id, runner }) => Event::AppDeleted {
+                app_id: id,
+                runner: runner.map(Arc::from),
+            },
             Ok(Wire::Log { id, chunk }) => Event::DeploymentLog {
                 deployment_id: id,
                 chunk: Arc::from(chunk),

@@ -88,6 +88,7 @@ pub struct DeletedRepository {
 /// refused while any of those deployments is running.
 pub async fn delete(
     db: &DatabaseConnection,
+    events: &super::events::EventBus,
     logs: &LogStore,
     id: i64,
 ) -> Result<DeletedRepository, DomainError> {
@@ -119,8 +120,11 @@ pub async fn delete(
         .count(&txn)
         .await?;
     let log_files = super::apps::log_paths(&txn, deployments_of_repo()).await?;
+    let app_ids: Vec<i64> = app_ids.into_tuple().all(&txn).await?;
+    let placed = super::apps::placements(&txn, app_ids).await?;
     Repository::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
+    super::apps::publish_deleted(events, placed);
     logs.remove(log_files).await;
     Ok(DeletedRepository {
         id,

@@ -587,6 +587,17 @@ pub async fn expire_leases(
     Ok(changed)
 }
 
+/// The runner app `app_id` is placed on, if any.
+pub async fn placed_on(
+    db: &DatabaseConnection,
+    app_id: i64,
+) -> Result<Option<String>, DomainError> {
+    Ok(AppPlacement::find_by_id(app_id)
+        .one(db)
+        .await?
+        .map(|placed| placed.runner_name))
+}
+
 /// The apps placed on `runner`, with the deployment each should be running (its latest
 /// successful one) and that deployment's commit: what a runner reconciles against.
 pub async fn placed_apps(

@@ -577,7 +577,7 @@ impl AppMutation {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::App, "id")?;
             let api = api(ctx)?;
-            let deleted = apps::delete(&api.db, &api.runners.logs, id)
+            let deleted = apps::delete(&api.db, &api.events, &api.runners.logs, id)
                 .await
                 .extend()?;
             Ok(DeleteAppPayload {

@@ -86,6 +86,7 @@ pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) ->
             "Viewer"
             | "RunnerJob"
             | "RollbackSource"
+            | "RunnerSignal"
             | "EnvVar"
             | "RunnerApp"
             | "ClaimDeploymentPayload"

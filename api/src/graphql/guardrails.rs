@@ -398,7 +398,9 @@ impl Extension for Gate {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
+        // Root fields have their own guards (`Require`, `audited`); below them, the role's reach.
         if !info.is_for_introspection
+            && info.path_node.parent.is_some()
             && let Some(principal) = ctx.data_opt::<Principal>()
             && !may_reach(principal.role, info.parent_type, info.name)
         {

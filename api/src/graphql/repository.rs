@@ -301,7 +301,7 @@ impl RepositoryMutation {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;
             let api = api(ctx)?;
-            let deleted = repositories::delete(&api.db, &api.runners.logs, id)
+            let deleted = repositories::delete(&api.db, &api.events, &api.runners.logs, id)
                 .await
                 .extend()?;
             Ok(DeleteRepositoryPayload {

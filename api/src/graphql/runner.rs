@@ -12,6 +12,7 @@ use super::deployment::{Deployment, DeploymentStage};
 use super::ids::{NodeType, decode_as};
 use super::{ApiContext, api};
 use crate::domain::access::Capability;
+use crate::domain::events::Event;
 use crate::domain::runs::{self, Outcome};
 use crate::domain::{apps, env};
 
@@ -392,5 +393,87 @@ impl RunnerQuery {
             });
         }
         Ok(listed)
+    }
+}
+
+/// Why a runner should compare what it runs with `runnerApps` again.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunnerSignalReason {
+    /// The subscription started (or restarted): changes may have been missed meanwhile.
+    Subscribed,
+    /// One of its apps changed (stopped, rolled back, deployed elsewhere, …).
+    AppChanged,
+    /// One of its apps was deleted: its instance, releases and images go.
+    AppDeleted,
+    /// The subscription fell behind and lost events: look at everything.
+    Missed,
+}
+
+/// A nudge to reconcile.
+#[derive(SimpleObject)]
+pub struct RunnerSignal {
+    reason: RunnerSignalReason,
+    /// The app concerned, when there is one.
+    app_id: Option<ID>,
+}
+
+impl RunnerSignal {
+    fn new(reason: RunnerSignalReason, app_id: Option<i64>) -> Self {
+        Self {
+            reason,
+            app_id: app_id.map(|id| NodeType::App.id(id)),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct RunnerSubscription;
+
+#[async_graphql::Subscription]
+impl RunnerSubscription {
+    /// For runners: a signal whenever one of the calling runner's apps changes or is deleted,
+    /// so it reconciles at once instead of at its next periodic pass. The first signal
+    /// (`SUBSCRIBED`) arrives at once: reconcile after every (re)connection.
+    #[graphql(guard = "Require(Capability::Run)")]
+    async fn runner_signals(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl futures_util::Stream<Item = RunnerSignal> + use<>> {
+        use futures_util::StreamExt;
+        use tokio::sync::broadcast::error::RecvError;
+        let api = api(ctx)?;
+        let runner: std::sync::Arc<str> = principal(ctx)?.name.as_str().into();
+        let state = (api.events.subscribe(), api.db.clone(), runner);
+        let signals = futures_util::stream::unfold(state, |(mut events, db, runner)| async move {
+            loop {
+                let signal = match events.recv().await {
+                    Ok(Event::AppUpdated(app)) => {
+                        let mine = runs::placed_on(&db, app.id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|placed| *placed == *runner);
+                        if !mine {
+                            continue;
+                        }
+                        RunnerSignal::new(RunnerSignalReason::AppChanged, Some(app.id))
+                    }
+                    Ok(Event::AppDeleted {
+                        app_id,
+                        runner: Some(placed),
+                    }) if placed == runner => {
+                        RunnerSignal::new(RunnerSignalReason::AppDeleted, Some(app_id))
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => {
+                        RunnerSignal::new(RunnerSignalReason::Missed, None)
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((signal, (events, db, runner)));
+            }
+        });
+        let first = RunnerSignal::new(RunnerSignalReason::Subscribed, None);
+        Ok(futures_util::stream::once(async move { first }).chain(signals))
     }
 }

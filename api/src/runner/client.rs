@@ -15,6 +15,7 @@ pub mod operations {
     pub const REPORT: &str = include_str!("operations/report.graphql");
     pub const APPEND_LOG: &str = include_str!("operations/append_log.graphql");
     pub const RUNNER_APPS: &str = include_str!("operations/runner_apps.graphql");
+    pub const RUNNER_SIGNALS: &str = include_str!("operations/runner_signals.graphql");
 
     /// Every document, by file name (for the schema test).
     pub const ALL: &[(&str, &str)] = &[
@@ -23,6 +24,7 @@ pub mod operations {
         ("report.graphql", REPORT),
         ("append_log.graphql", APPEND_LOG),
         ("runner_apps.graphql", RUNNER_APPS),
+        ("runner_signals.graphql", RUNNER_SIGNALS),
     ];
 }
 
@@ -51,6 +53,19 @@ pub struct Client {
     http: reqwest::Client,
     endpoint: String,
     authorization: String,
+}
+
+impl Client {
+    /// The server's GraphQL WebSocket endpoint (`ws://…/graphql/ws`).
+    pub fn websocket_url(&self) -> String {
+        let url = self.endpoint.replacen("https://", "wss://", 1);
+        format!("{}/ws", url.replacen("http://", "ws://", 1))
+    }
+
+    /// The `Authorization` value this client sends.
+    pub fn authorization(&self) -> &str {
+        &self.authorization
+    }
 }
 
 impl Client {

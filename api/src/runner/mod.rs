@@ -18,7 +18,8 @@
 //!    lines into the log.
 //! 5. **Reconcile** what runs with what the server says should ([`reconcile`]): at start
 //!    (re-adopting instances that survived a restart, restarting releases after a reboot),
-//!    then periodically: stopped apps are stopped, deleted apps removed with their releases.
+//!    at every signal from the server ([`signals`]) and periodically: stopped apps are
+//!    stopped, deleted apps removed with their releases.
 //!
 //! What it remembers lives in `<work>/state.json` ([`state`]).
 
@@ -31,6 +32,7 @@ mod process;
 mod procfile;
 mod reconcile;
 mod runtime;
+mod signals;
 mod source;
 mod state;
 
@@ -248,7 +250,9 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
     });
     tracing::info!(server = %runner.args.server, work = %runner.work.display(), "runner started");
     reconcile::pass(&runner).await;
-    let reconciler = tokio::spawn(reconcile::every(runner.clone()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let reconciler = tokio::spawn(reconcile::every(runner.clone(), wake.clone()));
+    let watcher = tokio::spawn(signals::watch(runner.client.clone(), wake));
     let slots = Arc::new(Semaphore::new(runner.args.concurrency.max(1)));
     let claims = claim_loop(runner.clone(), slots);
     tokio::select! {
@@ -256,6 +260,7 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
         () = crate::shutdown_signal() => {}
     }
     reconciler.abort();
+    watcher.abort();
     // Instances keep running (their process groups are their own); the next start re-adopts
     // them.
     tracing::info!("runner stopped; running apps keep serving until it starts again");

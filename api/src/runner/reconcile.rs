@@ -2,7 +2,8 @@
 //! on this runner, each with the deployment that should serve) against what runs (the state
 //! file and the live process groups). At start — so instances that survived a runner
 //! restart get their endpoints back, and releases of running apps start again after a
-//! reboot — and then periodically, so that nothing missed is missed for long:
+//! reboot — at every signal from the server, and periodically, so that nothing missed is
+//! missed for long:
 //!
 //! - an app no longer listed was deleted: its instance stops, its endpoint closes, and its
 //!   releases and output go;
@@ -53,10 +54,15 @@ pub async fn placed(runner: &Runner) -> Result<Vec<PlacedApp>, ClientError> {
     Ok(data.runner_apps)
 }
 
-pub async fn every(runner: Arc<Runner>) {
+/// Reconciles every `--reconcile-secs`, and whenever `wake` is notified (a signal from the
+/// server).
+pub async fn every(runner: Arc<Runner>, wake: Arc<tokio::sync::Notify>) {
     let period = Duration::from_secs(runner.args.reconcile_secs.max(1));
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = wake.notified() => {}
+        }
         pass(&runner).await;
     }
 }
