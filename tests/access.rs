@@ -264,7 +264,7 @@ async fn root_fields(server: &Server) -> Vec<String> {
 /// admin, variable `$id`) that makes it send a first event, whose `status` (or value) is
 /// one of `expected`. The deploy supersedes a deployment queued before, so the first
 /// deployment event may be that one's cancellation.
-const SUBSCRIPTIONS: [(&str, &str, &str, &str); 4] = [
+const SUBSCRIPTIONS: [(&str, &str, &str, &str); 5] = [
     (
         "runnerSignals",
         "subscription { runnerSignals { reason } }",
@@ -288,6 +288,12 @@ const SUBSCRIPTIONS: [(&str, &str, &str, &str); 4] = [
         "subscription($id: ID!) { deploymentLog(deploymentId: $id) }",
         "mutation($id: ID!) { appendDeploymentLog(input: { deploymentId: $id, chunk: \"step 1\\n\" }) { bytesWritten } }",
         "step 1\n",
+    ),
+    (
+        "deploymentLogLines",
+        "subscription($id: ID!) { deploymentLogLines(deploymentId: $id) { firstLine lines } }",
+        "mutation($id: ID!) { appendDeploymentLog(input: { deploymentId: $id, chunk: \"step 1\\n\" }) { bytesWritten } }",
+        "step 1",
     ),
 ];
 
@@ -408,7 +414,7 @@ async fn every_operation_checks_the_role(backend: Backend) {
         }
 
         for (name, document, trigger, expected) in SUBSCRIPTIONS {
-            let id = if name == "deploymentLog" {
+            let id = if name.starts_with("deploymentLog") {
                 &logged
             } else {
                 &app
@@ -429,6 +435,7 @@ async fn every_operation_checks_the_role(backend: Backend) {
                     let value = data["status"]
                         .as_str()
                         .or(data["reason"].as_str())
+                        .or(data["lines"][0].as_str())
                         .or(data.as_str())
                         .unwrap_or_default();
                     assert!(

@@ -5,11 +5,15 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures_util::SinkExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, global_id, insert_port_apps, only_error};
+use crate::support::{
+    Backend, Server, TestDb, global_id, insert_port_apps, only_error, ws_connect, ws_next,
+};
 
 on_both_backends!(
     concurrent_claimers_get_each_deployment_once,
@@ -419,6 +423,37 @@ async fn log_chunks_apply_once_and_resume(backend: Backend) {
             "after {after}"
         );
     }
+    // A subscriber that has read 2 lines gets the stored rest, then each append, numbered.
+    let mut socket = ws_connect(&server, &server.admin_token).await;
+    assert_eq!(
+        ws_next(&mut socket).await.expect("ack")["type"],
+        "connection_ack"
+    );
+    socket
+        .send(Message::Text(
+            json!({ "id": "1", "type": "subscribe", "payload": {
+                "query": "subscription($id: ID!) { deploymentLogLines(deploymentId: $id, after: 2) { firstLine lines } }",
+                "variables": { "id": id },
+            }})
+            .to_string()
+            .into(),
+        ))
+        .await
+        .expect("send");
+    let stored = ws_next(&mut socket).await.expect("the stored lines");
+    assert_eq!(
+        stored["payload"]["data"]["deploymentLogLines"],
+        json!({ "firstLine": 3, "lines": ["c", "d"] }),
+        "{stored}"
+    );
+    Server::data(&send("e\nf\n", 4).await);
+    let live = ws_next(&mut socket).await.expect("the appended lines");
+    assert_eq!(
+        live["payload"]["data"]["deploymentLogLines"],
+        json!({ "firstLine": 5, "lines": ["e", "f"] }),
+        "{live}"
+    );
+    drop(socket);
     // The runner goes silent; the deployment is claimed again and numbering continues.
     let deadline = Instant::now() + Duration::from_secs(30);
     let again = loop {
@@ -436,14 +471,14 @@ async fn log_chunks_apply_once_and_resume(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(again["job"]["attempt"], 2);
-    assert_eq!(again["job"]["logSequence"], 3);
-    Server::data(&send("e\n", 4).await);
+    assert_eq!(again["job"]["logSequence"], 4);
+    Server::data(&send("g\n", 5).await);
     let body = server
         .graphql(read, json!({ "id": id, "after": 0, "tail": 100 }))
         .await;
     assert_eq!(
         Server::data(&body)["deployment"]["logs"],
-        json!(["a", "b", "c", "d", "e"]),
+        json!(["a", "b", "c", "d", "e", "f", "g"]),
         "no gap, no duplicate"
     );
     server.stop().await;

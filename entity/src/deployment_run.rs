@@ -36,6 +36,9 @@ pub struct Model {
     /// The sequence number of the last log chunk applied (0: none).
     #[sea_orm(default_value = 0)]
     pub log_sequence: i64,
+    /// Lines in the log written through numbered chunks (the next line's number is this + 1).
+    #[sea_orm(default_value = 0)]
+    pub log_lines: i64,
 }
 
 /// A running deployment's stage, as its runner reports it.

@@ -75,6 +75,11 @@ impl MigrationTrait for Migration {
                 .not_null()
                 .default(0)
                 .take(),
+            ColumnDef::new("log_lines")
+                .big_integer()
+                .not_null()
+                .default(0)
+                .take(),
         ] {
             manager
                 .alter_table(Table::alter().table(RUN).add_column(column).take())
@@ -89,6 +94,7 @@ impl MigrationTrait for Migration {
             "stage",
             "source_deployment_id",
             "log_sequence",
+            "log_lines",
         ] {
             manager
                 .alter_table(Table::alter().table(RUN).drop_column(column).take())

@@ -283,6 +283,7 @@ pub async fn deploy(
         stage: Set(None),
         source_deployment_id: Set(source),
         log_sequence: Set(0),
+        log_lines: Set(0),
     })
     .exec_without_returning(&txn)
     .await?;

@@ -128,8 +128,13 @@ pub enum Event {
     DeploymentUpdated(Arc<deployment::Model>),
     /// An app's status or port changed; carries its new state.
     AppUpdated(Arc<app::Model>),
-    /// A runner appended `chunk` to a deployment's log.
-    DeploymentLog { deployment_id: i64, chunk: Arc<str> },
+    /// A runner appended `chunk` to a deployment's log; `first_line` is the number of its
+    /// first line when the chunk was numbered.
+    DeploymentLog {
+        deployment_id: i64,
+        chunk: Arc<str>,
+        first_line: Option<i64>,
+    },
     /// An app was deleted (with its repository, or alone); `runner` is the runner it was
     /// placed on, which removes its instance and releases.
     AppDeleted {
@@ -142,12 +147,28 @@ pub enum Event {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 enum Wire {
-    Deployment { row: deployment::Model },
-    DeploymentId { id: i64 },
-    App { row: app::Model },
-    AppId { id: i64 },
-    Log { id: i64, chunk: String },
-    AppDeleted { id: i64, runner: Option<String> },
+    Deployment {
+        row: deployment::Model,
+    },
+    DeploymentId {
+        id: i64,
+    },
+    App {
+        row: app::Model,
+    },
+    AppId {
+        id: i64,
+    },
+    Log {
+        id: i64,
+        chunk: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first: Option<i64>,
+    },
+    AppDeleted {
+        id: i64,
+        runner: Option<String>,
+    },
 }
 
 #[derive(Clone)]
@@ -286,15 +307,22 @@ fn encode(event: Event) -> Vec<String> {
         Event::DeploymentLog {
             deployment_id,
             chunk,
+            first_line,
         } => {
-            // JSON escaping can double a character's size; 3,000 characters always fit.
+            // JSON escaping can double a character's size; 3,000 characters always fit. Each
+            // piece carries the number of its own first line.
             let chars: Vec<char> = chunk.chars().collect();
+            let mut first = first_line;
             chars
                 .chunks(3_000)
                 .filter_map(|piece| {
+                    let text: String = piece.iter().collect();
+                    let this = first;
+                    first = first.map(|n| n + text.matches('\n').count() as i64);
                     fits(&Wire::Log {
                         id: deployment_id,
-                        chunk: piece.iter().collect(),
+                        chunk: text,
+                        first: this,
                     })
                 })
                 .collect()
@@ -362,9 +390,10 @@ async fn receive_notifications(
                 app_id: id,
                 runner: runner.map(Arc::from),
             },
-            Ok(Wire::Log { id, chunk }) => Event::DeploymentLog {
+            Ok(Wire::Log { id, chunk, first }) => Event::DeploymentLog {
                 deployment_id: id,
                 chunk: Arc::from(chunk),
+                first_line: first,
             },
             Ok(Wire::DeploymentId { id }) => match Deployment::find_by_id(id).one(&db).await {
                 Ok(Some(row)) => Event::DeploymentUpdated(Arc::new(row)),

@@ -148,6 +148,7 @@ async fn locked(
                 stage: Set(None),
                 source_deployment_id: Set(None),
                 log_sequence: Set(0),
+                log_lines: Set(0),
             }
             .insert(txn)
             .await?
@@ -677,7 +678,7 @@ pub async fn append_log(
             reason: "must be 1 or more".into(),
         });
     }
-    let (appended, last, duplicate) = match sequence {
+    let (appended, last, duplicate, first_line) = match sequence {
         None => {
             // A read, not a write transaction: the holder check only has to be true when
             // the chunk arrives.
@@ -698,7 +699,7 @@ pub async fn append_log(
                 runner,
             )?;
             let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
-            (appended, run.map_or(0, |r| r.log_sequence), false)
+            (appended, run.map_or(0, |r| r.log_sequence), false, None)
         }
         Some(sequence) => {
             let (_turn, txn) = begin_write(db).await?;
@@ -709,7 +710,7 @@ pub async fn append_log(
                     text: String::new(),
                     full: false,
                 };
-                (nothing, last, true)
+                (nothing, last, true, None)
             } else if sequence > last + 1 {
                 return Err(conflict(
                     "sequence",
@@ -719,12 +720,15 @@ pub async fn append_log(
                     ),
                 ));
             } else {
+                let first_line = run.log_lines + 1;
+                let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
+                let lines = appended.text.matches('\n').count() as i64;
                 let mut run: deployment_run::ActiveModel = run.into();
                 run.log_sequence = Set(sequence);
+                run.log_lines = Set(first_line - 1 + lines);
                 run.update(&txn).await?;
-                let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
                 txn.commit().await?;
-                (appended, sequence, false)
+                (appended, sequence, false, Some(first_line))
             }
         }
     };
@@ -732,6 +736,7 @@ pub async fn append_log(
         events.publish(Event::DeploymentLog {
             deployment_id: id,
             chunk: Arc::from(appended.text.as_str()),
+            first_line,
         });
     }
     Ok(LogAppend {
