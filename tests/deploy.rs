@@ -805,7 +805,7 @@ async fn cancel_kill_and_retention(backend: Backend) {
     // kill -9 of the runner during a build; its successor kills the orphaned build and
     // finishes the deployment. (The build hangs until the flag exists: the retry is quick.)
     let flag = db.dir().join("crashed");
-    git_server
+    let crash_commit = git_server
         .push(
             "v-after-crash",
             &format!(
@@ -858,6 +858,25 @@ async fn cancel_kill_and_retention(backend: Backend) {
         .expect("releases")
         .count();
     assert_eq!(releases, 2, "--keep-releases 2");
+    // A rollback to a release that was pruned rebuilds the commit it recorded.
+    let body = server
+        .graphql(
+            "mutation($app: ID!, $to: ID!) { rollbackApp(input: { appId: $app, toDeploymentId: $to }) { deployment { id } } }",
+            json!({ "app": app, "to": global_id("Deployment", id) }),
+        )
+        .await;
+    let rollback = Server::data(&body)["rollbackApp"]["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let rolled = finished(&server, &rollback).await;
+    assert_eq!(rolled["status"], "SUCCESS", "{rolled:#}");
+    assert_eq!(rolled["commitSha"], crash_commit.as_str());
+    assert!(
+        rolled["logs"].to_string().contains("rebuilding commit"),
+        "{rolled:#}"
+    );
+    assert_eq!(answer(port).await.expect("answers"), "v-after-crash");
     runner.stop().await;
     // The app's instance outlives the runner; stop it for the next test.
     Server::data(

@@ -343,6 +343,7 @@ pub(crate) struct EnvVar {
 struct RollbackFrom {
     deployment_database_id: i64,
     image_tag: String,
+    commit_sha: Option<String>,
 }
 
 async fn claim_loop(runner: Arc<Runner>, slots: Arc<Semaphore>) {
@@ -570,11 +571,24 @@ impl Runner {
         } else {
             stage("CLONE");
             log.stage("clone").await;
+            // A rollback whose release is gone rebuilds the commit it recorded.
+            let commit = job
+                .rollback_from
+                .as_ref()
+                .and_then(|from| from.commit_sha.as_deref());
+            if let (Some(from), Some(commit)) = (&job.rollback_from, commit) {
+                log.line(format!(
+                    "==> rollback: the release of deployment {} is gone; rebuilding commit {commit}",
+                    from.deployment_database_id
+                ))
+                .await;
+            }
             let build_dir = self.build_dir(id);
             let checkout = build_dir.join("source");
             let cloned = source::clone(
                 &job.repository_url,
                 &job.branch,
+                commit,
                 &checkout,
                 &build_dir.join("home"),
                 Duration::from_secs(self.args.clone_timeout_secs),

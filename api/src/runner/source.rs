@@ -44,10 +44,14 @@ fn git(home: &Path) -> Command {
     command
 }
 
-/// Clones `branch` of `url` into `into` (which must not exist) and returns the commit.
+/// Clones `branch` of `url` into `into` (which must not exist) and returns the commit. With
+/// `commit` (a rollback whose release is gone: 40 hex digits the server recorded), that
+/// commit is checked out: fetched alone when the server allows it, else with the branch's
+/// history.
 pub async fn clone(
     url: &str,
     branch: &str,
+    commit: Option<&str>,
     into: &Path,
     home: &Path,
     timeout: Duration,
@@ -70,6 +74,30 @@ pub async fn clone(
         ])
         .arg(into);
     run_step(command, timeout, context).await?;
+    if let Some(commit) =
+        commit.filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        let in_checkout = |args: &[&str]| {
+            let mut command = git(home);
+            command.arg("-C").arg(into).args(args);
+            command
+        };
+        let shallow = in_checkout(&["fetch", "--depth", "1", "--no-tags", "origin", commit]);
+        if run_step(shallow, timeout, context).await.is_err() {
+            context
+                .log
+                .line("the server does not give out single commits; fetching the branch's history")
+                .await;
+            let full = in_checkout(&["fetch", "--unshallow", "--no-tags", "origin", branch]);
+            run_step(full, timeout, context).await?;
+        }
+        run_step(
+            in_checkout(&["checkout", "--quiet", "--detach", commit]),
+            timeout,
+            context,
+        )
+        .await?;
+    }
     let output = git(home)
         .arg("-C")
         .arg(into)
