@@ -451,6 +451,12 @@ impl Runner {
             group_file: build_dir.join("group"),
         };
         let ending = match std::fs::create_dir_all(&build_dir) {
+            // App names become directories, image tags and container names here: only DNS
+            // labels (the API enforces it; a row adopted from Django may hold anything).
+            Ok(()) if !dns_label(&job.app_name) => Ending::Failed(format!(
+                "the app's name {:?} is not a DNS label; rename it (updateApp) to deploy it",
+                job.app_name
+            )),
             Ok(()) => {
                 self.deploy(&deployment, &job, app_id, &progress_tx, &mut context)
                     .await
@@ -858,6 +864,18 @@ impl Runner {
     }
 }
 
+/// Whether `name` is a DNS label (lowercase letters, digits, inner hyphens; at most 63).
+pub(crate) fn dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
 /// Resolves when `cancel` turns true.
 async fn wait_for(cancel: &mut watch::Receiver<bool>) {
     while !*cancel.borrow_and_update() {
@@ -969,6 +987,30 @@ async fn heartbeat(
                     tokio::time::sleep(every).await;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_label;
+
+    #[test]
+    fn only_dns_labels_become_paths() {
+        for ok in ["web", "web-2", "a"] {
+            assert!(dns_label(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "-web",
+            "web-",
+            "Web",
+            "web.app",
+            &"a".repeat(64),
+        ] {
+            assert!(!dns_label(bad), "{bad:?}");
         }
     }
 }

@@ -108,6 +108,7 @@ pub async fn pass(runner: &Arc<Runner>) {
             }
         }
     }
+    let apps: Vec<&PlacedApp> = apps.iter().filter(|a| super::dns_label(&a.name)).collect();
     for app in apps.iter().filter(|a| !busy.contains(&a.database_id)) {
         let should_run = app.status != "STOPPED" && app.current_deployment_database_id.is_some();
         let instance = local
