@@ -22,7 +22,8 @@ on_both_backends!(
     cancel_kill_and_retention,
     host_apps_are_routed_by_name,
     config_vars_reach_the_app_and_stay_secret,
-    hostile_repositories_fail_clearly
+    hostile_repositories_fail_clearly,
+    docker_cancel_during_build_leaves_no_process
 );
 
 /// The runner's runtimes, as the lifecycle test drives them.
@@ -1170,6 +1171,76 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
             )
             .await,
     );
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Docker: cancelling during `docker build` (a `RUN` step that backgrounds a child) ends the
+/// deployment `CANCELLED` and leaves no process of the build behind.
+async fn docker_cancel_during_build_leaves_no_process(backend: Backend) {
+    if !docker_ready().await {
+        return;
+    }
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--lease-secs", "3"])
+        .await
+        .expect("server starts");
+    let git_server = GitServer::start(db.dir()).await;
+    let marker = format!("{}", 50_000 + u32::from(free_port() % 1000));
+    git_server
+        .commit(
+            "slow",
+            &[
+                (
+                    "Dockerfile",
+                    format!(
+                        "FROM {BASE_IMAGE}\nRUN sleep {marker}1 & sleep {marker}2\nCMD [\"sh\", \"-c\", \"exec httpd -f -p 127.0.0.1:$PORT -h /www\"]\n"
+                    ),
+                ),
+                ("index.html", "slow".to_owned()),
+            ],
+        )
+        .await;
+    let token_file = runner_token_file(&server, &db).await;
+    let extra = Flavor::Docker.runner_args();
+    let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), extra).await;
+    let name = format!("slow-{marker}");
+    let app = create_app(&server, &name, &git_server.url(), "accessMode: HOST").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deployment = deploy(&server, &app).await;
+    at_stage(&server, &deployment, "BUILD").await;
+    eventually(
+        "the build's RUN step to start",
+        Duration::from_secs(30),
+        || async { processes_with(&format!("sleep {marker}2")) >= 1 },
+    )
+    .await;
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { cancelDeployment(input: { id: $id }) { cancelled } }",
+                json!({ "id": deployment }),
+            )
+            .await,
+    );
+    let ended = finished(&server, &deployment).await;
+    assert_eq!(ended["status"], "CANCELLED", "{ended:#}");
+    eventually(
+        "no process of the build to be left",
+        Duration::from_secs(15),
+        || async {
+            processes_with(&format!("sleep {marker}1"))
+                + processes_with(&format!("sleep {marker}2"))
+                == 0
+        },
+    )
+    .await;
     runner.stop().await;
     drop(git_server.daemon);
     server.stop().await;
