@@ -41,7 +41,14 @@ impl Flavor {
     fn runner_args(self) -> &'static [&'static str] {
         match self {
             Flavor::Process => &[],
-            Flavor::Docker => &["--runtime", "docker", "--docker-network", "host"],
+            Flavor::Docker => &[
+                "--runtime",
+                "docker",
+                "--docker-network",
+                "host",
+                "--keep-releases",
+                "2",
+            ],
         }
     }
 
@@ -645,6 +652,26 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
         "{log}"
     );
     assert_eq!(answer(port).await.expect("v1 again"), "v1");
+    if flavor == Flavor::Docker {
+        // Retention (`--keep-releases 2`): the releases of deployments 2 and 4 stay, and of
+        // the images the two kept ones and the one the rollback runs (deployment 1's); the
+        // failed deployment's image is gone.
+        let releases = std::fs::read_dir(work.join("apps").join(&name).join("releases"))
+            .expect("releases")
+            .count();
+        assert_eq!(releases, 2, "--keep-releases 2");
+        let images = Command::new("docker")
+            .args([
+                "images",
+                "--quiet",
+                "--filter",
+                &format!("label=keystone.app={name}"),
+            ])
+            .output()
+            .await
+            .expect("docker images");
+        assert_eq!(String::from_utf8_lossy(&images.stdout).lines().count(), 2);
+    }
 
     // A runner restart: the instance outlives it and is re-adopted (its port re-opened).
     runner.stop().await;
