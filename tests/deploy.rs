@@ -23,7 +23,8 @@ on_both_backends!(
     host_apps_are_routed_by_name,
     config_vars_reach_the_app_and_stay_secret,
     hostile_repositories_fail_clearly,
-    docker_cancel_during_build_leaves_no_process
+    docker_cancel_during_build_leaves_no_process,
+    docker_kill_mid_build_then_finish
 );
 
 /// The runner's runtimes, as the lifecycle test drives them.
@@ -344,7 +345,9 @@ const PROCFILE: &str = "web: python3 app.py\nbuild: echo building $(cat app.py |
 /// `extra`, plus the tests' defaults for the settings it does not name (quick polls and
 /// passes, short drains and deadlines).
 fn with_defaults<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    const DEFAULTS: [(&str, &str); 7] = [
+    // The HOST router on a port of its own: tests run in parallel.
+    const DEFAULTS: [(&str, &str); 8] = [
+        ("--host-bind", "127.0.0.1:0"),
         ("--poll-ms", "200"),
         ("--reconcile-secs", "1"),
         ("--health-interval-secs", "1"),
@@ -1265,6 +1268,107 @@ async fn docker_cancel_during_build_leaves_no_process(backend: Backend) {
             processes_with(&format!("sleep {marker}1"))
                 + processes_with(&format!("sleep {marker}2"))
                 == 0
+        },
+    )
+    .await;
+    runner.stop().await;
+    drop(git_server.daemon);
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// Docker: `kill -9` of the runner during `docker build` leaves the build running; the runner
+/// started again kills it, and claims the deployment again once the lease lapses (its second
+/// attempt builds the branch as it is then) and finishes it.
+async fn docker_kill_mid_build_then_finish(backend: Backend) {
+    if !docker_ready().await {
+        return;
+    }
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--lease-secs", "3"])
+        .await
+        .expect("server starts");
+    let git_server = GitServer::start(db.dir()).await;
+    let marker = format!("{}", 60_000 + u32::from(free_port() % 1000));
+    let dockerfile = |run: &str| {
+        format!(
+            "FROM {BASE_IMAGE}\nRUN {run}\nCOPY index.html /www/index.html\nCMD [\"sh\", \"-c\", \"exec httpd -f -p 127.0.0.1:$PORT -h /www\"]\n"
+        )
+    };
+    git_server
+        .commit(
+            "slow",
+            &[
+                ("Dockerfile", dockerfile(&format!("sleep {marker}3"))),
+                ("index.html", "slow".to_owned()),
+            ],
+        )
+        .await;
+    let token_file = runner_token_file(&server, &db).await;
+    let work = db.dir().join("work");
+    let extra = Flavor::Docker.runner_args();
+    let runner = RunnerProcess::start(&server, &token_file, &work, extra).await;
+    let name = format!("crash-{marker}");
+    let app = create_app(&server, &name, &git_server.url(), "accessMode: HOST").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deployment = deploy(&server, &app).await;
+    at_stage(&server, &deployment, "BUILD").await;
+    eventually(
+        "the build's RUN step to start",
+        Duration::from_secs(30),
+        || async { processes_with(&format!("sleep {marker}3")) >= 1 },
+    )
+    .await;
+    runner.kill().await;
+    assert!(
+        processes_with(&format!("sleep {marker}3")) >= 1,
+        "the build outlived its runner"
+    );
+    git_server
+        .commit(
+            "quick",
+            &[
+                ("Dockerfile", dockerfile("true")),
+                ("index.html", "quick".to_owned()),
+            ],
+        )
+        .await;
+    let runner = RunnerProcess::start(&server, &token_file, &work, extra).await;
+    eventually(
+        "the orphaned build to be stopped",
+        Duration::from_secs(20),
+        || async { processes_with(&format!("sleep {marker}3")) == 0 },
+    )
+    .await;
+    let ended = finished(&server, &deployment).await;
+    assert_eq!(ended["status"], "SUCCESS", "{ended:#}");
+    let id = ended["databaseId"].as_i64().expect("id");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT CAST(attempts AS BIGINT) FROM api_deployment_run WHERE deployment_id = {id}"
+        ))
+        .await,
+        2,
+        "claimed again after the lease lapsed"
+    );
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
+                json!({ "id": app }),
+            )
+            .await,
+    );
+    eventually(
+        "the app's containers and images to go",
+        Duration::from_secs(20),
+        || {
+            let name = name.clone();
+            async move { docker_objects(&name).await == 0 }
         },
     )
     .await;
