@@ -418,6 +418,7 @@ pub struct DeleteAppPayload {
     deleted_app_id: ID,
 }
 
+/// A config var to set on an app (write-only: its value is never returned).
 #[derive(InputObject)]
 pub struct SetAppEnvInput {
     app_id: ID,
@@ -434,6 +435,7 @@ pub struct AppEnvVar {
     updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The config var as set: its name and when, never its value.
 #[derive(SimpleObject)]
 pub struct SetAppEnvPayload {
     app_id: ID,
@@ -446,12 +448,14 @@ impl AuditObject for SetAppEnvPayload {
     }
 }
 
+/// A config var to remove from an app.
 #[derive(InputObject)]
 pub struct UnsetAppEnvInput {
     app_id: ID,
     name: String,
 }
 
+/// Whether the config var existed before it was removed.
 #[derive(SimpleObject)]
 pub struct UnsetAppEnvPayload {
     app_id: ID,
@@ -465,6 +469,7 @@ impl AuditObject for UnsetAppEnvPayload {
     }
 }
 
+/// Which app to roll back, and to which of its successful deployments.
 #[derive(InputObject)]
 pub struct RollbackAppInput {
     app_id: ID,

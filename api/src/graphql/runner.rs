@@ -64,6 +64,7 @@ pub struct RollbackSource {
     image_tag: String,
 }
 
+/// What a runner tells the server when it asks for work.
 #[derive(InputObject, Default)]
 pub struct ClaimDeploymentInput {
     /// The host name where this runner's apps are reached (`App.url` of the apps placed on
