@@ -16,6 +16,7 @@ mod migrations;
 mod runner;
 mod security;
 mod server;
+mod spec;
 
 /// The fixtures in `tests/fixtures/` are the shared Django DDL, unchanged.
 #[test]

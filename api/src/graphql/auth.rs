@@ -7,11 +7,11 @@
 
 use std::future::Future;
 
-use async_graphql::{Context, Enum, ErrorExtensions, Guard, ID, Object, SimpleObject};
+use async_graphql::{Context, Enum, Guard, ID, Object, SimpleObject};
 use sea_orm::ActiveEnum;
 
 use super::api;
-use super::error::internal;
+use super::error::{Code, coded, internal};
 use crate::domain::access::{Capability, Principal};
 use crate::domain::audit::{self, Entry};
 
@@ -38,10 +38,8 @@ fn capability_name(capability: Capability) -> &'static str {
 
 /// The caller, or `UNAUTHENTICATED` (only reachable if authentication was skipped).
 pub fn principal<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Principal> {
-    ctx.data::<Principal>().map_err(|_| {
-        async_graphql::Error::new("authentication required")
-            .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
-    })
+    ctx.data::<Principal>()
+        .map_err(|_| coded(Code::Unauthenticated, "authentication required"))
 }
 
 /// `Ok` when the caller's role grants `capability`, `FORBIDDEN` otherwise.
@@ -50,13 +48,15 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
     if principal.may(capability) {
         return Ok(());
     }
-    Err(async_graphql::Error::new(format!(
-        "the {} role may not {} (token {:?})",
-        principal.role.to_value(),
-        capability_name(capability),
-        principal.name
+    Err(coded(
+        Code::Forbidden,
+        format!(
+            "the {} role may not {} (token {:?})",
+            principal.role.to_value(),
+            capability_name(capability),
+            principal.name
+        ),
     ))
-    .extend_with(|_, e| e.set("code", "FORBIDDEN")))
 }
 
 /// Whether `role` may read `field` of `type_name` wherever it appears in a response (checked
@@ -205,10 +205,10 @@ where
     let (object_id, error) = match &result {
         Ok(payload) => (payload.audit_object().map(|id| id.0), None),
         Err(error) => {
-            let code = match error.extensions.as_ref().and_then(|e| e.get("code")) {
-                Some(async_graphql::Value::String(code)) => code.clone(),
-                _ => "INTERNAL".to_owned(),
-            };
+            let code = Code::of(error.extensions.as_ref())
+                .unwrap_or(Code::Internal)
+                .as_str()
+                .to_owned();
             (requested_object, Some((code, error.message.clone())))
         }
     };

@@ -1,9 +1,7 @@
 //! `Deployment`: one attempt to build and run an app; its queries.
 
 use async_graphql::connection::Connection;
-use async_graphql::{
-    Context, Enum, ErrorExtensions, ID, InputObject, Object, ResultExt, SimpleObject,
-};
+use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::deployment;
 
@@ -11,7 +9,7 @@ use super::app::App;
 use super::auth::Require;
 use super::auth::{AuditObject, audited, principal};
 use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
-use super::error::{OrInternal, bad_input, internal, not_found};
+use super::error::{Code, OrInternal, bad_input, coded, internal, not_found};
 use super::guardrails::ResponseBudget;
 use super::ids::{NodeType, decode_as};
 use super::loaders::{AppId, DeploymentFilter, DeploymentId, RunOfDeployment};
@@ -185,12 +183,14 @@ impl Deployment {
                 )
             })?;
         let too_large = || {
-            async_graphql::Error::new(format!(
-                "this response carries {} bytes of log lines already; ask for fewer logs, or \
-                 for them in several requests",
-                ResponseBudget::LOG_BYTES
-            ))
-            .extend_with(|_, e| e.set("code", "RESPONSE_TOO_LARGE"))
+            coded(
+                Code::ResponseTooLarge,
+                format!(
+                    "this response carries {} bytes of log lines already; ask for fewer logs, \
+                     or for them in several requests",
+                    ResponseBudget::LOG_BYTES
+                ),
+            )
         };
         let budget = ctx
             .data::<ResponseBudget>()

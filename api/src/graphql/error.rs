@@ -5,22 +5,133 @@
 
 use async_graphql::{Error, ErrorExtensions};
 
+/// Every `extensions.code` Keystone answers with. The HTTP layer picks statuses from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// An argument, input field or variable is invalid (`extensions.field` or
+    /// `extensions.variable` says which).
+    BadUserInput,
+    NotFound,
+    Conflict,
+    Forbidden,
+    /// No valid token.
+    Unauthenticated,
+    /// Over the rate limit (`extensions.retryAfterSeconds`).
+    RateLimited,
+    /// Tokens or the database cannot be reached right now.
+    ServiceUnavailable,
+    /// The query did not finish within the request timeout.
+    Timeout,
+    ResponseTooLarge,
+    /// A slow subscriber missed events.
+    EventsDropped,
+    GraphqlParseFailed,
+    GraphqlValidationFailed,
+    TooManyConnections,
+    TooManySubscriptions,
+    /// The HTTP request is not a GraphQL request.
+    BadRequest,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    MethodNotAllowed,
+    /// Unexpected; logged under `extensions.correlationId`.
+    Internal,
+}
+
+impl Code {
+    pub const ALL: [Code; 20] = [
+        Code::BadUserInput,
+        Code::NotFound,
+        Code::Conflict,
+        Code::Forbidden,
+        Code::Unauthenticated,
+        Code::RateLimited,
+        Code::ServiceUnavailable,
+        Code::Timeout,
+        Code::ResponseTooLarge,
+        Code::EventsDropped,
+        Code::GraphqlParseFailed,
+        Code::GraphqlValidationFailed,
+        Code::TooManyConnections,
+        Code::TooManySubscriptions,
+        Code::BadRequest,
+        Code::NotAcceptable,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::MethodNotAllowed,
+        Code::Internal,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Code::BadUserInput => "BAD_USER_INPUT",
+            Code::NotFound => "NOT_FOUND",
+            Code::Conflict => "CONFLICT",
+            Code::Forbidden => "FORBIDDEN",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Code::Timeout => "TIMEOUT",
+            Code::ResponseTooLarge => "RESPONSE_TOO_LARGE",
+            Code::EventsDropped => "EVENTS_DROPPED",
+            Code::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
+            Code::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
+            Code::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            Code::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
+            Code::BadRequest => "BAD_REQUEST",
+            Code::NotAcceptable => "NOT_ACCEPTABLE",
+            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Code::Internal => "INTERNAL",
+        }
+    }
+
+    /// The code of an error's `extensions.code`, if it is one of ours.
+    pub fn of(extensions: Option<&async_graphql::ErrorExtensionValues>) -> Option<Code> {
+        match extensions?.get("code")? {
+            async_graphql::Value::String(code) => {
+                Code::ALL.into_iter().find(|c| c.as_str() == code)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sets `extensions.code`.
+    pub fn set(self, extensions: &mut async_graphql::ErrorExtensionValues) {
+        extensions.set("code", self.as_str());
+    }
+}
+
 use crate::domain::DomainError;
 
-pub fn bad_input(field: &str, message: impl Into<String>) -> Error {
+/// A field error with `extensions.code`.
+pub fn coded(code: Code, message: impl Into<String>) -> Error {
+    Error::new(message.into()).extend_with(|_, e| code.set(e))
+}
+
+/// A request error (or one raised outside a resolver) with `extensions.code`.
+pub fn server_error(code: Code, message: impl Into<String>) -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new(message, None);
+    code.set(error.extensions.get_or_insert_with(Default::default));
+    error
+}
+
+fn with_field(code: Code, field: &str, message: impl Into<String>) -> Error {
     let field = field.to_owned();
     Error::new(message.into()).extend_with(|_, e| {
-        e.set("code", "BAD_USER_INPUT");
+        code.set(e);
         e.set("field", field);
     })
 }
 
+pub fn bad_input(field: &str, message: impl Into<String>) -> Error {
+    with_field(Code::BadUserInput, field, message)
+}
+
 pub fn not_found(field: &str, message: impl Into<String>) -> Error {
-    let field = field.to_owned();
-    Error::new(message.into()).extend_with(|_, e| {
-        e.set("code", "NOT_FOUND");
-        e.set("field", field);
-    })
+    with_field(Code::NotFound, field, message)
 }
 
 /// An unexpected failure: logged in full under a fresh id, reported to the client as that id.
@@ -28,7 +139,7 @@ pub fn internal(error: impl std::fmt::Display) -> Error {
     let id = correlation_id();
     tracing::error!(correlation_id = %id, %error, "internal error");
     Error::new(format!("internal error (correlation id {id})")).extend_with(|_, e| {
-        e.set("code", "INTERNAL");
+        Code::Internal.set(e);
         e.set("correlationId", id);
     })
 }
@@ -53,18 +164,15 @@ impl ErrorExtensions for DomainError {
         match self {
             DomainError::NotFound { field, .. } => not_found(field, self.to_string()),
             DomainError::Invalid { field, reason } => bad_input(field, format!("{field} {reason}")),
-            DomainError::Conflict { field, message } => {
-                let field = *field;
-                Error::new(message.clone()).extend_with(|_, e| {
-                    e.set("code", "CONFLICT");
-                    if let Some(field) = field {
-                        e.set("field", field);
-                    }
-                })
-            }
-            DomainError::Forbidden(message) => {
-                Error::new(message.clone()).extend_with(|_, e| e.set("code", "FORBIDDEN"))
-            }
+            DomainError::Conflict {
+                field: Some(field),
+                message,
+            } => with_field(Code::Conflict, field, message.clone()),
+            DomainError::Conflict {
+                field: None,
+                message,
+            } => coded(Code::Conflict, message.clone()),
+            DomainError::Forbidden(message) => coded(Code::Forbidden, message.clone()),
             DomainError::Database(db) => internal(db),
             DomainError::Internal(message) => internal(message),
         }

@@ -37,6 +37,7 @@ use serde_json::json;
 
 use super::ApiContext;
 use super::auth::may_reach;
+use super::error::{Code, server_error};
 use crate::domain::access::{AuthError, Authenticator, Principal};
 use crate::domain::audit::{self, Entry};
 
@@ -141,9 +142,8 @@ impl Admission {
                 message.clone(),
             )
             .await;
-            let mut error = ServerError::new(message, None);
+            let mut error = server_error(Code::RateLimited, message);
             let extensions = error.extensions.get_or_insert_with(Default::default);
-            extensions.set("code", "RATE_LIMITED");
             extensions.set("retryAfterSeconds", seconds);
             return Err(error);
         }
@@ -164,10 +164,11 @@ impl Admission {
             return;
         }
         let code = if principal.is_some() {
-            "RATE_LIMITED"
+            Code::RateLimited
         } else {
-            "UNAUTHENTICATED"
-        };
+            Code::Unauthenticated
+        }
+        .as_str();
         let entry = Entry {
             principal,
             operation,
@@ -213,14 +214,7 @@ pub struct DocumentLimits {
 /// (`GRAPHQL_VALIDATION_FAILED` otherwise). Linear in the document's length: each
 /// fragment's expanded size is computed once.
 pub fn check_document(document: &ExecutableDocument, limits: &DocumentLimits) -> ServerResult<()> {
-    let invalid = |message: String| {
-        let mut error = ServerError::new(message, None);
-        error
-            .extensions
-            .get_or_insert_with(Default::default)
-            .set("code", "GRAPHQL_VALIDATION_FAILED");
-        error
-    };
+    let invalid = |message: String| server_error(Code::GraphqlValidationFailed, message);
     let mut sizer = Sizer {
         document,
         memo: HashMap::new(),
@@ -335,16 +329,11 @@ struct Gate {
 }
 
 pub fn auth_error(error: &AuthError) -> ServerError {
-    let mut server_error = ServerError::new(error.to_string(), None);
     let code = match error {
-        AuthError::Unavailable => "SERVICE_UNAVAILABLE",
-        _ => "UNAUTHENTICATED",
+        AuthError::Unavailable => Code::ServiceUnavailable,
+        _ => Code::Unauthenticated,
     };
-    server_error
-        .extensions
-        .get_or_insert_with(Default::default)
-        .set("code", code);
-    server_error
+    server_error(code, error.to_string())
 }
 
 pub fn find<T: 'static>(data: &Data) -> Option<&T> {
@@ -424,10 +413,7 @@ impl Extension for Gate {
                     QueryPathSegment::Index(index) => PathSegment::Index(index),
                 })
                 .collect();
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", "FORBIDDEN");
+            Code::Forbidden.set(error.extensions.get_or_insert_with(Default::default));
             return Err(error);
         }
         next.run(ctx, info).await

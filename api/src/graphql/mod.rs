@@ -7,6 +7,7 @@ pub mod api_token;
 pub mod app;
 pub mod audit_event;
 pub mod auth;
+pub mod conformance;
 pub mod connection;
 pub mod deployment;
 pub mod error;
@@ -106,6 +107,8 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {
     let mut builder = schema_builder()
         .data(context)
+        // Outermost, so that the guardrails check the document as the client sent it.
+        .extension(conformance::Conformance)
         .extension(Guardrails {
             limits: limits.document,
         })

@@ -4,14 +4,14 @@
 //! Slow subscribers: each may fall 1024 events behind; one that falls further loses the
 //! oldest it has not read, receives one `EVENTS_DROPPED` error saying how many, and goes on.
 
-use async_graphql::{Context, ErrorExtensions, ID, ResultExt, Subscription};
+use async_graphql::{Context, ID, ResultExt, Subscription};
 use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::app::App;
 use super::auth::Require;
 use super::deployment::Deployment;
-use super::error::{OrInternal, not_found};
+use super::error::{Code, OrInternal, coded, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::DeploymentId;
 use super::{api, loaders};
@@ -221,8 +221,10 @@ where
 }
 
 fn events_dropped(missed: u64) -> async_graphql::Error {
-    async_graphql::Error::new(format!(
-        "{missed} updates were dropped because this subscription fell behind; refetch the current state"
-    ))
-    .extend_with(|_, e| e.set("code", "EVENTS_DROPPED"))
+    coded(
+        Code::EventsDropped,
+        format!(
+            "{missed} updates were dropped because this subscription fell behind; refetch the current state"
+        ),
+    )
 }

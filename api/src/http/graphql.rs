@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use crate::graphql::error::Code;
 use crate::graphql::guardrails::{ClientAddress, Credential, check_document};
 use crate::graphql::loaders::with_request_loaders;
 use crate::logging::Escaped;
@@ -94,18 +95,18 @@ fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
 
 fn not_acceptable() -> Response {
     plain_error(
-        StatusCode::NOT_ACCEPTABLE,
+        Code::NotAcceptable,
         MediaType::Json,
-        "NOT_ACCEPTABLE",
         "this endpoint answers application/graphql-response+json or application/json",
     )
 }
 
 /// An error that is not a GraphQL execution result (no `data`).
-fn plain_error(status: StatusCode, media: MediaType, code: &str, message: &str) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+fn plain_error(code: Code, media: MediaType, message: &str) -> Response {
+    let body =
+        json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] });
     (
-        status,
+        status_of(code),
         [(header::CONTENT_TYPE, media.header())],
         body.to_string(),
     )
@@ -135,19 +136,13 @@ pub async fn post(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return plain_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::PayloadTooLarge,
                 media,
-                "PAYLOAD_TOO_LARGE",
                 "the request body is larger than this server accepts (KEYSTONE_MAX_BODY_BYTES)",
             );
         }
         Err(rejection) => {
-            return plain_error(
-                rejection.status(),
-                media,
-                "BAD_REQUEST",
-                &rejection.body_text(),
-            );
+            return plain_error(Code::BadRequest, media, &rejection.body_text());
         }
     };
     let content_type = headers
@@ -157,26 +152,23 @@ pub async fn post(
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case(APPLICATION_JSON) {
         return plain_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::UnsupportedMediaType,
             media,
-            "UNSUPPORTED_MEDIA_TYPE",
             "send the request as application/json",
         );
     }
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return plain_error(
-            StatusCode::BAD_REQUEST,
+            Code::BadRequest,
             media,
-            "BAD_REQUEST",
             "batched requests are not supported: send one GraphQL request per POST",
         );
     }
     match serde_json::from_slice::<async_graphql::Request>(&body) {
         Ok(request) => execute(&state, request, &headers, peer, media, Method::Post).await,
         Err(error) => plain_error(
-            StatusCode::BAD_REQUEST,
+            Code::BadRequest,
             media,
-            "BAD_REQUEST",
             &format!("the body is not a GraphQL request: {error}"),
         ),
     }
@@ -196,9 +188,8 @@ pub async fn get(
             Ok(request) => request,
             Err(error) => {
                 return plain_error(
-                    StatusCode::BAD_REQUEST,
+                    Code::BadRequest,
                     media,
-                    "BAD_REQUEST",
                     &format!("invalid query string: {error}"),
                 );
             }
@@ -251,10 +242,7 @@ async fn parse(
         let checked: ServerResult<()> = match request.parsed_query() {
             Ok(document) => check_document(document, &limits),
             Err(mut error) => {
-                error
-                    .extensions
-                    .get_or_insert_with(Default::default)
-                    .set("code", "GRAPHQL_PARSE_FAILED");
+                Code::GraphqlParseFailed.set(error.extensions.get_or_insert_with(Default::default));
                 Err(error)
             }
         };
@@ -317,9 +305,8 @@ async fn execute(
     let mutation = is_mutation(&mut request);
     if mutation && method == Method::Get {
         let mut response = plain_error(
-            StatusCode::METHOD_NOT_ALLOWED,
+            Code::MethodNotAllowed,
             media,
-            "METHOD_NOT_ALLOWED",
             "mutations are only accepted over POST",
         );
         response
@@ -344,9 +331,8 @@ async fn execute(
             Err(_) => {
                 tracing::warn!(operation = %Escaped(&operation), timeout_s = state.request_timeout.as_secs_f64(), "graphql query timed out");
                 return plain_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::Timeout,
                     media,
-                    "TIMEOUT",
                     &format!(
                         "the query did not finish within {} s and was cancelled",
                         state.request_timeout.as_secs_f64()
@@ -373,7 +359,7 @@ fn respond(
         for error in &mut response.errors {
             let extensions = error.extensions.get_or_insert_with(Default::default);
             if extensions.get("code").is_none() {
-                extensions.set("code", "GRAPHQL_VALIDATION_FAILED");
+                Code::GraphqlValidationFailed.set(extensions);
             }
         }
     }
@@ -394,13 +380,23 @@ fn respond(
         tracing::info!(%operation, elapsed_ms, outcome = "error", codes = ?codes, "graphql");
     }
 
-    let refusal = request_error
-        .then(|| response.errors.first().and_then(refusal_status))
-        .flatten();
-    let status = match &refusal {
-        Some((status, _)) => *status,
-        None if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
-        None => StatusCode::OK,
+    let code = response
+        .errors
+        .first()
+        .and_then(|e| Code::of(e.extensions.as_ref()));
+    let status = match code {
+        // Refused before it ran: the status says why.
+        Some(code @ (Code::Unauthenticated | Code::RateLimited | Code::ServiceUnavailable))
+            if request_error =>
+        {
+            status_of(code)
+        }
+        _ if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    let header = match (code, response.errors.first()) {
+        (Some(code), Some(error)) if status != StatusCode::OK => refusal_header(code, error),
+        _ => None,
     };
     let body = if request_error {
         // No `data` entry: the request never executed.
@@ -412,52 +408,57 @@ fn respond(
         Ok(body) => {
             let mut response =
                 (status, [(header::CONTENT_TYPE, media.header())], body).into_response();
-            if let Some((_, Some((name, value)))) = refusal {
+            if let Some((name, value)) = header {
                 response.headers_mut().insert(name, value);
             }
             response
         }
         Err(error) => {
             tracing::error!(%error, "cannot serialize a GraphQL response");
-            plain_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                media,
-                "INTERNAL",
-                "internal error",
-            )
+            plain_error(Code::Internal, media, "internal error")
         }
     }
 }
 
-/// The HTTP status (and header) for a request refused before it ran: 401 without a valid
-/// token, 429 over the rate limit, 503 when tokens cannot be checked.
-fn refusal_status(
-    error: &ServerError,
-) -> Option<(StatusCode, Option<(header::HeaderName, HeaderValue)>)> {
-    let extensions = error.extensions.as_ref()?;
-    let code = match extensions.get("code")? {
-        async_graphql::Value::String(code) => code.as_str(),
-        _ => return None,
-    };
+/// The HTTP status of an error answered without executing anything.
+pub fn status_of(code: Code) -> StatusCode {
     match code {
-        "UNAUTHENTICATED" => Some((
-            StatusCode::UNAUTHORIZED,
-            Some((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keystone\""),
-            )),
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::Forbidden => StatusCode::FORBIDDEN,
+        Code::RateLimited | Code::TooManyConnections | Code::TooManySubscriptions => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Code::ServiceUnavailable | Code::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+        Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::BadUserInput
+        | Code::NotFound
+        | Code::Conflict
+        | Code::ResponseTooLarge
+        | Code::EventsDropped
+        | Code::GraphqlParseFailed
+        | Code::GraphqlValidationFailed
+        | Code::BadRequest => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// The header that goes with a refusal: how to authenticate, or when to retry.
+fn refusal_header(code: Code, error: &ServerError) -> Option<(header::HeaderName, HeaderValue)> {
+    match code {
+        Code::Unauthenticated => Some((
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"keystone\""),
         )),
-        "RATE_LIMITED" => {
-            let retry = match extensions.get("retryAfterSeconds") {
+        Code::RateLimited => {
+            let retry = match error.extensions.as_ref()?.get("retryAfterSeconds") {
                 Some(async_graphql::Value::Number(n)) => n.as_u64().unwrap_or(1),
                 _ => 1,
             };
-            Some((
-                StatusCode::TOO_MANY_REQUESTS,
-                Some((header::RETRY_AFTER, HeaderValue::from(retry))),
-            ))
+            Some((header::RETRY_AFTER, HeaderValue::from(retry)))
         }
-        "SERVICE_UNAVAILABLE" => Some((StatusCode::SERVICE_UNAVAILABLE, None)),
         _ => None,
     }
 }

@@ -16,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
+
+use crate::graphql::error::Code;
 use serde_json::json;
 
 use tower_http::catch_panic::CatchPanicLayer;
@@ -105,8 +107,10 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     let error = crate::graphql::error::internal(format!("handler panicked: {detail}"));
-    let body =
-        json!({ "errors": [{ "message": error.message, "extensions": { "code": "INTERNAL" } }] });
+    let body = json!({ "errors": [{
+        "message": error.message,
+        "extensions": { "code": Code::Internal.as_str() },
+    }] });
     (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
 }
 

@@ -27,7 +27,7 @@ use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, ClientMessage};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
@@ -35,7 +35,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::AppState;
+use super::graphql::status_of;
 use crate::domain::access::Principal;
+use crate::graphql::error::Code;
 use crate::graphql::guardrails::{ClientAddress, Credential};
 use crate::graphql::loaders::loaders;
 
@@ -134,9 +136,9 @@ pub async fn websocket(
     else {
         let body = json!({ "errors": [{
             "message": format!("too many WebSocket connections from {} (at most {})", peer.ip(), limits.per_address),
-            "extensions": { "code": "TOO_MANY_CONNECTIONS" },
+            "extensions": { "code": Code::TooManyConnections.as_str() },
         }] });
-        return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+        return (status_of(Code::TooManyConnections), axum::Json(body)).into_response();
     };
     let header_credential = headers
         .get(header::AUTHORIZATION)
@@ -397,7 +399,7 @@ fn too_many_subscriptions(id: &str, legacy: bool, limits: &WebSocketLimits) -> S
             "too many operations at once: at most {} per connection and {} per token",
             limits.subscriptions, limits.subscriptions_per_token
         ),
-        "extensions": { "code": "TOO_MANY_SUBSCRIPTIONS" },
+        "extensions": { "code": Code::TooManySubscriptions.as_str() },
     });
     // graphql-transport-ws sends a list of errors; the legacy protocol one error.
     let payload = if legacy { error } else { json!([error]) };
