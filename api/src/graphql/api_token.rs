@@ -15,9 +15,10 @@ use super::total_count::TotalCount;
 use super::{api, page_complexity, root_connection};
 use crate::domain::access::{self, Capability, NewToken};
 
-/// An API token. Its secret was shown once, when it was created.
+/// An API token row, as the API shows it.
 pub struct ApiToken(pub api_token::Model);
 
+/// An API token. Its secret was shown once, when it was created; only its prefix is kept.
 #[Object]
 impl ApiToken {
     /// Opaque global ID.
@@ -25,6 +26,7 @@ impl ApiToken {
         NodeType::ApiToken.id(self.0.id)
     }
 
+    /// The row id in `api_apitoken`, for operators and logs.
     async fn database_id(&self) -> i64 {
         self.0.id
     }
@@ -34,6 +36,7 @@ impl ApiToken {
         &self.0.name
     }
 
+    /// What the token may do.
     async fn role(&self) -> Role {
         self.0.role.into()
     }
@@ -43,6 +46,7 @@ impl ApiToken {
         &self.0.secret_prefix
     }
 
+    /// When it was created.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at.as_utc()
     }
@@ -52,6 +56,7 @@ impl ApiToken {
         &self.0.created_by
     }
 
+    /// When it stops working; null: never.
     async fn expires_at(&self) -> Option<DateTime<Utc>> {
         self.0.expires_at.map(|t| t.as_utc())
     }
@@ -61,6 +66,7 @@ impl ApiToken {
         self.0.last_used_at.map(|t| t.as_utc())
     }
 
+    /// When it was revoked; null while it works.
     async fn revoked_at(&self) -> Option<DateTime<Utc>> {
         self.0.revoked_at.map(|t| t.as_utc())
     }
@@ -95,6 +101,7 @@ impl FilterCondition for ApiTokenFilter {
     }
 }
 
+/// Which tokens to list.
 #[derive(InputObject, Default)]
 #[graphql(name = "ApiTokenFilter")]
 pub struct ApiTokenFilterInput {
@@ -118,11 +125,23 @@ impl ApiTokenQuery {
     async fn api_tokens(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
-        filter: Option<ApiTokenFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            ApiTokenFilterInput,
+        >,
     ) -> async_graphql::Result<Connection<Cursor, ApiToken, TotalCount>> {
         let order = Order::new(SortKey::Id, OrderDirection::Asc);
         let page = PageArgs::new(first, after, last, before, order)?;
@@ -143,16 +162,20 @@ impl ApiTokenQuery {
 }
 
 #[derive(InputObject)]
+/// A new API token.
 pub struct CreateApiTokenInput {
     /// Letters, digits, spaces, `.`, `_`, `-`; at most 100 characters; unique forever.
     name: String,
+    /// What the token may do.
     role: Role,
     /// When it stops working; never when null.
     expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(SimpleObject)]
+/// The token created, with its secret.
 pub struct CreateApiTokenPayload {
+    /// The token, as `apiTokens` lists it.
     token: ApiToken,
     /// The secret, shown this once: send it as `Authorization: Bearer <secret>`.
     secret: String,
@@ -165,12 +188,16 @@ impl AuditObject for CreateApiTokenPayload {
 }
 
 #[derive(InputObject)]
+/// The token to revoke.
 pub struct RevokeApiTokenInput {
+    /// The token's ID.
     id: ID,
 }
 
 #[derive(SimpleObject)]
+/// The revoked token.
 pub struct RevokeApiTokenPayload {
+    /// The token, now with `revokedAt` set.
     token: ApiToken,
 }
 
@@ -190,7 +217,7 @@ impl ApiTokenMutation {
     async fn create_api_token(
         &self,
         ctx: &Context<'_>,
-        input: CreateApiTokenInput,
+        #[graphql(desc = "What to change (see the input type).")] input: CreateApiTokenInput,
     ) -> async_graphql::Result<CreateApiTokenPayload> {
         audited(ctx, Capability::Administer, async {
             let (token, secret) = access::create_token(
@@ -217,7 +244,7 @@ impl ApiTokenMutation {
     async fn revoke_api_token(
         &self,
         ctx: &Context<'_>,
-        input: RevokeApiTokenInput,
+        #[graphql(desc = "What to change (see the input type).")] input: RevokeApiTokenInput,
     ) -> async_graphql::Result<RevokeApiTokenPayload> {
         audited(ctx, Capability::Administer, async {
             let id = decode_as(&input.id, NodeType::ApiToken, "id")?;

@@ -77,6 +77,7 @@ impl From<app::Model> for App {
     }
 }
 
+/// Something deployable: an app built from one repository, deployed by runners.
 #[Object]
 impl App {
     /// Opaque global ID (see `node`).
@@ -109,6 +110,7 @@ impl App {
             })
     }
 
+    /// How the app is reached: on a host port or behind a host name.
     async fn access_mode(&self) -> AccessMode {
         self.model.access_mode.into()
     }
@@ -145,6 +147,7 @@ impl App {
             .collect())
     }
 
+    /// Where the app is in its lifecycle.
     async fn status(&self) -> AppStatus {
         self.model.status.into()
     }
@@ -179,11 +182,26 @@ impl App {
     async fn deployments(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
-        filter: Option<DeploymentFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            DeploymentFilterInput,
+        >,
+        #[graphql(
+            desc = "The order of the items; the ID breaks ties. Cursors only work with the order they came from."
+        )]
         order_by: Option<DeploymentOrder>,
     ) -> async_graphql::Result<Connection<Cursor, Deployment, TotalCount>> {
         let page = PageArgs::new(
@@ -225,17 +243,22 @@ impl App {
 }
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What apps can be ordered by.
 pub enum AppOrderField {
     #[default]
+    /// Creation order.
     Id,
+    /// Name, in byte order.
     Name,
 }
 
 /// How to order apps.
 #[derive(InputObject, Clone, Copy, Debug, Default)]
 pub struct AppOrder {
+    /// What to order by.
     field: AppOrderField,
     #[graphql(default)]
+    /// Ascending (the default) or descending.
     direction: OrderDirection,
 }
 
@@ -288,12 +311,27 @@ impl AppQuery {
     async fn apps(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
         #[graphql(desc = "Only the apps of this repository.")] repository_id: Option<ID>,
-        filter: Option<AppFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            AppFilterInput,
+        >,
+        #[graphql(
+            desc = "The order of the items; the ID breaks ties. Cursors only work with the order they came from."
+        )]
         order_by: Option<AppOrder>,
     ) -> async_graphql::Result<Connection<Cursor, App, TotalCount>> {
         let page = PageArgs::new(
@@ -315,8 +353,8 @@ impl AppQuery {
     async fn app(
         &self,
         ctx: &Context<'_>,
-        id: Option<ID>,
-        name: Option<String>,
+        #[graphql(desc = "The app's global ID.")] id: Option<ID>,
+        #[graphql(desc = "The app's name.")] name: Option<String>,
     ) -> async_graphql::Result<Option<App>> {
         let (condition, field, missing) = match (id, name) {
             (Some(id), None) => {
@@ -351,10 +389,12 @@ impl AppQuery {
     }
 }
 
+/// A new app.
 #[derive(InputObject)]
 pub struct CreateAppInput {
     /// Unique; a DNS label: 1–63 lowercase letters, digits and hyphens.
     name: String,
+    /// The repository to build it from.
     repository_id: ID,
     /// `PORT` when omitted.
     access_mode: Option<AccessMode>,
@@ -364,10 +404,14 @@ pub struct CreateAppInput {
     health_check_path: Option<String>,
 }
 
+/// Changes to an app; fields left out keep their value.
 #[derive(InputObject)]
 pub struct UpdateAppInput {
+    /// The app to change.
     id: ID,
+    /// A new name (a DNS label, unique).
     name: Option<String>,
+    /// Build it from another repository from the next deployment on.
     repository_id: Option<ID>,
     /// Switching to `HOST` releases the app's port.
     access_mode: Option<AccessMode>,
@@ -375,21 +419,28 @@ pub struct UpdateAppInput {
     health_check_path: Option<String>,
 }
 
+/// The app to delete, with its deployments and logs.
 #[derive(InputObject)]
 pub struct DeleteAppInput {
+    /// The app's ID.
     id: ID,
 }
 
+/// The app to deploy.
 #[derive(InputObject)]
 pub struct DeployAppInput {
+    /// The app's ID.
     app_id: ID,
 }
 
+/// The app to stop.
 #[derive(InputObject)]
 pub struct StopAppInput {
+    /// The app's ID.
     id: ID,
 }
 
+/// The stopped app.
 #[derive(SimpleObject)]
 pub struct StopAppPayload {
     /// The app, now `STOPPED`.
@@ -402,16 +453,21 @@ impl AuditObject for StopAppPayload {
     }
 }
 
+/// The app created.
 #[derive(SimpleObject)]
 pub struct CreateAppPayload {
+    /// The app, `DRAFT` until its first deployment.
     app: App,
 }
 
+/// The app changed.
 #[derive(SimpleObject)]
 pub struct UpdateAppPayload {
+    /// The app as it is now.
     app: App,
 }
 
+/// What was deleted.
 #[derive(SimpleObject)]
 pub struct DeleteAppPayload {
     /// The ID the app had.
@@ -421,6 +477,7 @@ pub struct DeleteAppPayload {
 /// A config var to set on an app (write-only: its value is never returned).
 #[derive(InputObject)]
 pub struct SetAppEnvInput {
+    /// The app's ID.
     app_id: ID,
     /// A POSIX name (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters; not `PORT`).
     name: String,
@@ -431,14 +488,18 @@ pub struct SetAppEnvInput {
 /// A config var, as the API shows it: never its value.
 #[derive(SimpleObject)]
 pub struct AppEnvVar {
+    /// The variable's name.
     name: String,
+    /// When it was last set.
     updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The config var as set: its name and when, never its value.
 #[derive(SimpleObject)]
 pub struct SetAppEnvPayload {
+    /// The app's ID.
     app_id: ID,
+    /// The variable as set (its value is never shown).
     variable: AppEnvVar,
 }
 
@@ -451,13 +512,16 @@ impl AuditObject for SetAppEnvPayload {
 /// A config var to remove from an app.
 #[derive(InputObject)]
 pub struct UnsetAppEnvInput {
+    /// The app's ID.
     app_id: ID,
+    /// The variable's name.
     name: String,
 }
 
 /// Whether the config var existed before it was removed.
 #[derive(SimpleObject)]
 pub struct UnsetAppEnvPayload {
+    /// The app's ID.
     app_id: ID,
     /// Whether the variable was set.
     removed: bool,
@@ -472,11 +536,13 @@ impl AuditObject for UnsetAppEnvPayload {
 /// Which app to roll back, and to which of its successful deployments.
 #[derive(InputObject)]
 pub struct RollbackAppInput {
+    /// The app's ID.
     app_id: ID,
     /// An earlier successful deployment of the app.
     to_deployment_id: ID,
 }
 
+/// The deployment queued, and its app.
 #[derive(SimpleObject)]
 pub struct DeployAppPayload {
     /// The new, queued deployment.
@@ -518,7 +584,7 @@ impl AppMutation {
     async fn create_app(
         &self,
         ctx: &Context<'_>,
-        input: CreateAppInput,
+        #[graphql(desc = "What to change (see the input type).")] input: CreateAppInput,
     ) -> async_graphql::Result<CreateAppPayload> {
         audited(ctx, Capability::Write, async {
             let repo_id = decode_as(&input.repository_id, NodeType::Repository, "repositoryId")?;
@@ -544,7 +610,7 @@ impl AppMutation {
     async fn update_app(
         &self,
         ctx: &Context<'_>,
-        input: UpdateAppInput,
+        #[graphql(desc = "What to change (see the input type).")] input: UpdateAppInput,
     ) -> async_graphql::Result<UpdateAppPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::App, "id")?;
@@ -577,7 +643,7 @@ impl AppMutation {
     async fn delete_app(
         &self,
         ctx: &Context<'_>,
-        input: DeleteAppInput,
+        #[graphql(desc = "What to change (see the input type).")] input: DeleteAppInput,
     ) -> async_graphql::Result<DeleteAppPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::App, "id")?;
@@ -596,7 +662,7 @@ impl AppMutation {
     async fn deploy_app(
         &self,
         ctx: &Context<'_>,
-        input: DeployAppInput,
+        #[graphql(desc = "What to change (see the input type).")] input: DeployAppInput,
     ) -> async_graphql::Result<DeployAppPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
@@ -618,7 +684,7 @@ impl AppMutation {
     async fn set_app_env(
         &self,
         ctx: &Context<'_>,
-        input: SetAppEnvInput,
+        #[graphql(desc = "What to change (see the input type).")] input: SetAppEnvInput,
     ) -> async_graphql::Result<SetAppEnvPayload> {
         audited(ctx, Capability::Administer, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
@@ -641,7 +707,7 @@ impl AppMutation {
     async fn unset_app_env(
         &self,
         ctx: &Context<'_>,
-        input: UnsetAppEnvInput,
+        #[graphql(desc = "What to change (see the input type).")] input: UnsetAppEnvInput,
     ) -> async_graphql::Result<UnsetAppEnvPayload> {
         audited(ctx, Capability::Administer, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
@@ -660,7 +726,7 @@ impl AppMutation {
     async fn rollback_app(
         &self,
         ctx: &Context<'_>,
-        input: RollbackAppInput,
+        #[graphql(desc = "What to change (see the input type).")] input: RollbackAppInput,
     ) -> async_graphql::Result<DeployAppPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
@@ -686,7 +752,7 @@ impl AppMutation {
     async fn stop_app(
         &self,
         ctx: &Context<'_>,
-        input: StopAppInput,
+        #[graphql(desc = "What to change (see the input type).")] input: StopAppInput,
     ) -> async_graphql::Result<StopAppPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::App, "id")?;

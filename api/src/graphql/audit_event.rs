@@ -19,6 +19,7 @@ use crate::domain::access::Capability;
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 #[graphql(remote = "entity::audit_event::Outcome")]
 pub enum AuditOutcome {
+    /// It ran and succeeded.
     Success,
     /// Refused or failed; see `errorCode` and `errorMessage`.
     Error,
@@ -27,16 +28,20 @@ pub enum AuditOutcome {
 /// One mutation, as recorded when it ran. The trail is append-only.
 pub struct AuditEvent(pub audit_event::Model);
 
+/// One call of a mutation (or one refused call), as recorded when it ran. The trail is append-only.
 #[Object]
 impl AuditEvent {
+    /// Opaque global ID.
     async fn id(&self) -> async_graphql::ID {
         NodeType::AuditEvent.id(self.0.id)
     }
 
+    /// The row id in `api_auditevent`.
     async fn database_id(&self) -> i64 {
         self.0.id
     }
 
+    /// When the call was made.
     async fn occurred_at(&self) -> DateTime<Utc> {
         self.0.occurred_at.as_utc()
     }
@@ -67,6 +72,7 @@ impl AuditEvent {
         self.0.object_id.as_deref()
     }
 
+    /// Whether it succeeded.
     async fn outcome(&self) -> AuditOutcome {
         self.0.outcome.into()
     }
@@ -76,6 +82,7 @@ impl AuditEvent {
         self.0.error_code.as_deref()
     }
 
+    /// Why it failed; null when it succeeded.
     async fn error_message(&self) -> Option<&str> {
         self.0.error_message.as_deref()
     }
@@ -140,6 +147,7 @@ pub struct AuditEventFilterInput {
     operation: Option<String>,
     /// Only calls made with this token.
     token_name: Option<String>,
+    /// Only calls that ended this way.
     outcome: Option<AuditOutcome>,
     /// Only events about this object (a global ID).
     object_id: Option<async_graphql::ID>,
@@ -162,11 +170,23 @@ impl AuditEventQuery {
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
-        filter: Option<AuditEventFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            AuditEventFilterInput,
+        >,
     ) -> async_graphql::Result<Connection<Cursor, AuditEvent, TotalCount>> {
         let order = Order::new(SortKey::Id, OrderDirection::Desc);
         let page = PageArgs::new(first, after, last, before, order)?;

@@ -234,6 +234,7 @@ where
 pub struct Viewer {
     /// The token's name.
     name: String,
+    /// What the token may do.
     role: Role,
     /// The token's ID (see `apiTokens`).
     token_id: ID,

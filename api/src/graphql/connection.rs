@@ -27,6 +27,7 @@ pub const DEFAULT_PAGE_SIZE: u64 = 20;
 /// The largest `first` or `last` accepted.
 pub const MAX_PAGE_SIZE: u64 = 100;
 
+/// Which way to order.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum OrderDirection {
     /// Ascending: smallest first.

@@ -69,6 +69,7 @@ pub enum DeploymentStage {
     /// Moving traffic to the new instance and draining the old one.
     Switch,
 }
+/// One attempt to build and run an app: its status, image, port, timing, error and log.
 #[Object]
 impl Deployment {
     /// Opaque global ID (see `node`).
@@ -91,6 +92,7 @@ impl Deployment {
             .ok_or_else(|| internal(format!("deployment {} has no app", self.0.id)))
     }
 
+    /// Where the deployment is: queued, running, or how it ended.
     async fn status(&self) -> DeploymentStatus {
         self.0.status.into()
     }
@@ -105,6 +107,7 @@ impl Deployment {
         self.0.assigned_port
     }
 
+    /// When it was queued.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at.as_utc()
     }
@@ -170,8 +173,12 @@ impl Deployment {
     async fn logs(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 100)] tail: i32,
-        after: Option<i32>,
+        #[graphql(
+            default = 100,
+            desc = "How many lines at most (0–10,000; default 100)."
+        )]
+        tail: i32,
+        #[graphql(desc = "Only the lines after this line number (from 1).")] after: Option<i32>,
     ) -> async_graphql::Result<Vec<String>> {
         let tail = usize::try_from(tail)
             .ok()
@@ -222,17 +229,22 @@ impl Deployment {
 }
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What deployments can be ordered by.
 pub enum DeploymentOrderField {
     #[default]
+    /// When they were queued (the default).
     CreatedAt,
+    /// Creation order by ID.
     Id,
 }
 
 /// How to order deployments. Default: newest first.
 #[derive(InputObject, Clone, Copy, Debug)]
 pub struct DeploymentOrder {
+    /// What to order by.
     field: DeploymentOrderField,
     #[graphql(default)]
+    /// Ascending or descending (the default when `orderBy` is omitted).
     direction: OrderDirection,
 }
 
@@ -298,12 +310,27 @@ impl DeploymentQuery {
     async fn deployments(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
         #[graphql(desc = "Only the deployments of this app.")] app_id: Option<ID>,
-        filter: Option<DeploymentFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            DeploymentFilterInput,
+        >,
+        #[graphql(
+            desc = "The order of the items; the ID breaks ties. Cursors only work with the order they came from."
+        )]
         order_by: Option<DeploymentOrder>,
     ) -> async_graphql::Result<Connection<Cursor, Deployment, TotalCount>> {
         let page = PageArgs::new(
@@ -332,7 +359,7 @@ impl DeploymentQuery {
     async fn deployment(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The deployment's global ID.")] id: ID,
     ) -> async_graphql::Result<Option<Deployment>> {
         let database_id = decode_as(&id, NodeType::Deployment, "id")?;
         match loaders(ctx)?
@@ -349,11 +376,14 @@ impl DeploymentQuery {
     }
 }
 
+/// The deployment to cancel.
 #[derive(InputObject)]
 pub struct CancelDeploymentInput {
+    /// The deployment's ID.
     id: ID,
 }
 
+/// The deployment, cancelled or being stopped.
 #[derive(SimpleObject)]
 pub struct CancelDeploymentPayload {
     /// `CANCELLED` when it was queued; still `RUNNING` (until its runner stops) otherwise.
@@ -379,7 +409,7 @@ impl DeploymentMutation {
     async fn cancel_deployment(
         &self,
         ctx: &Context<'_>,
-        input: CancelDeploymentInput,
+        #[graphql(desc = "What to change (see the input type).")] input: CancelDeploymentInput,
     ) -> async_graphql::Result<CancelDeploymentPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::Deployment, "id")?;

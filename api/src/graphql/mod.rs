@@ -40,6 +40,8 @@ use self::error::{OrInternal, internal};
 use self::loaders::{FilterCondition, Loaders, Reader};
 use self::total_count::TotalCount;
 
+/// Reads. Every list is a cursor connection (`first`/`after`, `last`/`before`); every object
+/// has a global `id` that `node` resolves.
 #[derive(MergedObject, Default)]
 pub struct Query(
     node::NodeQuery,
@@ -52,6 +54,7 @@ pub struct Query(
     runner::RunnerQuery,
 );
 
+/// Changes. Each takes one `input` and returns a payload; every call is audited.
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     repository::RepositoryMutation,
@@ -61,6 +64,7 @@ pub struct Mutation(
     api_token::ApiTokenMutation,
 );
 
+/// Live updates over WebSocket (`/graphql/ws`, `graphql-transport-ws` or `graphql-ws`).
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(subscription::LiveSubscription, runner::RunnerSubscription);
 
@@ -97,11 +101,18 @@ pub struct Limits {
 
 /// The schema without data: enough to print the SDL.
 pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    type Page<N> = Connection<Cursor, N, TotalCount>;
     Schema::build(
         Query::default(),
         Mutation::default(),
         Subscription::default(),
     )
+    // Generic connections, which no doc comment reaches.
+    .override_output_type_description::<Page<repository::Repository>>("A page of repositories.")
+    .override_output_type_description::<Page<app::App>>("A page of apps.")
+    .override_output_type_description::<Page<deployment::Deployment>>("A page of deployments.")
+    .override_output_type_description::<Page<api_token::ApiToken>>("A page of API tokens.")
+    .override_output_type_description::<Page<audit_event::AuditEvent>>("A page of audit events.")
 }
 
 pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {
@@ -195,8 +206,95 @@ pub(crate) fn page_complexity(first: Option<i32>, last: Option<i32>, child: usiz
     size.max(1) * child + 1
 }
 
+/// Every element of the SDL that has no description: types, fields, arguments, enum
+/// values, input fields and directives, as `Type`, `Type.field`, `Type.field(arg)`.
+///
+/// The arguments of the specification's own directives (`@skip(if:)`, …) are left out:
+/// async-graphql emits them, and GraphiQL explains them from the specification.
+pub fn undescribed_elements(sdl: &str) -> Vec<String> {
+    use async_graphql::parser::types::{InputValueDefinition, TypeKind, TypeSystemDefinition};
+    use async_graphql::parser::{Positioned, parse_schema};
+
+    fn args(out: &mut Vec<String>, at: &str, args: &[Positioned<InputValueDefinition>]) {
+        for arg in args {
+            if arg.node.description.is_none() {
+                out.push(format!("{at}({})", arg.node.name.node));
+            }
+        }
+    }
+    let document = match parse_schema(sdl) {
+        Ok(document) => document,
+        Err(error) => return vec![format!("the SDL does not parse: {error}")],
+    };
+    let mut out = Vec::new();
+    for definition in &document.definitions {
+        match definition {
+            TypeSystemDefinition::Schema(_) => {}
+            TypeSystemDefinition::Directive(directive) => {
+                const SPECIFIED: [&str; 5] =
+                    ["skip", "include", "deprecated", "specifiedBy", "oneOf"];
+                let name = format!("@{}", directive.node.name.node);
+                if directive.node.description.is_none() {
+                    out.push(name.clone());
+                }
+                if !SPECIFIED.contains(&directive.node.name.node.as_str()) {
+                    args(&mut out, &name, &directive.node.arguments);
+                }
+            }
+            TypeSystemDefinition::Type(ty) => {
+                let ty = &ty.node;
+                let name = ty.name.node.as_str();
+                if ty.description.is_none() {
+                    out.push(name.to_owned());
+                }
+                let fields = match &ty.kind {
+                    TypeKind::Object(object) => &object.fields,
+                    TypeKind::Interface(interface) => &interface.fields,
+                    TypeKind::Enum(values) => {
+                        for value in &values.values {
+                            if value.node.description.is_none() {
+                                out.push(format!("{name}.{}", value.node.value.node));
+                            }
+                        }
+                        continue;
+                    }
+                    TypeKind::InputObject(input) => {
+                        for field in &input.fields {
+                            if field.node.description.is_none() {
+                                out.push(format!("{name}.{}", field.node.name.node));
+                            }
+                        }
+                        continue;
+                    }
+                    TypeKind::Scalar | TypeKind::Union(_) => continue,
+                };
+                for field in fields {
+                    let at = format!("{name}.{}", field.node.name.node);
+                    if field.node.description.is_none() {
+                        out.push(at.clone());
+                    }
+                    args(&mut out, &at, &field.node.arguments);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    /// GraphiQL's docs explain the whole API: every element of the schema is described.
+    #[test]
+    fn every_schema_element_is_described() {
+        let missing = super::undescribed_elements(&super::sdl());
+        assert!(
+            missing.is_empty(),
+            "{} schema elements have no description:\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
+
     /// The runner's `.graphql` documents validate against this schema (which
     /// `schema.graphql` must equal): a renamed field breaks this test, not a deployment.
     #[tokio::test]

@@ -18,6 +18,7 @@ use crate::domain::repositories::{self, NewRepository, RepositoryChanges};
 /// A Git repository that apps are built from.
 pub struct Repository(pub repository::Model);
 
+/// A Git repository that apps are built from.
 #[Object]
 impl Repository {
     /// Opaque global ID (see `node`).
@@ -51,11 +52,26 @@ impl Repository {
     async fn apps(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
-        filter: Option<AppFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            AppFilterInput,
+        >,
+        #[graphql(
+            desc = "The order of the items; the ID breaks ties. Cursors only work with the order they came from."
+        )]
         order_by: Option<AppOrder>,
     ) -> async_graphql::Result<Connection<Cursor, App, TotalCount>> {
         let page = PageArgs::new(
@@ -80,17 +96,22 @@ impl Repository {
 }
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What repositories can be ordered by.
 pub enum RepositoryOrderField {
     #[default]
+    /// Creation order.
     Id,
+    /// Name, in byte order.
     Name,
 }
 
 /// How to order repositories.
 #[derive(InputObject, Clone, Copy, Debug, Default)]
 pub struct RepositoryOrder {
+    /// What to order by.
     field: RepositoryOrderField,
     #[graphql(default)]
+    /// Ascending (the default) or descending.
     direction: OrderDirection,
 }
 
@@ -126,11 +147,26 @@ impl RepositoryQuery {
     async fn repositories(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Returns the first n items (0–100). Without `first` and `last`, the first 20."
+        )]
         first: Option<i32>,
+        #[graphql(
+            desc = "Returns the items after this cursor (an edge's `cursor`, or `pageInfo.endCursor`)."
+        )]
         after: Option<String>,
+        #[graphql(desc = "Returns the last n items (0–100); pass `before`, not `after`, with it.")]
         last: Option<i32>,
+        #[graphql(
+            desc = "Returns the items before this cursor (an edge's `cursor`, or `pageInfo.startCursor`)."
+        )]
         before: Option<String>,
-        filter: Option<RepositoryFilterInput>,
+        #[graphql(desc = "Only the items that match every condition given.")] filter: Option<
+            RepositoryFilterInput,
+        >,
+        #[graphql(
+            desc = "The order of the items; the ID breaks ties. Cursors only work with the order they came from."
+        )]
         order_by: Option<RepositoryOrder>,
     ) -> async_graphql::Result<Connection<Cursor, Repository, TotalCount>> {
         let page = PageArgs::new(
@@ -158,7 +194,7 @@ impl RepositoryQuery {
     async fn repository(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The repository's global ID.")] id: ID,
     ) -> async_graphql::Result<Option<Repository>> {
         let database_id = decode_as(&id, NodeType::Repository, "id")?;
         match loaders(ctx)?
@@ -175,6 +211,7 @@ impl RepositoryQuery {
     }
 }
 
+/// A repository to register.
 #[derive(InputObject)]
 pub struct CreateRepositoryInput {
     /// At most 120 characters.
@@ -185,29 +222,41 @@ pub struct CreateRepositoryInput {
     default_branch: Option<String>,
 }
 
+/// Changes to a repository; fields left out keep their value.
 #[derive(InputObject)]
 pub struct UpdateRepositoryInput {
+    /// The repository to change.
     id: ID,
+    /// A new name (at most 120 characters).
     name: Option<String>,
+    /// A new URL (same rules as when creating).
     git_url: Option<String>,
+    /// A new branch to deploy from.
     default_branch: Option<String>,
 }
 
+/// The repository to delete, with its apps and their deployments.
 #[derive(InputObject)]
 pub struct DeleteRepositoryInput {
+    /// The repository's ID.
     id: ID,
 }
 
+/// The repository registered.
 #[derive(SimpleObject)]
 pub struct CreateRepositoryPayload {
+    /// The new repository.
     repository: Repository,
 }
 
+/// The repository changed.
 #[derive(SimpleObject)]
 pub struct UpdateRepositoryPayload {
+    /// The repository as it is now.
     repository: Repository,
 }
 
+/// What was deleted.
 #[derive(SimpleObject)]
 pub struct DeleteRepositoryPayload {
     /// The ID the repository had.
@@ -245,7 +294,7 @@ impl RepositoryMutation {
     async fn create_repository(
         &self,
         ctx: &Context<'_>,
-        input: CreateRepositoryInput,
+        #[graphql(desc = "What to change (see the input type).")] input: CreateRepositoryInput,
     ) -> async_graphql::Result<CreateRepositoryPayload> {
         audited(ctx, Capability::Write, async {
             let created = repositories::create(
@@ -269,7 +318,7 @@ impl RepositoryMutation {
     async fn update_repository(
         &self,
         ctx: &Context<'_>,
-        input: UpdateRepositoryInput,
+        #[graphql(desc = "What to change (see the input type).")] input: UpdateRepositoryInput,
     ) -> async_graphql::Result<UpdateRepositoryPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;
@@ -296,7 +345,7 @@ impl RepositoryMutation {
     async fn delete_repository(
         &self,
         ctx: &Context<'_>,
-        input: DeleteRepositoryInput,
+        #[graphql(desc = "What to change (see the input type).")] input: DeleteRepositoryInput,
     ) -> async_graphql::Result<DeleteRepositoryPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;

@@ -27,6 +27,7 @@ pub struct RunnerJob {
     app_name: String,
     /// The app's primary key (what `runnerApps` lists it by).
     app_database_id: i64,
+    /// How the app is reached: publish on `port`, or behind its host name.
     access_mode: AccessMode,
     /// The host port to publish on, for `PORT` apps.
     port: Option<i32>,
@@ -51,7 +52,9 @@ pub struct RunnerJob {
 /// A config var with its value.
 #[derive(SimpleObject)]
 pub struct EnvVar {
+    /// The variable's name.
     name: String,
+    /// Its value (a secret: keep it out of logs).
     value: String,
 }
 
@@ -60,7 +63,9 @@ pub struct EnvVar {
 pub struct RollbackSource {
     /// The earlier deployment's primary key (its release directory and image carry it).
     deployment_database_id: i64,
+    /// The commit it built, to rebuild when its release is gone.
     commit_sha: Option<String>,
+    /// The image it built (Docker runtime).
     image_tag: String,
 }
 
@@ -72,10 +77,12 @@ pub struct ClaimDeploymentInput {
     public_host: Option<String>,
 }
 
+/// The deployment claimed, if any, and what to do with it.
 #[derive(SimpleObject)]
 pub struct ClaimDeploymentPayload {
     /// The claimed deployment, now `RUNNING`; null when nothing is queued.
     deployment: Option<Deployment>,
+    /// Everything needed to build and start it; null when nothing is queued.
     job: Option<RunnerJob>,
 }
 
@@ -87,8 +94,10 @@ impl AuditObject for ClaimDeploymentPayload {
     }
 }
 
+/// A runner renews its lease on a deployment, and says how far it got.
 #[derive(InputObject)]
 pub struct HeartbeatDeploymentInput {
+    /// The deployment's ID.
     deployment_id: ID,
     /// The stage the runner has reached.
     stage: Option<DeploymentStage>,
@@ -96,8 +105,10 @@ pub struct HeartbeatDeploymentInput {
     commit_sha: Option<String>,
 }
 
+/// The renewed lease.
 #[derive(SimpleObject)]
 pub struct HeartbeatDeploymentPayload {
+    /// The deployment, still `RUNNING`.
     deployment: Deployment,
     /// The renewed lease's end.
     lease_expires_at: DateTime<Utc>,
@@ -114,14 +125,20 @@ impl AuditObject for HeartbeatDeploymentPayload {
 /// How a deployment ended, as its runner reports it.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeploymentOutcome {
+    /// Built, started and healthy: traffic moved to it.
     Success,
+    /// It failed (say why in `errorSummary`).
     Failed,
+    /// Stopped because an admin cancelled it.
     Cancelled,
 }
 
+/// How a claimed deployment ended.
 #[derive(InputObject)]
 pub struct ReportDeploymentInput {
+    /// The deployment's ID.
     deployment_id: ID,
+    /// How it ended.
     status: DeploymentOutcome,
     /// The image built: a Docker image reference (`keystone/web:12-abc1234`), at most 200
     /// characters.
@@ -132,8 +149,10 @@ pub struct ReportDeploymentInput {
     commit_sha: Option<String>,
 }
 
+/// The finished deployment and its app.
 #[derive(SimpleObject)]
 pub struct ReportDeploymentPayload {
+    /// The deployment, now finished.
     deployment: Deployment,
     /// The app, whose status follows its latest deployment.
     app: App,
@@ -145,8 +164,10 @@ impl AuditObject for ReportDeploymentPayload {
     }
 }
 
+/// A chunk of a deployment's log, from its runner.
 #[derive(InputObject)]
 pub struct AppendDeploymentLogInput {
+    /// The deployment's ID.
     deployment_id: ID,
     /// Log text (at most 64 KiB per call); lines end with `\n`.
     chunk: String,
@@ -155,8 +176,10 @@ pub struct AppendDeploymentLogInput {
     sequence: Option<i64>,
 }
 
+/// What happened to the chunk.
 #[derive(SimpleObject)]
 pub struct AppendDeploymentLogPayload {
+    /// The deployment's ID.
     deployment_id: ID,
     /// Bytes stored (control characters are stored escaped; 0 once the log is full).
     bytes_written: i32,
@@ -185,7 +208,9 @@ impl RunnerMutation {
     async fn claim_deployment(
         &self,
         ctx: &Context<'_>,
-        input: Option<ClaimDeploymentInput>,
+        #[graphql(desc = "What to change (see the input type).")] input: Option<
+            ClaimDeploymentInput,
+        >,
     ) -> async_graphql::Result<ClaimDeploymentPayload> {
         audited(ctx, Capability::Run, async {
             let api: &ApiContext = api(ctx)?;
@@ -245,7 +270,7 @@ impl RunnerMutation {
     async fn heartbeat_deployment(
         &self,
         ctx: &Context<'_>,
-        input: HeartbeatDeploymentInput,
+        #[graphql(desc = "What to change (see the input type).")] input: HeartbeatDeploymentInput,
     ) -> async_graphql::Result<HeartbeatDeploymentPayload> {
         audited_failures(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
@@ -271,7 +296,7 @@ impl RunnerMutation {
     async fn report_deployment(
         &self,
         ctx: &Context<'_>,
-        input: ReportDeploymentInput,
+        #[graphql(desc = "What to change (see the input type).")] input: ReportDeploymentInput,
     ) -> async_graphql::Result<ReportDeploymentPayload> {
         audited(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
@@ -308,7 +333,7 @@ impl RunnerMutation {
     async fn append_deployment_log(
         &self,
         ctx: &Context<'_>,
-        input: AppendDeploymentLogInput,
+        #[graphql(desc = "What to change (see the input type).")] input: AppendDeploymentLogInput,
     ) -> async_graphql::Result<AppendDeploymentLogPayload> {
         audited_failures(ctx, Capability::Run, async {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
@@ -341,8 +366,11 @@ impl RunnerMutation {
 pub struct RunnerApp {
     /// The app's global ID.
     id: ID,
+    /// The app's primary key.
     database_id: i64,
+    /// The app's name.
     name: String,
+    /// How the app is reached.
     access_mode: AccessMode,
     /// The public host port, for `PORT` apps.
     port: Option<i32>,
@@ -413,6 +441,7 @@ pub enum RunnerSignalReason {
 /// A nudge to reconcile.
 #[derive(SimpleObject)]
 pub struct RunnerSignal {
+    /// Why to reconcile.
     reason: RunnerSignalReason,
     /// The app concerned, when there is one.
     app_id: Option<ID>,

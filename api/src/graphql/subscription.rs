@@ -31,7 +31,7 @@ impl LiveSubscription {
     async fn deployment_updated(
         &self,
         ctx: &Context<'_>,
-        app_id: Option<ID>,
+        #[graphql(desc = "Only the deployments of this app.")] app_id: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Deployment>> + use<>> {
         let app_id = app_id
             .map(|id| decode_as(&id, NodeType::App, "appId"))
@@ -50,7 +50,7 @@ impl LiveSubscription {
     async fn app_updated(
         &self,
         ctx: &Context<'_>,
-        id: Option<ID>,
+        #[graphql(desc = "Only this app.")] id: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<App>> + use<>> {
         let app_id = id
             .map(|id| decode_as(&id, NodeType::App, "id"))
@@ -71,8 +71,12 @@ impl LiveSubscription {
     async fn deployment_log_lines(
         &self,
         ctx: &Context<'_>,
-        deployment_id: ID,
-        #[graphql(default = 0)] after: i32,
+        #[graphql(desc = "The deployment whose log to follow.")] deployment_id: ID,
+        #[graphql(
+            default = 0,
+            desc = "Start after this line number (0: from the first line kept)."
+        )]
+        after: i32,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<LogLines>> + use<>> {
         use futures_util::StreamExt;
         let wanted = decode_as(&deployment_id, NodeType::Deployment, "deploymentId")?;
@@ -121,7 +125,7 @@ impl LiveSubscription {
     async fn deployment_log(
         &self,
         ctx: &Context<'_>,
-        deployment_id: ID,
+        #[graphql(desc = "The deployment whose log to follow.")] deployment_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<String>> + use<>> {
         let wanted = decode_as(&deployment_id, NodeType::Deployment, "deploymentId")?;
         events(ctx, move |event| match event {
@@ -140,6 +144,7 @@ impl LiveSubscription {
 pub struct LogLines {
     /// The number of the first line (lines are numbered from 1).
     first_line: i64,
+    /// The lines, without their newlines.
     lines: Vec<String>,
 }
 
