@@ -10,6 +10,7 @@ pub mod graphql;
 pub mod http;
 pub mod logging;
 pub mod runner;
+pub mod store;
 pub mod verify;
 
 use std::net::SocketAddr;

@@ -5,15 +5,14 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::api_token;
-use sea_orm::{ColumnTrait, Condition};
 
 use super::auth::{AuditObject, Require, Role, audited, principal};
-use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
+use super::connection::{Cursor, OrderDirection, SortKey, order, page_args};
 use super::ids::{NodeType, decode_as};
-use super::loaders::FilterCondition;
 use super::total_count::TotalCount;
 use super::{api, page_complexity, root_connection};
 use crate::domain::access::{self, Capability, NewToken};
+use crate::store::filters::ApiTokenFilter;
 
 /// An API token row, as the API shows it.
 pub struct ApiToken(pub api_token::Model);
@@ -82,26 +81,6 @@ impl ApiToken {
 }
 
 /// Which tokens to list.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ApiTokenFilter {
-    pub role: Option<api_token::Role>,
-    pub include_revoked: bool,
-}
-
-impl FilterCondition for ApiTokenFilter {
-    fn condition(&self) -> Condition {
-        let mut condition = Condition::all();
-        if let Some(role) = self.role {
-            condition = condition.add(api_token::Column::Role.eq(role));
-        }
-        if !self.include_revoked {
-            condition = condition.add(api_token::Column::RevokedAt.is_null());
-        }
-        condition
-    }
-}
-
-/// Which tokens to list.
 #[derive(InputObject, Default)]
 #[graphql(name = "ApiTokenFilter")]
 pub struct ApiTokenFilterInput {
@@ -143,8 +122,8 @@ impl ApiTokenQuery {
             ApiTokenFilterInput,
         >,
     ) -> async_graphql::Result<Connection<Cursor, ApiToken, TotalCount>> {
-        let order = Order::new(SortKey::Id, OrderDirection::Asc);
-        let page = PageArgs::new(first, after, last, before, order)?;
+        let order = order(SortKey::Id, OrderDirection::Asc);
+        let page = page_args(first, after, last, before, order)?;
         let filter = filter.unwrap_or_default();
         let filter = ApiTokenFilter {
             role: filter.role.map(Into::into),
@@ -161,8 +140,8 @@ impl ApiTokenQuery {
     }
 }
 
-#[derive(InputObject)]
 /// A new API token.
+#[derive(InputObject)]
 pub struct CreateApiTokenInput {
     /// Letters, digits, spaces, `.`, `_`, `-`; at most 100 characters; unique forever.
     name: String,
@@ -172,8 +151,8 @@ pub struct CreateApiTokenInput {
     expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(SimpleObject)]
 /// The token created, with its secret.
+#[derive(SimpleObject)]
 pub struct CreateApiTokenPayload {
     /// The token, as `apiTokens` lists it.
     token: ApiToken,
@@ -187,15 +166,15 @@ impl AuditObject for CreateApiTokenPayload {
     }
 }
 
-#[derive(InputObject)]
 /// The token to revoke.
+#[derive(InputObject)]
 pub struct RevokeApiTokenInput {
     /// The token's ID.
     id: ID,
 }
 
-#[derive(SimpleObject)]
 /// The revoked token.
+#[derive(SimpleObject)]
 pub struct RevokeApiTokenPayload {
     /// The token, now with `revokedAt` set.
     token: ApiToken,
@@ -256,20 +235,5 @@ impl ApiTokenMutation {
             })
         })
         .await
-    }
-}
-
-impl super::connection::Paged for api_token::Entity {
-    fn id_column() -> Self::Column {
-        api_token::Column::Id
-    }
-    fn sort_column(_: SortKey) -> Option<Self::Column> {
-        None
-    }
-    fn cursor(model: &Self::Model, _: SortKey) -> Cursor {
-        Cursor {
-            value: super::connection::SortValue::Id,
-            id: model.id,
-        }
     }
 }

@@ -4,24 +4,24 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
 use entity::app;
-use entity::prelude::{App as AppEntity, Repository as RepositoryEntity};
 use entity::repository;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::auth::{AuditObject, Require, audited};
-use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
-use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder};
+use super::connection::{
+    Cursor, Order, OrderDirection, PageArgs, SortKey, node_fields, order, page_args,
+};
+use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder, columns_for};
 use super::error::{OrInternal, bad_input, not_found};
 use super::ids::{NodeType, decode_as};
-use super::loaders::{
-    AppFilter, DeploymentCount, DeploymentFilter, DeploymentsOfApp, PlacementOfApp, RepositoryId,
-};
+use super::loaders::{DeploymentCount, DeploymentsOfApp, PlacementOfApp, RepositoryId};
 use super::repository::Repository;
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::access::Capability;
 use crate::domain::apps::{self, AppChanges, NewApp, health_check_path};
 use crate::domain::env;
+use crate::store::filters::{AppFilter, DeploymentFilter};
+use crate::store::{self, AppKey};
 
 /// How an app is reached.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +204,7 @@ impl App {
         )]
         order_by: Option<DeploymentOrder>,
     ) -> async_graphql::Result<Connection<Cursor, Deployment, TotalCount>> {
-        let page = PageArgs::new(
+        let page = page_args(
             first,
             after,
             last,
@@ -216,6 +216,7 @@ impl App {
             app_id: self.model.id,
             filter: filter.clone(),
             page: page.clone(),
+            columns: columns_for(&node_fields(ctx)),
         };
         let count = TotalCount::DeploymentsOfApp(DeploymentCount {
             app_id: self.model.id,
@@ -233,7 +234,8 @@ impl App {
         let key = DeploymentsOfApp {
             app_id: self.model.id,
             filter: DeploymentFilter::default(),
-            page: PageArgs::first(1, Order::new(SortKey::CreatedAt, OrderDirection::Desc)),
+            page: PageArgs::first(1, order(SortKey::CreatedAt, OrderDirection::Desc)),
+            columns: columns_for(&ctx.field().selection_set().collect::<Vec<_>>()),
         };
         let page = loaders(ctx)?.load_one(key).await.or_internal()?;
         Ok(page
@@ -242,8 +244,8 @@ impl App {
     }
 }
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 /// What apps can be ordered by.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AppOrderField {
     #[default]
     /// Creation order.
@@ -268,7 +270,7 @@ impl From<AppOrder> for Order {
             AppOrderField::Id => SortKey::Id,
             AppOrderField::Name => SortKey::Name,
         };
-        Order::new(key, order.direction)
+        super::connection::order(key, order.direction)
     }
 }
 
@@ -334,7 +336,7 @@ impl AppQuery {
         )]
         order_by: Option<AppOrder>,
     ) -> async_graphql::Result<Connection<Cursor, App, TotalCount>> {
-        let page = PageArgs::new(
+        let page = page_args(
             first,
             after,
             last,
@@ -356,35 +358,28 @@ impl AppQuery {
         #[graphql(desc = "The app's global ID.")] id: Option<ID>,
         #[graphql(desc = "The app's name.")] name: Option<String>,
     ) -> async_graphql::Result<Option<App>> {
-        let (condition, field, missing) = match (id, name) {
+        let (key, field, missing) = match (&id, &name) {
             (Some(id), None) => {
-                let database_id = decode_as(&id, NodeType::App, "id")?;
+                let database_id = decode_as(id, NodeType::App, "id")?;
                 (
-                    app::Column::Id.eq(database_id),
+                    AppKey::Id(database_id),
                     "id",
                     format!("app {database_id} does not exist"),
                 )
             }
             (None, Some(name)) => (
-                app::Column::Name.eq(name.as_str()),
+                AppKey::Name(name),
                 "name",
                 format!("no app is named {name:?}"),
             ),
             _ => return Err(bad_input("id", "pass exactly one of id and name")),
         };
-        let query = AppEntity::find().filter(condition);
-        let db = &api(ctx)?.db;
-        // When the repository is selected, read it in the same statement.
-        let found = if ctx.look_ahead().field("repository").exists() {
-            query
-                .find_also_related(RepositoryEntity)
-                .one(db)
-                .await
-                .or_internal()?
-                .map(|(model, repository)| App { model, repository })
-        } else {
-            query.one(db).await.or_internal()?.map(App::from)
-        };
+        // When the repository is selected, it is read in the same statement.
+        let with_repository = ctx.look_ahead().field("repository").exists();
+        let found = store::app(&api(ctx)?.db, key, with_repository)
+            .await
+            .or_internal()?
+            .map(|(model, repository)| App { model, repository });
         found.map(Some).ok_or_else(|| not_found(field, missing))
     }
 }

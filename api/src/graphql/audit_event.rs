@@ -3,17 +3,15 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, InputObject, Object};
 use chrono::{DateTime, Utc};
-use entity::Timestamp;
 use entity::audit_event;
-use sea_orm::{ColumnTrait, Condition};
 
 use super::auth::{Require, Role};
-use super::connection::{Cursor, Order, OrderDirection, PageArgs, Paged, SortKey, SortValue};
+use super::connection::{Cursor, OrderDirection, SortKey, order, page_args};
 use super::ids::NodeType;
-use super::loaders::FilterCondition;
 use super::total_count::TotalCount;
 use super::{page_complexity, root_connection};
 use crate::domain::access::Capability;
+use crate::store::filters::AuditEventFilter;
 
 /// How a mutation ended.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,57 +86,6 @@ impl AuditEvent {
     }
 }
 
-impl Paged for audit_event::Entity {
-    fn id_column() -> Self::Column {
-        audit_event::Column::Id
-    }
-    fn sort_column(_: SortKey) -> Option<Self::Column> {
-        None
-    }
-    fn cursor(model: &Self::Model, _: SortKey) -> Cursor {
-        Cursor {
-            value: SortValue::Id,
-            id: model.id,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AuditEventFilter {
-    pub operation: Option<String>,
-    pub token_name: Option<String>,
-    pub outcome: Option<audit_event::Outcome>,
-    pub object_id: Option<String>,
-    pub occurred_after: Option<Timestamp>,
-    pub occurred_before: Option<Timestamp>,
-}
-
-impl FilterCondition for AuditEventFilter {
-    fn condition(&self) -> Condition {
-        use audit_event::Column;
-        let mut condition = Condition::all();
-        if let Some(operation) = &self.operation {
-            condition = condition.add(Column::Operation.eq(operation.as_str()));
-        }
-        if let Some(name) = &self.token_name {
-            condition = condition.add(Column::TokenName.eq(name.as_str()));
-        }
-        if let Some(outcome) = self.outcome {
-            condition = condition.add(Column::Outcome.eq(outcome));
-        }
-        if let Some(object) = &self.object_id {
-            condition = condition.add(Column::ObjectId.eq(object.as_str()));
-        }
-        if let Some(after) = self.occurred_after {
-            condition = condition.add(Column::OccurredAt.gte(after));
-        }
-        if let Some(before) = self.occurred_before {
-            condition = condition.add(Column::OccurredAt.lt(before));
-        }
-        condition
-    }
-}
-
 /// Which audit events to list.
 #[derive(InputObject, Default)]
 #[graphql(name = "AuditEventFilter")]
@@ -188,8 +135,8 @@ impl AuditEventQuery {
             AuditEventFilterInput,
         >,
     ) -> async_graphql::Result<Connection<Cursor, AuditEvent, TotalCount>> {
-        let order = Order::new(SortKey::Id, OrderDirection::Desc);
-        let page = PageArgs::new(first, after, last, before, order)?;
+        let order = order(SortKey::Id, OrderDirection::Desc);
+        let page = page_args(first, after, last, before, order)?;
         let filter = filter.unwrap_or_default();
         let filter = AuditEventFilter {
             operation: filter.operation,

@@ -8,13 +8,15 @@ use entity::deployment;
 use super::app::App;
 use super::auth::Require;
 use super::auth::{AuditObject, audited, principal};
-use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
+use super::connection::{Cursor, Order, OrderDirection, SortKey, page_args};
 use super::error::{Code, OrInternal, bad_input, coded, internal, not_found};
 use super::guardrails::ResponseBudget;
 use super::ids::{NodeType, decode_as};
-use super::loaders::{AppId, DeploymentFilter, DeploymentId, RunOfDeployment};
+use super::loaders::{AppId, DeploymentId, RunOfDeployment};
 use super::total_count::TotalCount;
 use super::{api, loaders, page_complexity, root_connection};
+use crate::store::filters::DeploymentFilter;
+use crate::store::nested::Columns;
 
 /// The most log bytes one `logs` field reads.
 const MAX_LOG_BYTES_PER_FIELD: usize = 1 << 20;
@@ -228,8 +230,29 @@ impl Deployment {
     }
 }
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// The columns that a selection of `Deployment` fields reads, beyond those every read
+/// includes (ids, status, creation time): nested pages leave the others out.
+pub fn columns_for(fields: &[async_graphql::SelectionField<'_>]) -> Columns {
+    use deployment::Column as C;
+    Columns::of(
+        fields
+            .iter()
+            .flat_map(|field| match field.name() {
+                "imageTag" => &[C::ImageTag][..],
+                "assignedPort" => &[C::AssignedPort],
+                "startedAt" => &[C::StartedAt],
+                "endedAt" => &[C::EndedAt],
+                "duration" => &[C::StartedAt, C::EndedAt],
+                "errorSummary" => &[C::ErrorSummary],
+                "logsPath" | "logs" => &[C::LogsPath],
+                _ => &[],
+            })
+            .copied(),
+    )
+}
+
 /// What deployments can be ordered by.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeploymentOrderField {
     #[default]
     /// When they were queued (the default).
@@ -263,7 +286,7 @@ impl From<DeploymentOrder> for Order {
             DeploymentOrderField::CreatedAt => SortKey::CreatedAt,
             DeploymentOrderField::Id => SortKey::Id,
         };
-        Order::new(key, order.direction)
+        super::connection::order(key, order.direction)
     }
 }
 
@@ -333,7 +356,7 @@ impl DeploymentQuery {
         )]
         order_by: Option<DeploymentOrder>,
     ) -> async_graphql::Result<Connection<Cursor, Deployment, TotalCount>> {
-        let page = PageArgs::new(
+        let page = page_args(
             first,
             after,
             last,

@@ -33,12 +33,14 @@ use std::sync::Arc;
 use async_graphql::OutputType;
 use async_graphql::connection::Connection;
 use async_graphql::dataloader::Loader;
-use sea_orm::{DbErr, QueryFilter};
+use sea_orm::DbErr;
 
-use self::connection::{Cursor, PageArgs, PageRows, Paged, load_page, to_connection};
+use self::connection::{Cursor, PageArgs, PageRows, Paged, to_connection};
 use self::error::{OrInternal, internal};
-use self::loaders::{FilterCondition, Loaders, Reader};
+use self::loaders::{Loaders, Reader};
 use self::total_count::TotalCount;
+use crate::store::filters::FilterCondition;
+use crate::store::page::load_page;
 
 /// Reads. Every list is a cursor connection (`first`/`after`, `last`/`before`); every object
 /// has a global `id` that `node` resolves.
@@ -161,8 +163,7 @@ where
     F: FilterCondition,
     N: OutputType,
 {
-    let select = E::find().filter(filter.condition());
-    let rows = load_page(&api(ctx)?.db, select, &page)
+    let rows = load_page::<E>(&api(ctx)?.db, &filter, &page)
         .await
         .or_internal()?;
     Ok(to_connection::<E, _, _>(

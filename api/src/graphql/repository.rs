@@ -6,14 +6,15 @@ use entity::repository;
 
 use super::app::{App, AppFilterInput, AppOrder};
 use super::auth::{AuditObject, Require, audited};
-use super::connection::{Cursor, Order, OrderDirection, PageArgs, SortKey};
+use super::connection::{Cursor, Order, OrderDirection, SortKey, page_args};
 use super::error::{OrInternal, not_found};
 use super::ids::{NodeType, decode_as};
-use super::loaders::{AppCount, AppsOfRepository, RepositoryFilter, RepositoryId};
+use super::loaders::{AppCount, AppsOfRepository, RepositoryId};
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::access::Capability;
 use crate::domain::repositories::{self, NewRepository, RepositoryChanges};
+use crate::store::filters::RepositoryFilter;
 
 /// A Git repository that apps are built from.
 pub struct Repository(pub repository::Model);
@@ -74,7 +75,7 @@ impl Repository {
         )]
         order_by: Option<AppOrder>,
     ) -> async_graphql::Result<Connection<Cursor, App, TotalCount>> {
-        let page = PageArgs::new(
+        let page = page_args(
             first,
             after,
             last,
@@ -95,8 +96,8 @@ impl Repository {
     }
 }
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 /// What repositories can be ordered by.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RepositoryOrderField {
     #[default]
     /// Creation order.
@@ -121,7 +122,7 @@ impl From<RepositoryOrder> for Order {
             RepositoryOrderField::Id => SortKey::Id,
             RepositoryOrderField::Name => SortKey::Name,
         };
-        Order::new(key, order.direction)
+        super::connection::order(key, order.direction)
     }
 }
 
@@ -169,7 +170,7 @@ impl RepositoryQuery {
         )]
         order_by: Option<RepositoryOrder>,
     ) -> async_graphql::Result<Connection<Cursor, Repository, TotalCount>> {
-        let page = PageArgs::new(
+        let page = page_args(
             first,
             after,
             last,

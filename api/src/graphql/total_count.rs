@@ -3,15 +3,14 @@
 
 use async_graphql::{Context, Object};
 use entity::prelude::*;
-use sea_orm::{EntityTrait, PaginatorTrait, QueryFilter};
 
-use super::api_token::ApiTokenFilter;
-use super::audit_event::AuditEventFilter;
 use super::error::OrInternal;
-use super::loaders::{
-    AppCount, AppFilter, DeploymentCount, DeploymentFilter, FilterCondition, RepositoryFilter,
-};
+use super::loaders::{AppCount, DeploymentCount};
 use super::{api, loaders};
+use crate::store::count;
+use crate::store::filters::{
+    ApiTokenFilter, AppFilter, AuditEventFilter, DeploymentFilter, RepositoryFilter,
+};
 
 pub enum TotalCount {
     Repositories(RepositoryFilter),
@@ -29,11 +28,11 @@ impl TotalCount {
     async fn total_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
         let db = &api(ctx)?.db;
         let count = match self {
-            TotalCount::Repositories(f) => Repository::find().filter(f.condition()).count(db).await,
-            TotalCount::Apps(f) => App::find().filter(f.condition()).count(db).await,
-            TotalCount::Deployments(f) => Deployment::find().filter(f.condition()).count(db).await,
-            TotalCount::ApiTokens(f) => ApiToken::find().filter(f.condition()).count(db).await,
-            TotalCount::AuditEvents(f) => AuditEvent::find().filter(f.condition()).count(db).await,
+            TotalCount::Repositories(f) => count::<Repository>(db, f).await,
+            TotalCount::Apps(f) => count::<App>(db, f).await,
+            TotalCount::Deployments(f) => count::<Deployment>(db, f).await,
+            TotalCount::ApiTokens(f) => count::<ApiToken>(db, f).await,
+            TotalCount::AuditEvents(f) => count::<AuditEvent>(db, f).await,
             TotalCount::AppsOfRepository(key) => {
                 return Ok(loaders(ctx)?
                     .load_one(key.clone())
