@@ -67,9 +67,7 @@ impl StandIns for deployment::Entity {
     fn stand_in(column: Self::Column) -> Option<SimpleExpr> {
         use deployment::Column;
         match column {
-            Column::ImageTag | Column::ErrorSummary | Column::LogsPath => {
-                Some(Expr::val("").into())
-            }
+            Column::ImageTag | Column::ErrorSummary | Column::LogsPath => Some(Expr::val("")),
             Column::AssignedPort => Some(Expr::cust("CAST(NULL AS integer)")),
             Column::StartedAt | Column::EndedAt => {
                 Some(Expr::cust("CAST(NULL AS timestamp with time zone)"))
