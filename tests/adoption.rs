@@ -10,6 +10,7 @@ const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
 const CONFIG_VARS: &str = "m20261130_000006_app_config";
+const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -82,7 +83,15 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER, CONFIG_VARS],
+        [
+            INITIAL,
+            INDEX,
+            TOKENS,
+            LIFECYCLE,
+            RUNNER,
+            CONFIG_VARS,
+            STATUS_INDEX
+        ],
         "adopted, then migrated on"
     );
     db.exec(

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, keystone, only_error};
+use crate::support::{Backend, Server, TestDb, global_id, keystone, only_error};
 
 async fn start(backend: Backend) -> Option<(TestDb, Server)> {
     let db = TestDb::new(backend).await?;
@@ -817,6 +817,87 @@ async fn nested_query_statement_count(backend: Backend) {
     assert!(counts[1] <= 9, "wider query: {} statements", counts[1]);
 }
 
+/// Nested pages read only the columns their selection needs: whichever way a field is
+/// selected (`nodes`, `edges { node }`, a fragment, `latestDeployment`), its value is the
+/// stored one, as a lookup of the whole row shows.
+async fn nested_pages_read_the_columns_selected(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    seed(&db, 2, 2, 6).await;
+    let tz = if backend == Backend::Postgres {
+        "+00"
+    } else {
+        ""
+    };
+    db.exec(&format!(
+        "UPDATE api_deployment SET image_tag = 'img:' || id, assigned_port = 9000 + id,
+            started_at = '2030-02-01 10:00:00{tz}', ended_at = '2030-02-01 10:05:00{tz}',
+            error_summary = 'broke ' || id, logs_path = 'logs/' || id"
+    ))
+    .await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    const FIELDS: &str =
+        "databaseId imageTag assignedPort startedAt endedAt duration errorSummary logsPath";
+    let body = server
+        .graphql(
+            &format!(
+                "query {{ apps(first: 4) {{ nodes {{
+                    latestDeployment {{ {FIELDS} }}
+                    a: deployments(first: 3) {{ nodes {{ {FIELDS} }} }}
+                    b: deployments(first: 3) {{ edges {{ node {{ ...F }} }} }}
+                    c: deployments(first: 3) {{ nodes {{ databaseId ... on Deployment {{ errorSummary }} }} }}
+                }} }} }}
+                fragment F on Deployment {{ {FIELDS} }}"
+            ),
+            json!({}),
+        )
+        .await;
+    let apps = Server::data(&body)["apps"]["nodes"]
+        .as_array()
+        .expect("apps")
+        .clone();
+    assert_eq!(apps.len(), 4);
+    let mut checked = 0;
+    for app in &apps {
+        let mut seen = vec![app["latestDeployment"].clone()];
+        seen.extend(app["a"]["nodes"].as_array().unwrap().iter().cloned());
+        seen.extend(
+            app["b"]["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["node"].clone()),
+        );
+        for node in seen {
+            let id = node["databaseId"].as_i64().expect("databaseId");
+            let body = server
+                .graphql(
+                    &format!(
+                        "{{ deployment(id: \"{}\") {{ {FIELDS} }} }}",
+                        global_id("Deployment", id)
+                    ),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(node, Server::data(&body)["deployment"], "deployment {id}");
+            assert_eq!(node["errorSummary"], format!("broke {id}"));
+            checked += 1;
+        }
+        for node in app["c"]["nodes"].as_array().unwrap() {
+            assert_eq!(
+                node["errorSummary"],
+                format!("broke {}", node["databaseId"]),
+                "a field selected in an inline fragment"
+            );
+        }
+    }
+    assert_eq!(checked, 4 * 7);
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}
+
 on_both_backends!(
     repositories_crud,
     validation_rules,
@@ -824,4 +905,5 @@ on_both_backends!(
     not_found_and_bad_ids,
     pagination,
     nested_query_statement_count,
+    nested_pages_read_the_columns_selected,
 );

@@ -11,6 +11,7 @@ const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
 const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
 const CONFIG_VARS: &str = "m20261130_000006_app_config";
+const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
 const KEYSTONE_TABLES: [&str; 9] = [
     "api_app",
     "api_app_env",
@@ -55,7 +56,15 @@ async fn migrate_from_empty(backend: Backend) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [INITIAL, INDEX, TOKENS, LIFECYCLE, RUNNER, CONFIG_VARS]
+        [
+            INITIAL,
+            INDEX,
+            TOKENS,
+            LIFECYCLE,
+            RUNNER,
+            CONFIG_VARS,
+            STATUS_INDEX
+        ]
     );
 
     // Applying again is a no-op that says so.
@@ -99,6 +108,13 @@ async fn down_up_round_trip(backend: Backend) {
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {STATUS_INDEX}")),
+        "{}",
+        down.stdout
+    );
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -317,7 +333,7 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(CONFIG_VARS)
+        Some(STATUS_INDEX)
     );
     db.cleanup().await;
 }

@@ -19,6 +19,7 @@ mod m20261126_000003_create_tokens_and_audit_events;
 mod m20261126_000004_deployment_lifecycle;
 mod m20261130_000005_runner_placement_and_commits;
 mod m20261130_000006_app_config;
+mod m20261130_000007_index_deployments_by_status;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000004_deployment_lifecycle::Migration),
             Box::new(m20261130_000005_runner_placement_and_commits::Migration),
             Box::new(m20261130_000006_app_config::Migration),
+            Box::new(m20261130_000007_index_deployments_by_status::Migration),
         ]
     }
 }

@@ -1,4 +1,4 @@
-//! The benchmark's deterministic dataset: `repositories × 5 apps × 20 deployments`, with
+//! The benchmark's deterministic dataset: `repositories × 5 apps × N deployments`, with
 //! statuses and timestamps spread the way a real installation's are (most deployments
 //! succeeded, some failed or were cancelled, each app's newest may still be queued or
 //! running; one every 37 minutes, oldest first).
@@ -6,7 +6,6 @@
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 
 pub const APPS_PER_REPOSITORY: usize = 5;
-pub const DEPLOYMENTS_PER_APP: usize = 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -15,13 +14,23 @@ pub enum Size {
     Small,
     /// 1,000 repositories × 5 apps × 20 deployments.
     Large,
+    /// SMALL with a long history: 100 repositories × 5 apps × 500 deployments. Reads of
+    /// an app's newest deployments must cost what they cost on SMALL.
+    History,
 }
 
 impl Size {
     pub fn repositories(self) -> usize {
         match self {
-            Size::Small => 100,
+            Size::Small | Size::History => 100,
             Size::Large => 1_000,
+        }
+    }
+
+    pub fn deployments_per_app(self) -> usize {
+        match self {
+            Size::Small | Size::Large => 20,
+            Size::History => 500,
         }
     }
 }
@@ -69,10 +78,11 @@ pub async fn load(db: &DatabaseConnection, size: Size) -> Result<(), DbErr> {
             apps.push(format!(
                 "({app}, 'app-{app:05}', '{mode}', {port}, '{status}', {r})"
             ));
-            for k in 0..DEPLOYMENTS_PER_APP {
-                let id = (app - 1) * DEPLOYMENTS_PER_APP + k + 1;
+            let per_app = size.deployments_per_app();
+            for k in 0..per_app {
+                let id = (app - 1) * per_app + k + 1;
                 let minutes = (id - 1) * 37 / 10;
-                let newest = k == DEPLOYMENTS_PER_APP - 1;
+                let newest = k == per_app - 1;
                 let status = match (newest, status, id % 20) {
                     (true, "deploying", _) => {
                         if id.is_multiple_of(2) {

@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Another `keystone` binary (say, built from an earlier commit) to measure first, on
+    /// the same dataset loaded afresh, in the same run: each of our rows then shows its
+    /// requests/s as a multiple of the baseline's.
+    #[arg(long)]
+    baseline_server: Option<PathBuf>,
 }
 
 /// Throughput and latency of one measured run.
@@ -107,6 +112,8 @@ impl Measured {
 /// One line of the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
+    /// `keystone` (this binary) or `baseline` (`--baseline-server`).
+    server: &'static str,
     backend: Backend,
     dataset: Size,
     workload: &'static str,
@@ -121,42 +128,21 @@ pub struct Row {
     floor: Option<Measured>,
     /// Keystone's requests/s divided by the floor's.
     fraction_of_floor: Option<f64>,
+    /// Keystone's requests/s divided by the baseline server's, same workload and data.
+    vs_baseline: Option<f64>,
     server_peak_rss_mb: f64,
 }
 
-const WORKLOADS: [(&str, Mix); 4] = [
-    (
-        "W1",
-        Mix {
-            w1: 1.0,
-            w2: 0.0,
-            w3: 0.0,
-        },
-    ),
-    (
-        "W2",
-        Mix {
-            w1: 0.0,
-            w2: 1.0,
-            w3: 0.0,
-        },
-    ),
-    (
-        "W3",
-        Mix {
-            w1: 0.0,
-            w2: 0.0,
-            w3: 1.0,
-        },
-    ),
-    (
-        "W4",
-        Mix {
-            w1: 0.45,
-            w2: 0.45,
-            w3: 0.10,
-        },
-    ),
+const fn mix(w1: f64, w2: f64, w3: f64, w5: f64) -> Mix {
+    Mix { w1, w2, w3, w5 }
+}
+
+const WORKLOADS: [(&str, Mix); 5] = [
+    ("W1", mix(1.0, 0.0, 0.0, 0.0)),
+    ("W2", mix(0.0, 1.0, 0.0, 0.0)),
+    ("W3", mix(0.0, 0.0, 1.0, 0.0)),
+    ("W4", mix(0.45, 0.45, 0.10, 0.0)),
+    ("W5", mix(0.0, 0.0, 0.0, 1.0)),
 ];
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -173,8 +159,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &backend in &args.backends {
         for &size in &args.datasets {
+            let baseline = match &args.baseline_server {
+                Some(binary) => {
+                    eprintln!("== {backend:?} / {size:?}, baseline {}", binary.display());
+                    measure(&args, backend, size, Some(binary)).await?
+                }
+                None => Vec::new(),
+            };
             eprintln!("== {backend:?} / {size:?}");
-            rows.extend(measure(&args, backend, size).await?);
+            let mut ours = measure(&args, backend, size, None).await?;
+            for row in &mut ours {
+                row.vs_baseline = baseline
+                    .iter()
+                    .find(|b| b.workload == row.workload)
+                    .map(|b| {
+                        row.keystone.requests_per_second / b.keystone.requests_per_second.max(1e-9)
+                    });
+            }
+            rows.extend(baseline);
+            rows.extend(ours);
         }
     }
     print_table(&rows);
@@ -256,11 +259,21 @@ struct ServerProcess {
 /// Starts the server with the rate limit off (the suite measures throughput, and sends all
 /// its requests with one token) and a port range that fits LARGE; its first admin token is
 /// written into `dir`.
-async fn start_server(database_url: &str, dir: &Path) -> anyhow::Result<ServerProcess> {
+async fn start_server(
+    binary: Option<&Path>,
+    database_url: &str,
+    dir: &Path,
+) -> anyhow::Result<ServerProcess> {
     let token_file = dir.join("admin.token");
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+    let binary = match binary {
+        Some(binary) => binary.to_owned(),
+        None => std::env::current_exe()?,
+    };
+    let mut child = tokio::process::Command::new(binary)
         .args([
             "serve",
+            // The bench migrated the database (a baseline binary may know fewer migrations).
+            "--no-migrate",
             "--bind",
             "127.0.0.1:0",
             "--database-url",
@@ -378,7 +391,14 @@ async fn count(db: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
     Ok(row.try_get_by_index::<i64>(0)?)
 }
 
-async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Result<Vec<Row>> {
+/// Loads `size` into a fresh database and measures the workloads against `server` (this
+/// binary when `None`; then the database floor first, too).
+async fn measure(
+    args: &BenchArgs,
+    backend: Backend,
+    size: Size,
+    server: Option<&Path>,
+) -> anyhow::Result<Vec<Row>> {
     let warmup = Duration::from_secs(args.warmup_secs);
     let duration = Duration::from_secs(args.duration_secs);
     let scratch = create_database(args, backend).await?;
@@ -418,10 +438,11 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
     let names = Arc::new(app_names.clone());
     let mut floors = Vec::new();
     for (workload, floor_workload) in [("W1", FloorWorkload::W1), ("W2", FloorWorkload::W2)] {
-        if args
-            .workloads
-            .iter()
-            .any(|w| w.eq_ignore_ascii_case(workload))
+        if server.is_none()
+            && args
+                .workloads
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(workload))
         {
             eprintln!("   floor {workload}");
             floors.push((
@@ -440,7 +461,12 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
     }
 
     let work_dir = tempfile::tempdir()?;
-    let server = start_server(&scratch.url, work_dir.path()).await?;
+    let label = if server.is_some() {
+        "baseline"
+    } else {
+        "keystone"
+    };
+    let server = start_server(server, &scratch.url, work_dir.path()).await?;
     let endpoint = wrk::Endpoint {
         base_url: &server.base_url,
         token: &server.token,
@@ -477,6 +503,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
         let deployments_after = count(&db, "SELECT COUNT(*) FROM api_deployment").await?;
         let writes = mix.w3 > 0.0;
         rows.push(Row {
+            server: label,
             backend,
             dataset: size,
             workload: name,
@@ -491,6 +518,7 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
             ),
             floor: None,
             fraction_of_floor: None,
+            vs_baseline: None,
             server_peak_rss_mb: server.peak_rss_mb(),
         });
     }
@@ -510,7 +538,8 @@ async fn measure(args: &BenchArgs, backend: Backend, size: Size) -> anyhow::Resu
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<9} {:<6} {:<3} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>10} {:>9} {:>8}",
+        "{:<9} {:<9} {:<8} {:<3} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>10} {:>9} {:>8} {:>8}",
+        "server",
         "backend",
         "data",
         "wl",
@@ -522,6 +551,7 @@ fn print_table(rows: &[Row]) {
         "rss MB",
         "floor r/s",
         "fraction",
+        "vs base",
         "writes"
     );
     for row in rows {
@@ -532,13 +562,17 @@ fn print_table(rows: &[Row]) {
         let fraction = row
             .fraction_of_floor
             .map_or("-".to_owned(), |f| format!("{f:.2}"));
+        let vs_baseline = row
+            .vs_baseline
+            .map_or("-".to_owned(), |r| format!("{r:.2}x"));
         let writes = match (row.writes_acknowledged, row.writes_lost) {
             (Some(ack), Some(0)) => format!("{ack} ok"),
             (Some(_), Some(lost)) => format!("{lost} LOST"),
             _ => "-".to_owned(),
         };
         println!(
-            "{:<9} {:<6} {:<3} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>8.2} {:>8.1} {:>10} {:>9} {:>8}",
+            "{:<9} {:<9} {:<8} {:<3} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>8.2} {:>8.1} {:>10} {:>9} {:>8} {:>8}",
+            row.server,
             format!("{:?}", row.backend).to_lowercase(),
             format!("{:?}", row.dataset).to_uppercase(),
             row.workload,
@@ -550,6 +584,7 @@ fn print_table(rows: &[Row]) {
             row.server_peak_rss_mb,
             floor,
             fraction,
+            vs_baseline,
             writes,
         );
     }

@@ -12,6 +12,7 @@ use super::Measured;
 
 pub const W1_QUERY: &str = "{ repositories(first: 50) { nodes { id apps(first: 100) { nodes { id name status currentPort deployments(first: 10) { nodes { id status imageTag createdAt } } } } } } }";
 pub const W2_QUERY: &str = "query($name: String!) { app(name: $name) { id name repository { name gitUrl } deployments(first: 5) { nodes { id status imageTag createdAt } } } }";
+pub const W5_QUERY: &str = "{ deployments(first: 50, filter: { status: [FAILED] }) { totalCount nodes { id createdAt errorSummary app { name } } } }";
 pub const W3_MUTATION: &str =
     "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id status } } }";
 
@@ -21,6 +22,7 @@ pub struct Mix {
     pub w1: f64,
     pub w2: f64,
     pub w3: f64,
+    pub w5: f64,
 }
 
 fn lua_string(text: &str) -> String {
@@ -44,9 +46,10 @@ fn script(mix: Mix, token: &str, app_names: &[String], app_ids: &[String]) -> St
     format!(
         r#"
 local w1_body = {w1_body}
+local w5_body = {w5_body}
 local w2_bodies = {{ {names} }}
 local w3_bodies = {{ {ids} }}
-local w1_share, w2_share = {w1}, {w2}
+local w1_share, w2_share, w5_share = {w1}, {w2}, {w5}
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = {authorization}
@@ -69,6 +72,8 @@ function request()
     body = w1_body
   elseif r < w1_share + w2_share then
     body = w2_bodies[math.random(#w2_bodies)]
+  elseif r < w1_share + w2_share + w5_share then
+    body = w5_body
   else
     body = w3_bodies[math.random(#w3_bodies)]
   end
@@ -94,11 +99,13 @@ function done(summary, latency, requests)
 end
 "#,
         w1_body = lua_string(&body(W1_QUERY, json!({}))),
+        w5_body = lua_string(&body(W5_QUERY, json!({}))),
         authorization = lua_string(&format!("Bearer {token}")),
         names = names.join(", "),
         ids = ids.join(", "),
         w1 = mix.w1,
         w2 = mix.w2,
+        w5 = mix.w5,
     )
 }
 
