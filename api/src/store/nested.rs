@@ -145,7 +145,7 @@ where
                     )),
                     parent.clone(),
                 )
-                .join_lateral(JoinType::InnerJoin, top, row.clone(), Expr::val(true));
+                .join_lateral(JoinType::InnerJoin, top, row.clone(), Expr::cust("TRUE"));
         }
         _ => {
             top.column(E::id_column());
