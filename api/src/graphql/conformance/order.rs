@@ -131,21 +131,31 @@ struct Child<'a> {
     sets: Vec<&'a SelectionSet>,
 }
 
-type PlanKey = (String, Vec<*const SelectionSet>);
+type PlanKey<'a> = (&'a str, Vec<*const SelectionSet>);
 
 struct Orderer<'a> {
     registry: &'a Registry,
     document: &'a ExecutableDocument,
     variables: &'a Variables,
-    plans: HashMap<PlanKey, Rc<Plan<'a>>>,
+    plans: HashMap<PlanKey<'a>, Rc<Plan<'a>>>,
 }
 
 impl<'a> Orderer<'a> {
     fn value(&mut self, type_name: &'a str, sets: &[&'a SelectionSet], value: &mut Value) {
         match value {
             Value::List(items) => {
+                // The items of a list of objects share one plan (abstract types excepted).
+                let concrete = self
+                    .registry
+                    .types
+                    .get(type_name)
+                    .is_some_and(|t| !t.is_abstract());
+                let plan = concrete.then(|| self.plan(type_name, sets));
                 for item in items {
-                    self.value(type_name, sets, item);
+                    match (item, &plan) {
+                        (Value::Object(map), Some(plan)) => self.apply(plan, map),
+                        (item, _) => self.value(type_name, sets, item),
+                    }
                 }
             }
             Value::Object(map) => self.object(type_name, sets, map),
@@ -177,6 +187,26 @@ impl<'a> Orderer<'a> {
         // Without the concrete type (it cannot be missing), every fragment counts.
         let type_name = concrete.unwrap_or(static_type);
         let plan = self.plan(type_name, sets);
+        self.apply(&plan, map);
+    }
+
+    /// Puts `map`'s keys in `plan`'s order, and its values in theirs.
+    fn apply(&mut self, plan: &Plan<'a>, map: &mut IndexMap<Name, Value>) {
+        // Most objects (all whose fields finished in order) are in order already: then
+        // only their values are visited.
+        let in_order = map.len() <= plan.keys.len()
+            && map
+                .keys()
+                .zip(plan.keys.iter().filter(|(key, _)| map.contains_key(*key)))
+                .all(|(have, (want, _))| have.as_str() == *want);
+        if in_order {
+            for (key, child) in &plan.keys {
+                if let (Some(child), Some(value)) = (child, map.get_mut(*key)) {
+                    self.value(child.type_name, &child.sets, value);
+                }
+            }
+            return;
+        }
         let mut unordered = std::mem::take(map);
         map.reserve(unordered.len());
         for (key, child) in &plan.keys {
@@ -194,7 +224,7 @@ impl<'a> Orderer<'a> {
 
     fn plan(&mut self, type_name: &'a str, sets: &[&'a SelectionSet]) -> Rc<Plan<'a>> {
         let cache_key = (
-            type_name.to_owned(),
+            type_name,
             sets.iter().map(|s| *s as *const SelectionSet).collect(),
         );
         if let Some(plan) = self.plans.get(&cache_key) {
