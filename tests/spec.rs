@@ -7,7 +7,9 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Backend, Server, Socket, TestDb, ws_connect};
 
 /// A JSON value that remembers the order of object keys (the test's own `serde_json` sorts
 /// them).
@@ -204,6 +206,91 @@ async fn response_keys_follow_the_selection_set(backend: Backend) {
     db.cleanup().await;
 }
 
+/// The next `next` message's payload `data` from a WebSocket, keys in order.
+async fn ws_ordered_data(socket: &mut Socket) -> Ordered {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .expect("a message");
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let plain: Value = serde_json::from_str(&text).expect("JSON");
+        if plain["type"] != "next" {
+            continue;
+        }
+        assert!(plain["payload"].get("errors").is_none(), "{text}");
+        let Ordered::Object(entries) = serde_json::from_str(&text).expect("JSON") else {
+            panic!("not an object: {text}");
+        };
+        let payload = entries.into_iter().find(|(k, _)| k == "payload").unwrap().1;
+        let Ordered::Object(entries) = payload else {
+            panic!("no payload: {text}");
+        };
+        return entries.into_iter().find(|(k, _)| k == "data").unwrap().1;
+    }
+}
+
+/// Over WebSocket too: a query, and the events of a subscription.
+async fn websocket_responses_follow_the_selection_set(backend: Backend) {
+    use futures_util::SinkExt;
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let app = server.create_app("web", "web-app").await;
+    let mut socket = ws_connect(&server, &server.admin_token).await;
+    let subscribe = |id: &str, query: &str| {
+        Message::Text(
+            json!({ "type": "subscribe", "id": id, "payload": { "query": query } })
+                .to_string()
+                .into(),
+        )
+    };
+    socket
+        .send(subscribe(
+            "q",
+            "{ z: viewer { name } apps(first: 1) { totalCount } y: viewer { role } }",
+        ))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws_ordered_data(&mut socket).await.keys(),
+        ["z", "apps", "y"]
+    );
+
+    socket
+        .send(subscribe(
+            "s",
+            "subscription { deploymentUpdated { app { deployments { totalCount } name } status id } }",
+        ))
+        .await
+        .expect("send");
+    // Subscribed once the server answers a query sent after the subscription.
+    socket
+        .send(subscribe("p", "{ viewer { name } }"))
+        .await
+        .expect("send");
+    ws_ordered_data(&mut socket).await;
+    server
+        .graphql(
+            "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
+            json!({ "id": app }),
+        )
+        .await;
+    let event = ws_ordered_data(&mut socket).await;
+    let deployment = event.get("deploymentUpdated");
+    assert_eq!(deployment.keys(), ["app", "status", "id"]);
+    assert_eq!(deployment.get("app").keys(), ["deployments", "name"]);
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}
+
 /// POSTs a request asking for `application/graphql-response+json`: status and body.
 async fn post_graphql_response(server: &Server, body: Value) -> (u16, Value) {
     let response = server
@@ -328,5 +415,6 @@ async fn uncoercible_variables_are_request_errors(backend: Backend) {
 
 on_both_backends!(
     response_keys_follow_the_selection_set,
+    websocket_responses_follow_the_selection_set,
     uncoercible_variables_are_request_errors,
 );
