@@ -7,6 +7,7 @@ mod access;
 mod adoption;
 mod browser;
 mod deploy;
+mod faults;
 mod fuzz;
 mod graphql;
 mod http_api;

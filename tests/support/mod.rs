@@ -186,6 +186,11 @@ impl TestDb {
         }
     }
 
+    /// The PostgreSQL schema this test database lives in (`None` on SQLite).
+    pub fn postgres_schema(&self) -> Option<&str> {
+        self.schema.as_ref().map(|(_, schema)| schema.as_str())
+    }
+
     /// A directory that lives as long as the database (for server working dirs and files).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

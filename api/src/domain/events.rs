@@ -16,9 +16,10 @@
 //!
 //! Slow subscribers: each subscription may fall at most [`CAPACITY`] events behind. One
 //! that falls further loses the oldest events it has not read (memory stays bounded), is
-//! told how many it lost, and goes on from there. Notifications missed while an instance's
-//! listening connection was down (it reconnects by itself) are lost the same way; that is
-//! logged.
+//! told how many it lost, and goes on from there. When an instance's listening connection
+//! drops, it reconnects by itself (retrying every second while PostgreSQL is away), and once
+//! it listens again every local subscriber gets [`Event::Resync`]: notifications sent
+//! meanwhile are lost, so whoever relies on them refetches.
 
 use std::sync::Arc;
 
@@ -141,6 +142,9 @@ pub enum Event {
         app_id: i64,
         runner: Option<Arc<str>>,
     },
+    /// The stream from PostgreSQL was interrupted and is back: events may have been missed
+    /// (local only; never sent).
+    Resync,
 }
 
 /// An event as a `NOTIFY` payload.
@@ -223,6 +227,7 @@ impl EventBus {
             .map_err(|e| DbErr::Custom(format!("cannot LISTEN for events: {e}")))?;
         let local = broadcast::channel(CAPACITY).0;
         let (outbox, pending) = mpsc::channel(OUTBOX);
+        let channel_name = channel.clone();
         let tasks = vec![
             tokio::spawn(send_notifications(
                 db.clone(),
@@ -233,6 +238,7 @@ impl EventBus {
             .abort_handle(),
             tokio::spawn(receive_notifications(
                 listener,
+                channel_name,
                 db.clone(),
                 key,
                 local.clone(),
@@ -327,6 +333,7 @@ fn encode(event: Event) -> Vec<String> {
                 })
                 .collect()
         }
+        Event::Resync => Vec::new(),
     }
 }
 
@@ -354,9 +361,25 @@ async fn send_notifications(
     }
 }
 
+/// A new listening connection on `channel`, retried every second until PostgreSQL answers.
+async fn relisten(db: &DatabaseConnection, channel: &str) -> PgListener {
+    loop {
+        let pool = db.get_postgres_connection_pool();
+        match PgListener::connect_with(pool).await {
+            Ok(mut listener) => match listener.listen(channel).await {
+                Ok(()) => return listener,
+                Err(error) => tracing::warn!(%error, "cannot LISTEN for events; retrying in 1 s"),
+            },
+            Err(error) => tracing::warn!(%error, "cannot reconnect for events; retrying in 1 s"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Hands every instance's events, as PostgreSQL delivers them, to local subscribers.
 async fn receive_notifications(
     mut listener: PgListener,
+    channel: String,
     db: DatabaseConnection,
     key: Arc<[u8]>,
     local: broadcast::Sender<Event>,
@@ -364,15 +387,14 @@ async fn receive_notifications(
     loop {
         let notification = match listener.try_recv().await {
             Ok(Some(notification)) => notification,
-            Ok(None) => {
-                tracing::warn!(
-                    "event connection lost; reconnecting (events sent meanwhile are missed)"
-                );
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot receive events; retrying in 1 s");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            lost => {
+                if let Err(error) = lost {
+                    tracing::warn!(%error, "event connection failed");
+                }
+                tracing::warn!("event connection lost; reconnecting");
+                listener = relisten(&db, &channel).await;
+                tracing::info!("listening for events again; subscribers are told to refetch");
+                let _ = local.send(Event::Resync);
                 continue;
             }
         };

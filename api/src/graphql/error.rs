@@ -25,6 +25,8 @@ pub enum Code {
     ResponseTooLarge,
     /// A slow subscriber missed events.
     EventsDropped,
+    /// The server's event stream was interrupted and is back: refetch.
+    Resync,
     GraphqlParseFailed,
     GraphqlValidationFailed,
     TooManyConnections,
@@ -40,7 +42,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 20] = [
+    pub const ALL: [Code; 21] = [
         Code::BadUserInput,
         Code::NotFound,
         Code::Conflict,
@@ -51,6 +53,7 @@ impl Code {
         Code::Timeout,
         Code::ResponseTooLarge,
         Code::EventsDropped,
+        Code::Resync,
         Code::GraphqlParseFailed,
         Code::GraphqlValidationFailed,
         Code::TooManyConnections,
@@ -75,6 +78,7 @@ impl Code {
             Code::Timeout => "TIMEOUT",
             Code::ResponseTooLarge => "RESPONSE_TOO_LARGE",
             Code::EventsDropped => "EVENTS_DROPPED",
+            Code::Resync => "RESYNC",
             Code::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             Code::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
             Code::TooManyConnections => "TOO_MANY_CONNECTIONS",

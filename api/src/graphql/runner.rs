@@ -494,10 +494,10 @@ impl RunnerSubscription {
                     }) if placed == runner => {
                         RunnerSignal::new(RunnerSignalReason::AppDeleted, Some(app_id))
                     }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => {
+                    Ok(Event::Resync) | Err(RecvError::Lagged(_)) => {
                         RunnerSignal::new(RunnerSignalReason::Missed, None)
                     }
+                    Ok(_) => continue,
                     Err(RecvError::Closed) => return None,
                 };
                 return Some((signal, (events, db, runner)));

@@ -187,6 +187,7 @@ fn async_stream_lines(
                         last = first_line + lines.len() as i64 - 1;
                         Ok(LogLines { first_line, lines })
                     }
+                    Ok(Event::Resync) => Err(resync()),
                     Ok(_) => continue,
                     Err(RecvError::Lagged(missed)) => Err(events_dropped(missed)),
                     Err(RecvError::Closed) => return None,
@@ -212,6 +213,7 @@ where
         |(mut receiver, pick)| async move {
             loop {
                 let item = match receiver.recv().await {
+                    Ok(Event::Resync) => Err(resync()),
                     Ok(event) => match pick(event) {
                         Some(item) => Ok(item),
                         None => continue,
@@ -223,6 +225,14 @@ where
             }
         },
     ))
+}
+
+fn resync() -> async_graphql::Error {
+    coded(
+        Code::Resync,
+        "the server's event stream was interrupted and is back; updates may have been missed: \
+         refetch the current state",
+    )
 }
 
 fn events_dropped(missed: u64) -> async_graphql::Error {

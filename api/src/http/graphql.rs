@@ -448,6 +448,7 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::Conflict
         | Code::ResponseTooLarge
         | Code::EventsDropped
+        | Code::Resync
         | Code::GraphqlParseFailed
         | Code::GraphqlValidationFailed
         | Code::BadRequest => StatusCode::BAD_REQUEST,
