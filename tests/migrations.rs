@@ -102,6 +102,70 @@ async fn status_output(backend: Backend) {
     db.cleanup().await;
 }
 
+/// `migrate status --check` is a gate: non-zero while anything is pending (and with the
+/// pending names), zero once the schema is current, non-zero again for an unknown migration.
+async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let pending = keystone(&db, &["migrate", "status", "--check"]).await;
+    pending.assert_failure();
+    let printed = format!("{}{}", pending.stdout, pending.stderr);
+    assert!(printed.contains("7 migration(s) pending"), "{printed}");
+    assert!(printed.contains(STATUS_INDEX), "{printed}");
+    keystone(&db, &["migrate", "up", "6"])
+        .await
+        .assert_success();
+    let one = keystone(&db, &["migrate", "status", "--check"]).await;
+    one.assert_failure();
+    assert!(
+        one.stderr
+            .contains(&format!("1 migration(s) pending: {STATUS_INDEX}")),
+        "{}",
+        one.stderr
+    );
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    keystone(&db, &["migrate", "status", "--check"])
+        .await
+        .assert_success();
+    db.exec(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000001_later', 0)",
+    )
+    .await;
+    let newer = keystone(&db, &["migrate", "status", "--check"]).await;
+    newer.assert_failure();
+    assert!(newer.stderr.contains("does not know"), "{}", newer.stderr);
+    db.cleanup().await;
+}
+
+/// Two instances starting together on PostgreSQL take turns on an advisory lock: both
+/// succeed, one applies every migration, the other finds nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_take_turns() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    for _ in 0..3 {
+        let (a, b) = tokio::join!(
+            keystone(&db, &["migrate", "up"]),
+            keystone(&db, &["migrate", "up"])
+        );
+        a.assert_success();
+        b.assert_success();
+        let applied = |out: &crate::support::Output| out.stdout.matches("Applied ").count();
+        let mut counts = [applied(&a), applied(&b)];
+        counts.sort_unstable();
+        assert_eq!(counts, [0, 7], "{}\n---\n{}", a.stdout, b.stdout);
+        assert_eq!(
+            db.count("SELECT COUNT(*) FROM seaql_migrations").await,
+            7,
+            "each migration recorded once"
+        );
+        keystone(&db, &["migrate", "reset"]).await.assert_success();
+    }
+    db.cleanup().await;
+}
+
 async fn down_up_round_trip(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
@@ -296,6 +360,7 @@ on_both_backends!(
     shared_ports_stop_the_lifecycle_migration,
     migrate_from_empty,
     status_output,
+    status_check_gates_on_pending_and_unknown,
     down_up_round_trip,
     verify_passes_on_scratch_database,
     drift_detection_names_the_column,

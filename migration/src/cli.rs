@@ -12,7 +12,12 @@ use crate::{MigrateError, Migrator, connection, history, upgrade};
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum MigrateCommand {
     /// List every migration: [X] applied, [ ] pending (like Django's showmigrations).
-    Status,
+    Status {
+        /// Exit non-zero when a migration is pending or the database has one this binary
+        /// does not know (a gate for CI and deploy scripts).
+        #[arg(long)]
+        check: bool,
+    },
     /// Apply pending migrations (all, or the next N). A database created by the Django
     /// version of Keystone is checked and adopted first.
     Up {
@@ -52,17 +57,24 @@ async fn run_on(
     out: &mut impl Write,
 ) -> Result<(), MigrateError> {
     let before = history::read(db).await?;
-    if !matches!(command, MigrateCommand::Status) {
+    if !matches!(command, MigrateCommand::Status { .. }) {
         before.ensure_known()?;
     }
     match command {
-        MigrateCommand::Status => {
+        MigrateCommand::Status { check } => {
             print_status(&before, out);
             if !before.unknown.is_empty() {
                 let _ = writeln!(
                     out,
                     "The database is newer than this binary: upgrade Keystone before serving it."
                 );
+            }
+            if *check {
+                before.ensure_known()?;
+                let pending: Vec<String> = before.pending().map(str::to_owned).collect();
+                if !pending.is_empty() {
+                    return Err(MigrateError::Pending(pending));
+                }
             }
         }
         MigrateCommand::Up { steps } => {

@@ -6,7 +6,7 @@
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DatabaseConnection;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseConnection};
 
 pub mod adopt;
 pub mod cli;
@@ -60,6 +60,12 @@ pub enum MigrateError {
     )]
     AdoptionRefused(Vec<String>),
     #[error(
+        "{} migration(s) pending: {}. Run `keystone migrate up` (or start the server).",
+        .0.len(),
+        .0.join(", ")
+    )]
+    Pending(Vec<String>),
+    #[error(
         "the database has Keystone tables ({}) but no migration history (neither \
          seaql_migrations nor Django's django_migrations); refusing to guess what created \
          them. Point DATABASE_URL at an empty database, or restore the migration history.",
@@ -88,7 +94,38 @@ pub struct Upgrade {
 /// Brings the schema up to date (at most `steps` migrations): refuses a database migrated by
 /// a newer Keystone, adopts a Django-created one, then applies pending migrations. `db` must
 /// come from [`connection::connect_for_migrations`] and `url` is its URL.
+///
+/// On PostgreSQL the whole upgrade holds an advisory lock, so that instances starting
+/// together (or CI and an instance) take turns: the first applies, the others wait, then
+/// find nothing left to do. (On SQLite, one file, the database's own write lock does.)
 pub async fn upgrade(
+    db: &DatabaseConnection,
+    url: &str,
+    steps: Option<u32>,
+) -> Result<Upgrade, MigrateError> {
+    let postgres = db.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Postgres;
+    if postgres {
+        // `db` has one connection (see `connect_for_migrations`): the lock is its session's.
+        db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await?;
+    }
+    let result = upgrade_locked(db, url, steps).await;
+    if postgres {
+        // Had the connection died, its session and lock went with it.
+        let unlocked = db
+            .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .await;
+        if result.is_ok() {
+            unlocked?;
+        }
+    }
+    result
+}
+
+/// The advisory lock key migrations hold on PostgreSQL ("keystone" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b65_7973_746f_6e65;
+
+async fn upgrade_locked(
     db: &DatabaseConnection,
     url: &str,
     steps: Option<u32>,
