@@ -402,9 +402,24 @@ async fn measure(
     let warmup = Duration::from_secs(args.warmup_secs);
     let duration = Duration::from_secs(args.duration_secs);
     let scratch = create_database(args, backend).await?;
-    let migrating = connection::connect_for_migrations(&scratch.url).await?;
-    migration::upgrade(&migrating, &scratch.url, None).await?;
-    migrating.close().await?;
+    match server {
+        // A baseline binary gets the schema it knows (it refuses newer migrations).
+        Some(binary) => {
+            let status = tokio::process::Command::new(binary)
+                .args(["migrate", "up", "--database-url", &scratch.url])
+                .stdout(Stdio::null())
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("`{} migrate up` failed", binary.display());
+            }
+        }
+        None => {
+            let migrating = connection::connect_for_migrations(&scratch.url).await?;
+            migration::upgrade(&migrating, &scratch.url, None).await?;
+            migrating.close().await?;
+        }
+    }
     let pool = PoolSettings::for_url(&scratch.url);
     let db = connection::connect(&scratch.url, &pool).await?;
     dataset::load(&db, size).await?;
