@@ -4,6 +4,7 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::cluster::PrivateCluster;
 use crate::support::{Backend, Server, TestDb, ws_connect, ws_next};
 
 /// The next `next` payload of operation `id` on `socket`.
@@ -77,4 +78,190 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
     db.cleanup().await;
+}
+
+/// What one request of the load saw.
+struct Outcome {
+    /// The repository a write tried to create (`None` for a read).
+    write: Option<String>,
+    status: u16,
+    retry_after: bool,
+    code: Option<String>,
+    acknowledged: bool,
+    elapsed: std::time::Duration,
+    at: std::time::Instant,
+}
+
+/// A mixed load (reads, and writes that create uniquely named repositories) from
+/// `clients` loops, until `stop` is set.
+async fn mixed_load(
+    server: &Server,
+    clients: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<Outcome> {
+    use std::sync::atomic::Ordering;
+    let loops = (0..clients).map(|client| async move {
+        let http = server.admin();
+        let mut outcomes = Vec::new();
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let write = (n % 3 == 0).then(|| format!("r-{client}-{n}"));
+            let body = match &write {
+                Some(name) => json!({
+                    "query": "mutation($input: CreateRepositoryInput!) { createRepository(input: $input) { repository { id } } }",
+                    "variables": { "input": { "name": name, "gitUrl": "https://e.com/r.git" } },
+                }),
+                None => json!({ "query": "{ apps(first: 5) { totalCount nodes { name } } }" }),
+            };
+            let at = std::time::Instant::now();
+            let response = http.post(server.url("/graphql")).json(&body).send().await;
+            let (status, retry_after, body) = match response {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response.headers().contains_key("retry-after");
+                    (status, retry_after, response.json::<Value>().await.unwrap_or_default())
+                }
+                Err(_) => (0, false, Value::Null),
+            };
+            let acknowledged = status == 200
+                && body.get("errors").is_none()
+                && write.is_some()
+                && body["data"]["createRepository"]["repository"]["id"].is_string();
+            outcomes.push(Outcome {
+                write,
+                status,
+                retry_after,
+                code: body["errors"][0]["extensions"]["code"]
+                    .as_str()
+                    .map(str::to_owned),
+                acknowledged,
+                elapsed: at.elapsed(),
+                at,
+            });
+        }
+        outcomes
+    });
+    futures_util::future::join_all(loops)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// PostgreSQL stops under load and comes back: meanwhile requests fail fast with
+/// `SERVICE_UNAVAILABLE` (503, `Retry-After`) and `/ready` says the database is
+/// unreachable; within 5 s of its return the service is whole without a restart. Every
+/// write the server acknowledged is in the database, and none it refused is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
+    let db = cluster.test_db();
+    let server = Server::start(
+        &db,
+        &[
+            "--database-timeout-secs",
+            "1",
+            "--request-timeout-secs",
+            "5",
+            "--rate-limit-per-second",
+            "0",
+        ],
+    )
+    .await
+    .expect("server starts");
+    let stop = AtomicBool::new(false);
+    let timeline = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::task::block_in_place(|| cluster.stop("fast"));
+        let down = Instant::now();
+        // While it is down: /ready says why.
+        let mut ready = server.ready().await;
+        while ready.0 == 200 {
+            ready = server.ready().await;
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::task::block_in_place(|| cluster.start_again());
+        let up = Instant::now();
+        while server.ready().await.0 != 200 {
+            assert!(
+                up.elapsed() < Duration::from_secs(5),
+                "ready within 5 s of return"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let recovered = up.elapsed();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.store(true, Ordering::Relaxed);
+        (ready, down, up, recovered)
+    };
+    let (outcomes, (ready, down, up, recovered)) =
+        tokio::join!(mixed_load(&server, 6, &stop), timeline);
+
+    assert_eq!(ready.0, 503, "{:?}", ready.1);
+    assert_eq!(ready.1["database"], "unreachable", "{:?}", ready.1);
+    let during: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.at > down + Duration::from_millis(200) && o.at + o.elapsed < up)
+        .collect();
+    let summary: Vec<(u64, u16, Option<&str>, u128)> = outcomes
+        .iter()
+        .map(|o| {
+            (
+                o.at.duration_since(down.min(o.at)).as_millis() as u64,
+                o.status,
+                o.code.as_deref(),
+                o.elapsed.as_millis(),
+            )
+        })
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "requests were made during the outage: {summary:?}"
+    );
+    for outcome in &during {
+        assert_eq!(outcome.status, 503, "fails fast with 503 during the outage");
+        assert!(outcome.retry_after, "with Retry-After");
+        assert_eq!(outcome.code.as_deref(), Some("SERVICE_UNAVAILABLE"));
+    }
+    let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(6),
+        "nothing hangs: {slowest:?}"
+    );
+    let after: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.at > up + recovered + Duration::from_millis(100))
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|o| o.status == 200),
+        "whole again"
+    );
+
+    // The acknowledgement log against the rows.
+    let stored = db.rows("SELECT name FROM api_repository").await;
+    let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let mut acknowledged = 0;
+    for outcome in &outcomes {
+        let Some(name) = &outcome.write else { continue };
+        if outcome.acknowledged {
+            acknowledged += 1;
+            assert!(
+                stored.contains(name.as_str()),
+                "acknowledged {name} is stored"
+            );
+        } else {
+            assert!(
+                !stored.contains(name.as_str()),
+                "refused {name} is not stored"
+            );
+        }
+    }
+    assert!(acknowledged > 10, "{acknowledged} writes acknowledged");
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
 }

@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -183,6 +185,16 @@ impl TestDb {
                     schema: Some((database, schema)),
                 })
             }
+        }
+    }
+
+    /// A database at `url` that the test owns whole (a private cluster's): nothing to drop.
+    pub fn at(backend: Backend, url: String) -> Self {
+        Self {
+            backend,
+            url,
+            dir: tempfile::tempdir().expect("temp dir"),
+            schema: None,
         }
     }
 

@@ -138,6 +138,43 @@ pub fn not_found(field: &str, message: impl Into<String>) -> Error {
     with_field(Code::NotFound, field, message)
 }
 
+/// Whether a database error means "the database cannot be reached right now" (no connection
+/// in time, a refused or lost connection, a server shutting down or starting up) rather
+/// than a bug: the client should retry.
+pub fn is_unavailable(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)) => {
+            match error.as_ref() {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08 (connection exception), 57P01–57P03 (shutdown, cannot connect
+                // now), and SQLite's "database is locked" past the busy timeout.
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "5")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// How long a client should wait before retrying after `SERVICE_UNAVAILABLE`.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// The database cannot be reached: `SERVICE_UNAVAILABLE` (HTTP 503 with `Retry-After`).
+pub fn unavailable(error: &sea_orm::DbErr) -> Error {
+    tracing::warn!(%error, "database unavailable");
+    Error::new("the database is unavailable; retry shortly").extend_with(|_, e| {
+        Code::ServiceUnavailable.set(e);
+        e.set("retryAfterSeconds", RETRY_AFTER_SECONDS);
+    })
+}
+
 /// An unexpected failure: logged in full under a fresh id, reported to the client as that id.
 pub fn internal(error: impl std::fmt::Display) -> Error {
     let id = correlation_id();
@@ -177,6 +214,7 @@ impl ErrorExtensions for DomainError {
                 message,
             } => coded(Code::Conflict, message.clone()),
             DomainError::Forbidden(message) => coded(Code::Forbidden, message.clone()),
+            DomainError::Database(db) if is_unavailable(db) => unavailable(db),
             DomainError::Database(db) => internal(db),
             DomainError::Internal(message) => internal(message),
         }
@@ -188,8 +226,18 @@ pub trait OrInternal<T> {
     fn or_internal(self) -> async_graphql::Result<T>;
 }
 
-impl<T, E: std::fmt::Display> OrInternal<T> for Result<T, E> {
+impl<T, E: std::fmt::Display + 'static> OrInternal<T> for Result<T, E> {
     fn or_internal(self) -> async_graphql::Result<T> {
-        self.map_err(internal)
+        self.map_err(|error| {
+            let any: &dyn std::any::Any = &error;
+            let db = any.downcast_ref::<sea_orm::DbErr>().or_else(|| {
+                any.downcast_ref::<std::sync::Arc<sea_orm::DbErr>>()
+                    .map(|e| &**e)
+            });
+            match db {
+                Some(db) if is_unavailable(db) => unavailable(db),
+                _ => internal(error),
+            }
+        })
     }
 }

@@ -393,6 +393,12 @@ fn respond(
         .errors
         .first()
         .and_then(|e| Code::of(e.extensions.as_ref()));
+    // The database was unreachable for everything that failed: the client should retry.
+    let unavailable = !response.errors.is_empty()
+        && response
+            .errors
+            .iter()
+            .all(|e| Code::of(e.extensions.as_ref()) == Some(Code::ServiceUnavailable));
     let status = match code {
         // Refused before it ran: the status says why.
         Some(code @ (Code::Unauthenticated | Code::RateLimited | Code::ServiceUnavailable))
@@ -400,6 +406,7 @@ fn respond(
         {
             status_of(code)
         }
+        _ if unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     };
@@ -462,10 +469,14 @@ fn refusal_header(code: Code, error: &ServerError) -> Option<(header::HeaderName
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"keystone\""),
         )),
-        Code::RateLimited => {
-            let retry = match error.extensions.as_ref()?.get("retryAfterSeconds") {
+        Code::RateLimited | Code::ServiceUnavailable => {
+            let retry = match error
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get("retryAfterSeconds"))
+            {
                 Some(async_graphql::Value::Number(n)) => n.as_u64().unwrap_or(1),
-                _ => 1,
+                _ => crate::graphql::error::RETRY_AFTER_SECONDS,
             };
             Some((header::RETRY_AFTER, HeaderValue::from(retry)))
         }

@@ -1,0 +1,128 @@
+//! A PostgreSQL cluster of the test's own (`initdb` into a temporary directory, run as the
+//! `postgres` user, on a free loopback port), for tests that stop, restart or cut the
+//! database: never the shared service the rest of the suite uses.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::{Backend, TestDb};
+
+pub struct PrivateCluster {
+    /// Holds the data directory and the socket directory; owned by `postgres`.
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+/// Runs a PostgreSQL program as the `postgres` user (PostgreSQL refuses root).
+fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("runuser")
+}
+
+impl PrivateCluster {
+    /// A new, running cluster; `None` when PostgreSQL's programs are not installed (and
+    /// `KEYSTONE_REQUIRE_POSTGRES` is not set).
+    pub fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                versions
+                    .filter_map(|v| v.ok().map(|v| v.path().join("bin")))
+                    .find(|bin| bin.join("pg_ctl").exists())
+            });
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("KEYSTONE_REQUIRE_POSTGRES").is_none(),
+                "KEYSTONE_REQUIRE_POSTGRES=1 but /usr/lib/postgresql/*/bin/pg_ctl is missing"
+            );
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("keystone-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown the cluster directory to postgres");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let cluster = Self { dir, bin, port };
+        let data = cluster.data();
+        let out = as_postgres(
+            &cluster.bin.join("initdb"),
+            &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"],
+        );
+        assert!(out.status.success(), "initdb: {out:?}");
+        cluster.start_again();
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// A test database that is this cluster's `postgres` database.
+    pub fn test_db(&self) -> TestDb {
+        TestDb::at(
+            Backend::Postgres,
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+        )
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=60",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "start",
+                "-w",
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {out:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the cluster: `fast` ends sessions and rolls back what they had not committed;
+    /// `immediate` is a crash.
+    pub fn stop(&self, mode: &str) {
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["stop", "-w", "-D", &self.data(), "-m", mode],
+        );
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["stop", "-D", &self.data(), "-m", "immediate"],
+        );
+    }
+}
