@@ -265,3 +265,261 @@ async fn a_database_outage_under_load_loses_nothing_acknowledged() {
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
 }
+
+/// SIGTERM under a write load, with a WebSocket subscriber: the subscriber is closed with
+/// 1001, the process exits cleanly within its shutdown timeout, and every write it
+/// acknowledged is in the database.
+async fn sigterm_under_load(backend: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(
+        &db,
+        &[
+            "--shutdown-timeout-secs",
+            "10",
+            "--rate-limit-per-second",
+            "0",
+        ],
+    )
+    .await
+    .expect("server starts");
+    let mut socket = ws_connect(&server, &server.admin_token).await;
+    socket
+        .send(Message::Text(
+            json!({ "type": "subscribe", "id": "s", "payload": { "query": "subscription { deploymentUpdated { id } }" } })
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("send");
+    let stop = AtomicBool::new(false);
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        server.signal("TERM").await;
+        // The subscriber is told the server is going away.
+        let closed = loop {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                futures_util::StreamExt::next(&mut socket),
+            )
+            .await
+            .expect("a message within 10 s")
+            {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        };
+        // New connections are refused (polled: the listener goes as the signal is handled).
+        let address = server.base_url.trim_start_matches("http://").to_owned();
+        let mut refused = false;
+        for _ in 0..250 {
+            if tokio::net::TcpStream::connect(&address).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "new connections are refused after SIGTERM");
+        stop.store(true, Ordering::Relaxed);
+        closed
+    };
+    let (outcomes, closed) = tokio::join!(mixed_load(&server, 4, &stop), terminate);
+    let closed = closed.expect("a close frame");
+    assert_eq!(u16::from(closed.code), 1001, "{closed:?}");
+    assert!(
+        outcomes.iter().all(|o| o.status < 500),
+        "no request failed with a server error"
+    );
+    let (status, log) = server.exited().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("shutdown signal received"), "{log}");
+
+    let stored = db.rows("SELECT name FROM api_repository").await;
+    let acknowledged: Vec<&String> = outcomes
+        .iter()
+        .filter(|o| o.acknowledged)
+        .filter_map(|o| o.write.as_ref())
+        .collect();
+    assert!(!acknowledged.is_empty());
+    for name in acknowledged {
+        assert!(stored.contains(name), "acknowledged {name} is stored");
+    }
+    db.cleanup().await;
+}
+
+/// `kill -9` of the server during a stream of `deployApp` calls: after a restart every
+/// acknowledged deployment exists, no two apps hold one port, and no app is left
+/// `DEPLOYING` without a queued or running deployment.
+async fn kill_9_mid_write_leaves_a_consistent_database(backend: Backend) {
+    use std::time::Duration;
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &["--rate-limit-per-second", "0"])
+        .await
+        .expect("server starts");
+    let mut apps = Vec::new();
+    for n in 0..12 {
+        apps.push(server.create_app("web", &format!("app-{n}")).await);
+    }
+    let deploys = apps.iter().enumerate().map(|(n, app)| {
+        let (http, url) = (server.admin(), server.url("/graphql"));
+        async move {
+            let mut acknowledged = Vec::new();
+            // Deploy, cancel, deploy again… until the server is gone.
+            for round in 0.. {
+                let query = if round % 2 == 0 {
+                    "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { databaseId } } }"
+                } else {
+                    "mutation($id: ID!) { stopApp(input: { id: $id }) { app { id } } }"
+                };
+                let sent = http
+                    .post(&url)
+                    .json(&json!({ "query": query, "variables": { "id": app } }))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                let Ok(body) = response.json::<Value>().await else { break };
+                if let Some(id) = body["data"]["deployApp"]["deployment"]["databaseId"].as_i64() {
+                    acknowledged.push(id);
+                }
+                if n == 0 && round > 1000 {
+                    break;
+                }
+            }
+            acknowledged
+        }
+    });
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        server.signal("KILL").await;
+    };
+    let (acknowledged, ()) = tokio::join!(futures_util::future::join_all(deploys), kill);
+    let (status, _) = server.exited().await;
+    assert!(!status.success(), "killed");
+    let acknowledged: Vec<i64> = acknowledged.into_iter().flatten().collect();
+    assert!(
+        !acknowledged.is_empty(),
+        "some deployments were acknowledged"
+    );
+
+    // Restarted on the same database.
+    let server = Server::start(&db, &[]).await.expect("server restarts");
+    let stored = db
+        .rows("SELECT CAST(id AS varchar(20)) FROM api_deployment")
+        .await;
+    for id in &acknowledged {
+        assert!(
+            stored.contains(&id.to_string()),
+            "acknowledged deployment {id} exists"
+        );
+    }
+    assert_eq!(
+        db.rows(
+            "SELECT CAST(current_port AS varchar(20)) FROM api_app
+             WHERE current_port IS NOT NULL GROUP BY current_port HAVING COUNT(*) > 1"
+        )
+        .await,
+        Vec::<String>::new(),
+        "no port is held twice"
+    );
+    assert_eq!(
+        db.rows(
+            "SELECT name FROM api_app WHERE status = 'deploying' AND NOT EXISTS
+             (SELECT 1 FROM api_deployment d WHERE d.app_id = api_app.id
+              AND d.status IN ('queued', 'running'))"
+        )
+        .await,
+        Vec::<String>::new(),
+        "no app DEPLOYING without a pending deployment"
+    );
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}
+
+crate::on_both_backends!(
+    sigterm_under_load,
+    kill_9_mid_write_leaves_a_consistent_database
+);
+
+/// Every pooled connection busy (blocked behind a lock the test holds): further requests
+/// wait at most `--database-timeout-secs`, then get 503 with `Retry-After`, while the
+/// blocked ones are still blocked; once the lock goes, the blocked ones finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_answers_503_instead_of_queueing() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let server = Server::start(
+        &db,
+        &[
+            // Three connections: the event listener holds one, two serve requests.
+            "--database-max-connections",
+            "3",
+            "--database-timeout-secs",
+            "1",
+            "--token-cache-ms",
+            "600000",
+        ],
+    )
+    .await
+    .expect("server starts");
+    // Warm the token cache (and the token's lastUsedAt), so requests need no connection
+    // but for their query.
+    server.graphql("{ apps { totalCount } }", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let holder = db.connect().await;
+    let lock = holder.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE api_app IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let post = |query: &'static str| {
+        let (http, url) = (server.admin(), server.url("/graphql"));
+        async move {
+            let response = http
+                .post(url)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .expect("POST");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body: Value = response.json().await.expect("JSON");
+            (status, retry_after, body)
+        }
+    };
+    // Two requests take both connections and wait behind the lock.
+    let blocked: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(post("{ apps { totalCount } }")))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The next ones find no connection, and are told so.
+    for _ in 0..4 {
+        let (status, retry_after, body) = post("{ repositories { totalCount } }").await;
+        assert_eq!(status, 503, "{body:#}");
+        assert!(retry_after);
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"],
+            "SERVICE_UNAVAILABLE"
+        );
+    }
+    assert!(
+        blocked.iter().all(|b| !b.is_finished()),
+        "the first two still wait behind the lock"
+    );
+    lock.rollback().await.expect("release the lock");
+    for request in blocked {
+        let (status, _, body) = request.await.expect("join");
+        assert_eq!(status, 200, "{body:#}");
+    }
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}

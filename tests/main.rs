@@ -5,6 +5,7 @@ mod support;
 
 mod access;
 mod adoption;
+mod backup;
 mod browser;
 mod deploy;
 mod faults;

@@ -52,6 +52,12 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Write a consistent copy of a SQLite database to FILE, also while the server runs
+    /// (PostgreSQL: use `pg_dump`, see the README).
+    Backup {
+        /// Where to write the copy (must not exist).
+        file: std::path::PathBuf,
+    },
     /// Check that migrations apply, match the entities, and round-trip.
     Verify {
         /// Check the configured database itself instead of a scratch one (only the checks
@@ -130,6 +136,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { command } => token(&cli.database.database_url, command).await,
         Command::Schema => {
             print!("{}", crate::graphql::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { file } => {
+            let db = connection::connect_for_migrations(&cli.database.database_url).await?;
+            let written = crate::backup::write(&db, &file).await;
+            db.close().await?;
+            let bytes = written?;
+            println!(
+                "Wrote a consistent copy of the database to {} ({bytes} bytes).",
+                file.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { in_place } => {

@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// never cancelled halfway.
     #[arg(long, env = "KEYSTONE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C before the process
+    /// exits anyway (WebSocket clients are closed with 1001 at once).
+    #[arg(long, env = "KEYSTONE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
     /// Requests per second each token may make on average (0: no limit).
     #[arg(long, env = "KEYSTONE_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
     pub rate_limit_per_second: u32,
@@ -203,6 +207,7 @@ pub struct Config {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
     pub token_cache: Duration,
@@ -236,6 +241,7 @@ impl Config {
             },
             max_body_bytes: serve.max_body_bytes,
             request_timeout: Duration::from_secs(serve.request_timeout_secs),
+            shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
             rate_limit_per_second: serve.rate_limit_per_second,
             rate_limit_burst: serve.rate_limit_burst,
             token_cache: Duration::from_millis(serve.token_cache_ms),

@@ -2,6 +2,7 @@
 //! that are more than a call into another crate (`verify`, `bench`). `main.rs` only sets up
 //! the runtime and logging and calls in here.
 
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -106,6 +107,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         },
         config.limits,
     );
+    let stopping = tokio::sync::watch::Sender::new(false);
     let app = http::router(
         http::AppState {
             db: db.clone(),
@@ -116,6 +118,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             document_limits: config.limits.document,
             websocket: config.websocket,
             sockets: Arc::default(),
+            shutdown: stopping.subscribe(),
         },
         http::RouterOptions {
             max_body_bytes: config.max_body_bytes,
@@ -159,12 +162,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         None => tracing::info!("GraphQL endpoint: {base}/graphql"),
     }
     tracing::info!("listening on http://{address}");
-    axum::serve(
+    let signalled = stopping.clone();
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // Stops accepting; WebSocket connections are told to go away.
+        signalled.send_replace(true);
+    })
+    .into_future();
+    // In-flight requests finish, for at most the shutdown timeout after the signal.
+    let mut signal = stopping.subscribe();
+    let deadline = async move {
+        let _ = signal.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(config.shutdown_timeout).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!(
+            timeout_s = config.shutdown_timeout.as_secs_f64(),
+            "requests still running at the shutdown timeout: exiting anyway"
+        ),
+    }
     sweeper.abort();
     relay.close();
     tracing::info!("shutting down: closing the database pool");

@@ -67,16 +67,23 @@ impl PrivateCluster {
         Some(cluster)
     }
 
+    /// One of the cluster's PostgreSQL programs (`pg_dump`, `pg_restore`, `psql`, …).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// The URL of database `name` on this cluster.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
     fn data(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }
 
     /// A test database that is this cluster's `postgres` database.
     pub fn test_db(&self) -> TestDb {
-        TestDb::at(
-            Backend::Postgres,
-            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
-        )
+        TestDb::at(Backend::Postgres, self.url("postgres"))
     }
 
     /// Starts the (stopped) cluster and waits until it accepts connections.

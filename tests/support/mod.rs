@@ -471,6 +471,28 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits: the exit status and everything the server logged.
+    /// Sends the server `signal` (`TERM`, `KILL`, …) without waiting for it to exit.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("server pid");
+        Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+    }
+
+    /// Waits (at most 30 s) for the server to exit: its status and everything it logged.
+    pub async fn exited(mut self) -> (ExitStatus, String) {
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
+        else {
+            let _ = self.child.kill().await;
+            let log = self.log.await.unwrap_or_default();
+            panic!("server did not exit within 30 s; its log:\n{log}");
+        };
+        let log = self.log.await.unwrap_or_default();
+        (status.expect("wait"), log)
+    }
+
     pub async fn stop(mut self) -> (ExitStatus, String) {
         let pid = self.child.id().expect("server pid");
         Command::new("kill")

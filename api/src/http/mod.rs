@@ -42,6 +42,8 @@ pub struct AppState {
     pub websocket: WebSocketLimits,
     /// Connections and subscriptions open, for the WebSocket limits.
     pub sockets: Arc<Sockets>,
+    /// Turns `true` when the server shuts down: WebSocket connections close with 1001.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What the router serves besides the API.

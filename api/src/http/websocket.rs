@@ -56,6 +56,8 @@ pub struct WebSocketLimits {
 
 /// Close codes of `graphql-transport-ws`.
 const FORBIDDEN: u16 = 4403;
+/// RFC 6455 "going away": the server shuts down; reconnect (to another instance, or later).
+const GOING_AWAY: u16 = 1001;
 const INIT_TIMEOUT: u16 = 4408;
 const DUPLICATE_ID: u16 = 4409;
 const UNAUTHORIZED: u16 = 4401;
@@ -227,6 +229,7 @@ async fn supervise(
     let mut running: HashMap<String, Slot<i64>> = HashMap::new();
     let init_deadline = tokio::time::sleep(limits.init_timeout);
     tokio::pin!(init_deadline);
+    let mut shutdown = state.shutdown.clone();
     let mut recheck = tokio::time::interval(limits.recheck);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -317,6 +320,9 @@ async fn supervise(
             established = &mut session_rx, if awaiting_init => {
                 awaiting_init = false;
                 session = established.ok();
+            }
+            () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
+                break Some((GOING_AWAY, "server shutting down".to_owned()));
             }
             () = &mut init_deadline, if session.is_none() => {
                 break Some((INIT_TIMEOUT, "Connection initialisation timeout".to_owned()));

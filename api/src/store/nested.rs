@@ -9,8 +9,9 @@
 //! - PostgreSQL: `unnest($1) AS p CROSS JOIN LATERAL (SELECT … WHERE parent = p … ORDER BY
 //!   … LIMIT n + 1)`;
 //! - SQLite has no `LATERAL`; its equivalent is a correlated `IN` subquery per parent:
-//!   `json_each(?) AS p JOIN t ON t.id IN (SELECT id FROM t WHERE parent = p.value … ORDER BY
-//!   … LIMIT n + 1)`, which SQLite runs once per `p` row against the same index.
+//!   `json_each(?) AS p CROSS JOIN t ON t.id IN (SELECT id FROM t WHERE parent = p.value …
+//!   ORDER BY … LIMIT n + 1)`, which SQLite runs once per `p` row against the same index
+//!   (`CROSS JOIN` keeps the parents as the outer loop).
 //!
 //! Only the columns a query needs are read ([`Columns`]); the others get an empty stand-in
 //! of their type, so the rows still decode as the entity's model.
@@ -23,7 +24,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic,
-    Iterable, QueryFilter, QuerySelect,
+    Iterable, QueryFilter, QuerySelect, Statement,
 };
 
 use super::page::{PageArgs, PageRows, Paged, cursor_conditions, finish, sql_order};
@@ -104,7 +105,34 @@ pub async fn pages_per_parent<E: StandIns>(
 where
     E::Model: FromQueryResult,
 {
-    let backend = db.get_database_backend();
+    let statement = page_statement::<E>(
+        db.get_database_backend(),
+        parent_column,
+        parents,
+        filter,
+        page,
+        columns,
+    );
+    let rows = E::Model::find_by_statement(statement).all(db).await?;
+    let mut grouped: HashMap<i64, Vec<E::Model>> = HashMap::new();
+    for row in rows {
+        grouped.entry(parent_of(&row)).or_default().push(row);
+    }
+    Ok(grouped
+        .into_iter()
+        .map(|(parent, rows)| (parent, finish(rows, page)))
+        .collect())
+}
+
+/// The statement of [`pages_per_parent`]: its text is the same for any number of parents.
+fn page_statement<E: StandIns>(
+    backend: DatabaseBackend,
+    parent_column: E::Column,
+    parents: &[i64],
+    filter: Condition,
+    page: &PageArgs,
+    columns: Columns,
+) -> Statement {
     let table = E::default().table_name().to_owned();
     let parent = Alias::new("p");
     let parent_value = match backend {
@@ -149,40 +177,34 @@ where
         }
         _ => {
             top.column(E::id_column());
-            select_list::<E>(&mut select, Some(&table), columns);
+            // The outer rows are `t`, so that no name in the subquery can mean them.
+            select_list::<E>(&mut select, Some("t"), columns);
             select
                 .from_function(
                     Func::cust("json_each").arg(Expr::val(format!("[{ids}]"))),
                     parent.clone(),
                 )
-                .join(
-                    JoinType::InnerJoin,
+                // CROSS JOIN fixes the loop order (SQLite's rule): parents outside, rows
+                // by rowid inside. Left to itself, SQLite 3.51 scans the whole table in
+                // index order to skip the final sort: 400 ms instead of 0.3 ms for 50
+                // parents of 5,000.
+                .join_as(
+                    JoinType::CrossJoin,
                     Alias::new(&table),
-                    Expr::col((Alias::new(&table), E::id_column())).in_subquery(top),
-                );
+                    row.clone(),
+                    Condition::all(),
+                )
+                // (A CROSS JOIN has no ON: the condition goes in WHERE.)
+                .and_where(Expr::col((row.clone(), E::id_column())).in_subquery(top));
         }
     }
-    let rows_of = |column| match backend {
-        DatabaseBackend::Postgres => Expr::col((row.clone(), column)),
-        _ => Expr::col((Alias::new(&table), column)),
-    };
+    let rows_of = |column| Expr::col((row.clone(), column));
     select.order_by_expr(rows_of(parent_column), sql_order(false));
     if let Some(sort) = sort {
         select.order_by_expr(rows_of(sort), sql_order(desc));
     }
     select.order_by_expr(rows_of(E::id_column()), sql_order(desc));
-
-    let rows = E::Model::find_by_statement(backend.build(&select))
-        .all(db)
-        .await?;
-    let mut grouped: HashMap<i64, Vec<E::Model>> = HashMap::new();
-    for row in rows {
-        grouped.entry(parent_of(&row)).or_default().push(row);
-    }
-    Ok(grouped
-        .into_iter()
-        .map(|(parent, rows)| (parent, finish(rows, page)))
-        .collect())
+    backend.build(&select)
 }
 
 #[derive(FromQueryResult)]
@@ -209,4 +231,55 @@ pub async fn counts_per_parent<E: EntityTrait>(
         .all(db)
         .await?;
     Ok(counts.into_iter().map(|c| (c.parent, c.n as u64)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use entity::deployment::{Column, DeploymentStatus, Entity};
+    use sea_orm::{ColumnTrait, Condition, DatabaseBackend};
+
+    use super::*;
+    use crate::store::page::{Order, SortKey};
+
+    fn statement(backend: DatabaseBackend, parents: &[i64]) -> Statement {
+        page_statement::<Entity>(
+            backend,
+            Column::AppId,
+            parents,
+            Condition::all().add(Column::Status.is_in([DeploymentStatus::Failed])),
+            &PageArgs::first(
+                10,
+                Order {
+                    key: SortKey::CreatedAt,
+                    desc: true,
+                },
+            ),
+            Columns::of([Column::ImageTag]),
+        )
+    }
+
+    /// One prepared statement for every batch size: the ids are one parameter.
+    #[test]
+    fn the_statement_does_not_depend_on_the_number_of_parents() {
+        for backend in [DatabaseBackend::Postgres, DatabaseBackend::Sqlite] {
+            let few = statement(backend, &[1, 2]);
+            let many = statement(backend, &(1..=250).collect::<Vec<_>>());
+            assert_eq!(few.sql, many.sql, "{backend:?}");
+            let count = |s: &Statement| s.values.as_ref().map_or(0, |v| v.0.len());
+            assert_eq!(count(&few), count(&many), "{backend:?}");
+            // Of the optional columns, only the selected one is read.
+            assert!(few.sql.contains("\"image_tag\""), "{}", few.sql);
+            assert!(few.sql.contains("AS \"error_summary\""), "{}", few.sql);
+        }
+        assert!(
+            statement(DatabaseBackend::Postgres, &[1])
+                .sql
+                .contains("LATERAL")
+        );
+        let sqlite = statement(DatabaseBackend::Sqlite, &[1]).sql;
+        assert!(
+            sqlite.contains("FROM json_each(?) AS \"p\" CROSS JOIN"),
+            "{sqlite}"
+        );
+    }
 }

@@ -1,0 +1,51 @@
+//! `keystone backup FILE`: a consistent copy of a SQLite database, taken while servers keep
+//! reading and writing it.
+//!
+//! `VACUUM INTO` copies the database as one read transaction sees it (SQLite 3.27+): a
+//! snapshot with every committed write up to its start and none after, compacted, written
+//! to a new file that is a complete database on its own. It is SQLite's own online copy,
+//! like the backup API, without a page-by-page loop to restart when writers intervene.
+//! PostgreSQL has `pg_dump` for this, consistent by the same snapshot rule (README,
+//! "Backups").
+
+use std::path::Path;
+
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0} exists already; choose a new file")]
+    Exists(String),
+    #[error(
+        "keystone backup copies SQLite databases; for PostgreSQL use pg_dump \
+         (pg_dump --format=custom --file=FILE DATABASE_URL), see the README"
+    )]
+    Postgres,
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("cannot read the copy: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes the copy; returns its size in bytes.
+pub async fn write(db: &DatabaseConnection, file: &Path) -> Result<u64, BackupError> {
+    if db.get_database_backend() != DatabaseBackend::Sqlite {
+        return Err(BackupError::Postgres);
+    }
+    if file.exists() {
+        return Err(BackupError::Exists(file.display().to_string()));
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Sqlite,
+        "VACUUM INTO ?",
+        [file.display().to_string().into()],
+    ))
+    .await?;
+    // The copy holds Keystone's tokens and config: only its owner may read it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(std::fs::metadata(file)?.len())
+}
