@@ -523,3 +523,172 @@ async fn pool_exhaustion_answers_503_instead_of_queueing() {
     assert!(status.success(), "{log}");
     db.cleanup().await;
 }
+
+/// A small filesystem of the test's own (tmpfs), unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the suite runs as root)"
+        );
+        Self { path }
+    }
+
+    /// Fills the disk to the last byte with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while file.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The disk under the logs directory and the SQLite database fills up: log appends and
+/// writes fail with `INSUFFICIENT_STORAGE` and store nothing, reads go on, and once space
+/// returns the same chunk and new writes go through, each stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let disk = SmallDisk::mount(scratch.path().join("disk"), "4m");
+    let db = TestDb::at(
+        Backend::Sqlite,
+        format!(
+            "sqlite://{}?mode=rwc",
+            disk.path.join("keystone.sqlite3").display()
+        ),
+    );
+    let logs = disk.path.join("logs");
+    let server = Server::start(
+        &db,
+        &[
+            "--logs-dir",
+            logs.to_str().unwrap(),
+            "--rate-limit-per-second",
+            "0",
+        ],
+    )
+    .await
+    .expect("server starts");
+    let app = server.create_app("web", "web-app").await;
+    server
+        .graphql(
+            "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
+            json!({ "id": app }),
+        )
+        .await;
+    let runner = server.create_token("r1", "RUNNER").await;
+    let (_, claimed) = server
+        .graphql_as(
+            &runner,
+            "mutation { claimDeployment { deployment { id } } }",
+            json!({}),
+        )
+        .await;
+    let deployment = claimed["data"]["claimDeployment"]["deployment"]["id"].clone();
+    let append = |sequence: i64, chunk: String| {
+        let (server, runner, deployment) = (&server, &runner, deployment.clone());
+        async move {
+            server
+                .graphql_as(
+                    runner,
+                    "mutation($id: ID!, $chunk: String!, $n: Int) { appendDeploymentLog(input: { deploymentId: $id, chunk: $chunk, sequence: $n }) { sequence } }",
+                    json!({ "id": deployment, "chunk": chunk, "n": sequence }),
+                )
+                .await
+                .1
+        }
+    };
+    let body = append(1, "line one\n".to_owned()).await;
+    assert_eq!(
+        body["data"]["appendDeploymentLog"]["sequence"], 1,
+        "{body:#}"
+    );
+
+    let filler = disk.fill();
+    let big = format!("{}\n", "x".repeat(60_000));
+    let body = append(2, big.clone()).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INSUFFICIENT_STORAGE",
+        "{body:#}"
+    );
+    // Reads go on.
+    let body = server.graphql("{ apps { totalCount } }", json!({})).await;
+    assert_eq!(Server::data(&body)["apps"]["totalCount"], 1);
+    // The database refuses writes once its file cannot grow, and keeps none of them.
+    let mut refused = None;
+    for n in 0..5_000 {
+        let name = format!("repo-{n:04}-{}", "y".repeat(110));
+        let (_, body) = server
+            .graphql_as(
+                &server.admin_token,
+                "mutation($input: CreateRepositoryInput!) { createRepository(input: $input) { repository { id } } }",
+                json!({ "input": { "name": &name[..120], "gitUrl": "https://e.com/r.git" } }),
+            )
+            .await;
+        if body.get("errors").is_some() {
+            assert_eq!(
+                body["errors"][0]["extensions"]["code"], "INSUFFICIENT_STORAGE",
+                "{body:#}"
+            );
+            refused = Some(name[..120].to_owned());
+            break;
+        }
+    }
+    let refused = refused.expect("the database refused a write on a full disk");
+
+    // Space returns.
+    std::fs::remove_file(filler).expect("free the disk");
+    let body = append(2, big.clone()).await;
+    assert_eq!(
+        body["data"]["appendDeploymentLog"]["sequence"], 2,
+        "{body:#}"
+    );
+    server
+        .graphql(
+            "mutation { createRepository(input: { name: \"after\", gitUrl: \"https://e.com/a.git\" }) { repository { id } } }",
+            json!({}),
+        )
+        .await;
+    let names = db.rows("SELECT name FROM api_repository").await;
+    assert!(names.contains(&"after".to_owned()));
+    assert!(!names.contains(&refused), "the refused write left nothing");
+    let log = std::fs::read_dir(&logs)
+        .expect("logs dir")
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("deployment-"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("log"))
+        .expect("the deployment's log");
+    assert_eq!(
+        log,
+        format!("line one\n{big}"),
+        "each chunk stored once, whole"
+    );
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    drop(disk);
+}

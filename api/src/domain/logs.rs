@@ -101,9 +101,16 @@ impl LogStore {
                     full: true,
                 });
             }
+            // A write the disk cannot take leaves the file as it was: a retried chunk is
+            // then written once, whole.
+            let mut write = |bytes: &[u8]| {
+                file.write_all(bytes).inspect_err(|_| {
+                    let _ = file.set_len(size);
+                })
+            };
             let room = usize::try_from(max - size).unwrap_or(usize::MAX);
             if text.len() <= room {
-                file.write_all(text.as_bytes())?;
+                write(text.as_bytes())?;
                 return Ok(Appended { text, full: false });
             }
             let mut cut = room;
@@ -116,7 +123,7 @@ impl LogStore {
             }
             written.push_str(TRUNCATED_MARKER);
             written.push('\n');
-            file.write_all(written.as_bytes())?;
+            write(written.as_bytes())?;
             Ok(Appended {
                 text: written,
                 full: true,
@@ -223,7 +230,15 @@ async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| DomainError::Internal(format!("log I/O task failed: {e}")))?
-        .map_err(|e| DomainError::Internal(format!("log file: {e}")))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                DomainError::StorageFull(format!(
+                    "the logs directory has no space left ({e}): nothing was stored; send the \
+                     chunk again once there is space"
+                ))
+            }
+            _ => DomainError::Internal(format!("log file: {e}")),
+        })
 }
 
 /// The end of a log.

@@ -45,6 +45,9 @@ pub enum DomainError {
     Forbidden(String),
     #[error("database error: {0}")]
     Database(DbErr),
+    /// The disk under the logs directory (or the database) is full: nothing was stored.
+    #[error("{0}")]
+    StorageFull(String),
     /// Something the server needs failed (not the database).
     #[error("{0}")]
     Internal(String),

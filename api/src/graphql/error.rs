@@ -37,12 +37,14 @@ pub enum Code {
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
+    /// The disk is full: nothing was stored (HTTP 507 when nothing ran).
+    InsufficientStorage,
     /// Unexpected; logged under `extensions.correlationId`.
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 21] = [
+    pub const ALL: [Code; 22] = [
         Code::BadUserInput,
         Code::NotFound,
         Code::Conflict,
@@ -63,6 +65,7 @@ impl Code {
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
         Code::MethodNotAllowed,
+        Code::InsufficientStorage,
         Code::Internal,
     ];
 
@@ -88,6 +91,7 @@ impl Code {
             Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Code::InsufficientStorage => "INSUFFICIENT_STORAGE",
             Code::Internal => "INTERNAL",
         }
     }
@@ -163,6 +167,23 @@ pub fn is_unavailable(error: &sea_orm::DbErr) -> bool {
     }
 }
 
+/// Whether a database error means its disk is full (SQLite `SQLITE_FULL`, PostgreSQL
+/// `disk_full`): nothing was written.
+pub fn is_storage_full(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)) => {
+            matches!(error.as_ref(), sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| matches!(&*code, "13" | "53100")))
+        }
+        _ => false,
+    }
+}
+
+fn storage_full(message: impl Into<String>) -> Error {
+    coded(Code::InsufficientStorage, message)
+}
+
 /// How long a client should wait before retrying after `SERVICE_UNAVAILABLE`.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -215,6 +236,10 @@ impl ErrorExtensions for DomainError {
             } => coded(Code::Conflict, message.clone()),
             DomainError::Forbidden(message) => coded(Code::Forbidden, message.clone()),
             DomainError::Database(db) if is_unavailable(db) => unavailable(db),
+            DomainError::Database(db) if is_storage_full(db) => storage_full(
+                "the database's disk is full: nothing was written; retry once there is space",
+            ),
+            DomainError::StorageFull(message) => storage_full(message.clone()),
             DomainError::Database(db) => internal(db),
             DomainError::Internal(message) => internal(message),
         }
@@ -236,6 +261,9 @@ impl<T, E: std::fmt::Display + 'static> OrInternal<T> for Result<T, E> {
             });
             match db {
                 Some(db) if is_unavailable(db) => unavailable(db),
+                Some(db) if is_storage_full(db) => storage_full(
+                    "the database's disk is full: nothing was written; retry once there is space",
+                ),
                 _ => internal(error),
             }
         })

@@ -450,6 +450,7 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         Code::BadUserInput
         | Code::NotFound
         | Code::Conflict
