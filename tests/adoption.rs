@@ -11,6 +11,7 @@ const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
 const CONFIG_VARS: &str = "m20261130_000006_app_config";
 const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
+const CHECKS: &str = "m20261130_000008_check_enumerations";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -90,7 +91,8 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
             LIFECYCLE,
             RUNNER,
             CONFIG_VARS,
-            STATUS_INDEX
+            STATUS_INDEX,
+            CHECKS
         ],
         "adopted, then migrated on"
     );

@@ -12,6 +12,7 @@ const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
 const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
 const CONFIG_VARS: &str = "m20261130_000006_app_config";
 const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
+const CHECKS: &str = "m20261130_000008_check_enumerations";
 const KEYSTONE_TABLES: [&str; 9] = [
     "api_app",
     "api_app_env",
@@ -63,7 +64,8 @@ async fn migrate_from_empty(backend: Backend) {
             LIFECYCLE,
             RUNNER,
             CONFIG_VARS,
-            STATUS_INDEX
+            STATUS_INDEX,
+            CHECKS
         ]
     );
 
@@ -111,16 +113,16 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let pending = keystone(&db, &["migrate", "status", "--check"]).await;
     pending.assert_failure();
     let printed = format!("{}{}", pending.stdout, pending.stderr);
-    assert!(printed.contains("7 migration(s) pending"), "{printed}");
-    assert!(printed.contains(STATUS_INDEX), "{printed}");
-    keystone(&db, &["migrate", "up", "6"])
+    assert!(printed.contains("8 migration(s) pending"), "{printed}");
+    assert!(printed.contains(CHECKS), "{printed}");
+    keystone(&db, &["migrate", "up", "7"])
         .await
         .assert_success();
     let one = keystone(&db, &["migrate", "status", "--check"]).await;
     one.assert_failure();
     assert!(
         one.stderr
-            .contains(&format!("1 migration(s) pending: {STATUS_INDEX}")),
+            .contains(&format!("1 migration(s) pending: {CHECKS}")),
         "{}",
         one.stderr
     );
@@ -135,6 +137,63 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let newer = keystone(&db, &["migrate", "status", "--check"]).await;
     newer.assert_failure();
     assert!(newer.stderr.contains("does not know"), "{}", newer.stderr);
+    db.cleanup().await;
+}
+
+/// Another program's writes of values Keystone cannot read are refused by the database;
+/// a database that holds such rows already is not migrated, and the rows are named.
+async fn the_database_refuses_what_keystone_cannot_read(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    keystone(&db, &["migrate", "up", "7"])
+        .await
+        .assert_success();
+    db.exec(
+        "INSERT INTO api_repository (id, name, git_url, default_branch) VALUES (1, 'r', 'https://e.com/r.git', 'main');
+         INSERT INTO api_app (id, name, access_mode, status, repo_id) VALUES (1, 'a', 'PORT', 'paused', 1);",
+    )
+    .await;
+    let refused = keystone(&db, &["migrate", "up"]).await;
+    refused.assert_failure();
+    let printed = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        printed.contains("api_app id 1: status is \"paused\" but must be one of draft"),
+        "{printed}"
+    );
+    assert!(
+        !db.rows("SELECT version FROM seaql_migrations")
+            .await
+            .contains(&CHECKS.to_owned()),
+        "nothing changed"
+    );
+    db.exec("UPDATE api_app SET status = 'stopped' WHERE id = 1")
+        .await;
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+
+    let foreign = db.connect().await;
+    let long_name = "n".repeat(121);
+    for statement in [
+        "UPDATE api_app SET status = 'paused' WHERE id = 1".to_owned(),
+        "UPDATE api_app SET access_mode = 'TUNNEL' WHERE id = 1".to_owned(),
+        "INSERT INTO api_deployment (status, image_tag, created_at, error_summary, logs_path, app_id) \
+         VALUES ('exploded', '', CURRENT_TIMESTAMP, '', '', 1)"
+            .to_owned(),
+        format!("UPDATE api_repository SET name = '{long_name}' WHERE id = 1"),
+    ] {
+        let result = foreign.execute_unprepared(&statement).await;
+        assert!(result.is_err(), "refused: {statement}");
+    }
+    assert_eq!(
+        db.rows("SELECT status FROM api_app WHERE id = 1").await,
+        ["stopped"]
+    );
+    // What Keystone writes still goes in.
+    foreign
+        .execute_unprepared("UPDATE api_app SET status = 'running' WHERE id = 1")
+        .await
+        .expect("a known value");
     db.cleanup().await;
 }
 
@@ -155,10 +214,10 @@ async fn concurrent_migrations_take_turns() {
         let applied = |out: &crate::support::Output| out.stdout.matches("Applied ").count();
         let mut counts = [applied(&a), applied(&b)];
         counts.sort_unstable();
-        assert_eq!(counts, [0, 7], "{}\n---\n{}", a.stdout, b.stdout);
+        assert_eq!(counts, [0, 8], "{}\n---\n{}", a.stdout, b.stdout);
         assert_eq!(
             db.count("SELECT COUNT(*) FROM seaql_migrations").await,
-            7,
+            8,
             "each migration recorded once"
         );
         keystone(&db, &["migrate", "reset"]).await.assert_success();
@@ -172,6 +231,13 @@ async fn down_up_round_trip(backend: Backend) {
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {CHECKS}")),
+        "{}",
+        down.stdout
+    );
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -288,6 +354,14 @@ async fn drift_detection_names_the_column(backend: Backend) {
         .assert_success();
 
     // Shrink a column behind Keystone's back, and add one no entity knows.
+    if backend == Backend::Sqlite {
+        // SQLite's length checks are triggers on the column (migration 8).
+        db.exec(
+            "DROP TRIGGER api_deployment_logs_path_insert; \
+             DROP TRIGGER api_deployment_logs_path_update;",
+        )
+        .await;
+    }
     db.exec(
         "ALTER TABLE api_deployment DROP COLUMN logs_path; \
          ALTER TABLE api_deployment ADD COLUMN logs_path varchar(100) NOT NULL DEFAULT ''; \
@@ -361,6 +435,7 @@ on_both_backends!(
     migrate_from_empty,
     status_output,
     status_check_gates_on_pending_and_unknown,
+    the_database_refuses_what_keystone_cannot_read,
     down_up_round_trip,
     verify_passes_on_scratch_database,
     drift_detection_names_the_column,
@@ -398,7 +473,7 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(STATUS_INDEX)
+        Some(CHECKS)
     );
     db.cleanup().await;
 }

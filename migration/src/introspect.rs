@@ -406,10 +406,29 @@ async fn discover_postgres(db: &DatabaseConnection) -> Result<BTreeMap<String, T
     use sea_schema::postgres::discovery::SchemaDiscovery;
 
     let schema_name = current_schema(db).await?;
-    let schema = SchemaDiscovery::new(db.get_postgres_connection_pool().clone(), &schema_name)
-        .discover()
-        .await
-        .map_err(discovery_error)?;
+    // `information_schema.check_constraints` is not filtered by schema before PostgreSQL
+    // evaluates each constraint, so DDL in another schema of the same database (a table
+    // dropped meanwhile) can fail one discovery with "could not open relation with OID":
+    // that is retried.
+    let mut attempt = 0;
+    let schema = loop {
+        attempt += 1;
+        match SchemaDiscovery::new(db.get_postgres_connection_pool().clone(), &schema_name)
+            .discover()
+            .await
+        {
+            Ok(schema) => break schema,
+            Err(error)
+                if attempt < 5
+                    && error
+                        .to_string()
+                        .contains("could not open relation with OID") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            Err(error) => return Err(discovery_error(error)),
+        }
+    };
     let mut tables = BTreeMap::new();
     for table in schema.tables {
         let mut shape = TableShape::default();

@@ -20,6 +20,7 @@ mod m20261126_000004_deployment_lifecycle;
 mod m20261130_000005_runner_placement_and_commits;
 mod m20261130_000006_app_config;
 mod m20261130_000007_index_deployments_by_status;
+mod m20261130_000008_check_enumerations;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_runner_placement_and_commits::Migration),
             Box::new(m20261130_000006_app_config::Migration),
             Box::new(m20261130_000007_index_deployments_by_status::Migration),
+            Box::new(m20261130_000008_check_enumerations::Migration),
         ]
     }
 }
