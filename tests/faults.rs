@@ -692,3 +692,84 @@ async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     assert!(status.success(), "{log}");
     drop(disk);
 }
+
+/// The connections between Keystone and PostgreSQL are cut, then stall, then are cut again
+/// (a proxy in between), under a mixed load: no request waits past the request timeout
+/// (a stalled mutation is answered `TIMEOUT`, outcome unknown, and finishes in the
+/// background), the pool recovers by itself, and every acknowledged write is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_stalled_connections_leave_nothing_hanging() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let Some(cluster) = PrivateCluster::start() else {
+        return;
+    };
+    let proxy = crate::support::proxy::ChaosProxy::start(
+        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
+    )
+    .await;
+    let db = TestDb::at(
+        Backend::Postgres,
+        format!("postgres://postgres@{}/postgres", proxy.address),
+    );
+    let server = Server::start(
+        &db,
+        &[
+            "--request-timeout-secs",
+            "2",
+            "--database-timeout-secs",
+            "1",
+            "--rate-limit-per-second",
+            "0",
+        ],
+    )
+    .await
+    .expect("server starts");
+    let stop = AtomicBool::new(false);
+    let timeline = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy.stall();
+        // Longer than twice the request timeout: a request that waited it out would show.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        proxy.cut();
+        proxy.resume();
+        let back = Instant::now();
+        while server.ready().await.0 != 200 {
+            assert!(back.elapsed() < Duration::from_secs(5), "ready within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let recovered = Instant::now();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.store(true, Ordering::Relaxed);
+        recovered
+    };
+    let (outcomes, recovered) = tokio::join!(mixed_load(&server, 6, &stop), timeline);
+
+    let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_millis(4500),
+        "nothing waits past the 2 s request timeout: {slowest:?}"
+    );
+    let timeouts = outcomes
+        .iter()
+        .filter(|o| o.code.as_deref() == Some("TIMEOUT"))
+        .count();
+    assert!(timeouts > 0, "the stall was felt");
+    let after: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.at > recovered + Duration::from_millis(100))
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|o| o.status == 200),
+        "the pool recovered"
+    );
+    let stored = db.rows("SELECT name FROM api_repository").await;
+    for outcome in outcomes.iter().filter(|o| o.acknowledged) {
+        let name = outcome.write.as_ref().unwrap();
+        assert!(stored.contains(name), "acknowledged {name} is stored");
+    }
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+}

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

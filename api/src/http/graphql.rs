@@ -281,15 +281,24 @@ async fn execute(
         .unwrap_or_else(|| "-".to_owned());
     state.metrics.count_request();
     let credential = credential(headers);
-    let principal = match state
-        .admission
-        .admit(
+    // One deadline for the whole request, admission included: a stalled database cannot
+    // hold a client past the request timeout.
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    let admitted = tokio::time::timeout_at(
+        deadline,
+        state.admission.admit(
             &state.db,
             credential.0.as_deref(),
             ClientAddress(Some(peer.ip())),
-        )
-        .await
-    {
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(crate::graphql::guardrails::auth_error(
+            &crate::domain::access::AuthError::Unavailable,
+        ))
+    });
+    let principal = match admitted {
         Ok(principal) => principal,
         Err(refusal) => {
             return respond(
@@ -328,24 +337,44 @@ async fn execute(
     let run = with_request_loaders(state.db.clone(), move |loaders| {
         Box::pin(async move { schema.execute(request.data(loaders)).await })
     });
-    // Queries are cancelled at the timeout (they change nothing). Mutations always run to
-    // the end: cancelling one could land between its COMMIT and the answer, and the client
-    // would be told a change failed that was made. Their transactions are short, and bounded
-    // by the pool's and the database's own timeouts.
+    // Queries are cancelled at the timeout (they change nothing). Mutations are never
+    // cancelled: cancelling one could land between its COMMIT and the answer. One still
+    // running at the timeout (the database stalled) goes on in the background, and the
+    // client is told its outcome is unknown instead of waiting without bound.
+    let seconds = state.request_timeout.as_secs_f64();
     let response = if mutation {
-        run.await
-    } else {
-        match tokio::time::timeout(state.request_timeout, run).await {
-            Ok(response) => response,
+        let mut running = tokio::spawn(run);
+        match tokio::time::timeout_at(deadline, &mut running).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                return plain_error(
+                    Code::Internal,
+                    media,
+                    &crate::graphql::error::internal(format!("a mutation task failed: {error}"))
+                        .message,
+                );
+            }
             Err(_) => {
-                tracing::warn!(operation = %Escaped(&operation), timeout_s = state.request_timeout.as_secs_f64(), "graphql query timed out");
+                tracing::warn!(operation = %Escaped(&operation), timeout_s = seconds, "graphql mutation still running at the timeout; it goes on in the background");
                 return plain_error(
                     Code::Timeout,
                     media,
                     &format!(
-                        "the query did not finish within {} s and was cancelled",
-                        state.request_timeout.as_secs_f64()
+                        "the mutation did not finish within {seconds} s; it goes on, and its \
+                         outcome is unknown: check before retrying"
                     ),
+                );
+            }
+        }
+    } else {
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(operation = %Escaped(&operation), timeout_s = seconds, "graphql query timed out");
+                return plain_error(
+                    Code::Timeout,
+                    media,
+                    &format!("the query did not finish within {seconds} s and was cancelled"),
                 );
             }
         }
