@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::cluster::PrivateCluster;
-use crate::support::{Backend, Server, TestDb, ws_connect, ws_next};
+use crate::support::{Backend, Server, TestDb, ws_connect, ws_next, ws_subscribe};
 
 /// The next `next` payload of operation `id` on `socket`.
 async fn next_payload(socket: &mut crate::support::Socket, id: &str) -> Value {
@@ -32,15 +32,8 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
     let server = Server::start(&db, &[]).await.expect("server starts");
     let app = server.create_app("web", "web-app").await;
     let mut socket = ws_connect(&server, &server.admin_token).await;
-    let subscribe = |id: &str, query: &str| {
-        Message::Text(
-            json!({ "type": "subscribe", "id": id, "payload": { "query": query } })
-                .to_string()
-                .into(),
-        )
-    };
     socket
-        .send(subscribe(
+        .send(ws_subscribe(
             "s",
             "subscription { deploymentUpdated { status } }",
         ))
@@ -48,7 +41,7 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
         .expect("send");
     // The subscription is live once a query sent after it has been answered.
     socket
-        .send(subscribe("q", "{ viewer { name } }"))
+        .send(ws_subscribe("q", "{ viewer { name } }"))
         .await
         .expect("send");
     next_payload(&mut socket, "q").await;
@@ -288,10 +281,9 @@ async fn sigterm_under_load(backend: Backend) {
     .expect("server starts");
     let mut socket = ws_connect(&server, &server.admin_token).await;
     socket
-        .send(Message::Text(
-            json!({ "type": "subscribe", "id": "s", "payload": { "query": "subscription { deploymentUpdated { id } }" } })
-                .to_string()
-                .into(),
+        .send(ws_subscribe(
+            "s",
+            "subscription { deploymentUpdated { id } }",
         ))
         .await
         .expect("send");

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::on_both_backends;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Backend, Server, Socket, TestDb, ws_connect};
+use crate::support::{Backend, Server, Socket, TestDb, ws_connect, ws_subscribe};
 
 /// A JSON value that remembers the order of object keys (the test's own `serde_json` sorts
 /// them).
@@ -243,15 +243,8 @@ async fn websocket_responses_follow_the_selection_set(backend: Backend) {
     let server = Server::start(&db, &[]).await.expect("server starts");
     let app = server.create_app("web", "web-app").await;
     let mut socket = ws_connect(&server, &server.admin_token).await;
-    let subscribe = |id: &str, query: &str| {
-        Message::Text(
-            json!({ "type": "subscribe", "id": id, "payload": { "query": query } })
-                .to_string()
-                .into(),
-        )
-    };
     socket
-        .send(subscribe(
+        .send(ws_subscribe(
             "q",
             "{ z: viewer { name } apps(first: 1) { totalCount } y: viewer { role } }",
         ))
@@ -263,7 +256,7 @@ async fn websocket_responses_follow_the_selection_set(backend: Backend) {
     );
 
     socket
-        .send(subscribe(
+        .send(ws_subscribe(
             "s",
             "subscription { deploymentUpdated { app { deployments { totalCount } name } status id } }",
         ))
@@ -271,7 +264,7 @@ async fn websocket_responses_follow_the_selection_set(backend: Backend) {
         .expect("send");
     // Subscribed once the server answers a query sent after the subscription.
     socket
-        .send(subscribe("p", "{ viewer { name } }"))
+        .send(ws_subscribe("p", "{ viewer { name } }"))
         .await
         .expect("send");
     ws_ordered_data(&mut socket).await;

@@ -494,21 +494,10 @@ impl Server {
         (status.expect("wait"), log)
     }
 
-    pub async fn stop(mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().expect("server pid");
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill -TERM");
-        let Ok(status) = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
-        else {
-            let _ = self.child.kill().await;
-            let log = self.log.await.unwrap_or_default();
-            panic!("server did not stop within 30 s of SIGTERM; its log:\n{log}");
-        };
-        let log = self.log.await.unwrap_or_default();
-        (status.expect("wait"), log)
+    /// SIGTERM, then waits for the server to exit: its status and everything it logged.
+    pub async fn stop(self) -> (ExitStatus, String) {
+        self.signal("TERM").await;
+        self.exited().await
     }
 }
 
@@ -684,6 +673,15 @@ pub fn only_error(body: &serde_json::Value) -> (String, Option<String>) {
 
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A `graphql-transport-ws` `subscribe` message for operation `id`.
+pub fn ws_subscribe(id: &str, query: &str) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(
+        serde_json::json!({ "type": "subscribe", "id": id, "payload": { "query": query } })
+            .to_string()
+            .into(),
+    )
+}
 
 /// Opens `/graphql/ws` and sends `connection_init` with `token` (none when empty).
 pub async fn ws_connect(server: &Server, token: &str) -> Socket {

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use std::net::SocketAddr;
 
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::OperationType;
 use async_graphql::{ServerError, ServerResult};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use crate::graphql::conformance::select_operation;
 use crate::graphql::error::Code;
 use crate::graphql::guardrails::{ClientAddress, Credential, check_document};
 use crate::graphql::loaders::with_request_loaders;
@@ -207,19 +208,10 @@ enum Method {
 /// Whether the operation the request would run is a mutation.
 fn is_mutation(request: &mut async_graphql::Request) -> bool {
     let name = request.operation_name.clone();
-    let Ok(document) = request.parsed_query() else {
-        return false;
-    };
-    let name = name.as_deref();
-    let ty = match (&document.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(op.node.ty),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
-            ops.values().next().map(|op| op.node.ty)
-        }
-        _ => None,
-    };
-    ty == Some(OperationType::Mutation)
+    request.parsed_query().is_ok_and(|document| {
+        select_operation(document, name.as_deref())
+            .is_some_and(|op| op.ty == OperationType::Mutation)
+    })
 }
 
 /// A request error: it failed before execution (syntax, validation, limits).
