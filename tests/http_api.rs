@@ -413,6 +413,56 @@ async fn websocket_speaks_graphql_transport_ws() {
     db.cleanup().await;
 }
 
+/// The schema gate: `keystone schema diff` exits 1 on a breaking change (naming it), 0
+/// once it is acknowledged, and 0 for the safe change of a field added.
+#[tokio::test]
+async fn schema_diff_gates_breaking_changes() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let dir = db.dir();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let old = write("old.graphql", "type Query { apps: Int! name: String }");
+    let safe = write(
+        "safe.graphql",
+        "type Query { apps: Int! name: String extra: Int }",
+    );
+    let breaking = write("breaking.graphql", "type Query { apps: Int }");
+    let out = keystone(&db, &["schema", "diff", &old, &safe]).await;
+    out.assert_success();
+    assert!(
+        out.stdout.contains("safe      Query.extra: added"),
+        "{}",
+        out.stdout
+    );
+    let out = keystone(&db, &["schema", "diff", &old, &breaking]).await;
+    out.assert_failure();
+    assert!(
+        out.stdout.contains("BREAKING  Query.name: removed"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("2 breaking change(s) not acknowledged"),
+        "{}",
+        out.stderr
+    );
+    let allow = write(
+        "allow.txt",
+        "Query.name: removed\nQuery.apps: type changed from Int! to Int\n",
+    );
+    keystone(&db, &["schema", "diff", &old, &breaking, "--allow", &allow])
+        .await
+        .assert_success();
+    // Without NEW, the schema this binary serves: the checked-in baseline has no break.
+    let baseline = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/baseline.graphql");
+    keystone(&db, &["schema", "diff", baseline.to_str().unwrap()])
+        .await
+        .assert_success();
+}
+
 /// `schema.graphql` is exactly what `keystone schema` prints.
 #[tokio::test]
 async fn schema_graphql_matches_the_code() {

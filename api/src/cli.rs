@@ -46,7 +46,10 @@ pub enum Command {
     /// against restarting in place (needs git and python3).
     BenchDeploy(crate::bench::deploy::DeployBenchArgs),
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
-    Schema,
+    Schema {
+        #[command(subcommand)]
+        command: Option<SchemaCommand>,
+    },
     /// Create, list and revoke API tokens (works on the database directly).
     Token {
         #[command(subcommand)]
@@ -64,6 +67,21 @@ pub enum Command {
         /// that cannot change it).
         #[arg(long)]
         in_place: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SchemaCommand {
+    /// List every change from OLD to NEW (default: this binary's schema) as breaking,
+    /// dangerous or safe; exit 1 on a breaking change not listed in `--allow`.
+    Diff {
+        /// The SDL clients were built against.
+        old: std::path::PathBuf,
+        /// The SDL to compare with it (default: the schema this binary serves).
+        new: Option<std::path::PathBuf>,
+        /// Intended breaking changes, one `path: what` line each (as printed).
+        #[arg(long)]
+        allow: Option<std::path::PathBuf>,
     },
 }
 
@@ -134,10 +152,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command } => token(&cli.database.database_url, command).await,
-        Command::Schema => {
+        Command::Schema { command: None } => {
             print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schema {
+            command: Some(SchemaCommand::Diff { old, new, allow }),
+        } => schema_diff(&old, new.as_deref(), allow.as_deref()),
         Command::Backup { file } => {
             let db = connection::connect_for_migrations(&cli.database.database_url).await?;
             let written = crate::backup::write(&db, &file).await;
@@ -168,6 +189,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// `keystone schema diff`: one line per change, then the verdict.
+fn schema_diff(
+    old: &std::path::Path,
+    new: Option<&std::path::Path>,
+    allow: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let old_sdl = read(old)?;
+    let new_sdl = match new {
+        Some(path) => read(path)?,
+        None => crate::graphql::sdl(),
+    };
+    let acknowledged = allow.map(read).transpose()?.unwrap_or_default();
+    let changes = crate::schema_diff::diff(&old_sdl, &new_sdl).map_err(anyhow::Error::msg)?;
+    for change in &changes {
+        println!("{change}");
+    }
+    let open = crate::schema_diff::unacknowledged(&changes, &acknowledged);
+    if open.is_empty() {
+        println!("{} change(s), none breaking unacknowledged.", changes.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} breaking change(s) not acknowledged{}:",
+            open.len(),
+            allow.map_or(String::new(), |p| format!(" in {}", p.display()))
+        );
+        for change in open {
+            eprintln!("  {}", change.key());
+        }
+        Ok(ExitCode::FAILURE)
     }
 }
 

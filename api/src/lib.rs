@@ -11,6 +11,7 @@ pub mod graphql;
 pub mod http;
 pub mod logging;
 pub mod runner;
+pub mod schema_diff;
 pub mod store;
 pub mod verify;
 
