@@ -142,58 +142,62 @@ pub fn not_found(field: &str, message: impl Into<String>) -> Error {
     with_field(Code::NotFound, field, message)
 }
 
-/// Whether a database error means "the database cannot be reached right now" (no connection
-/// in time, a refused or lost connection, a server shutting down or starting up) rather
-/// than a bug: the client should retry.
-pub fn is_unavailable(error: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)) => {
-            match error.as_ref() {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                // Class 08 (connection exception), 57P01–57P03 (shutdown, cannot connect
-                // now), and SQLite's "database is locked" past the busy timeout.
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "5")
-                }),
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a database error means its disk is full (SQLite `SQLITE_FULL`, PostgreSQL
-/// `disk_full`): nothing was written.
-pub fn is_storage_full(error: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    match error {
-        DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)) => {
-            matches!(error.as_ref(), sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| matches!(&*code, "13" | "53100")))
-        }
-        _ => false,
-    }
-}
-
-fn storage_full(message: impl Into<String>) -> Error {
-    coded(Code::InsufficientStorage, message)
-}
-
 /// How long a client should wait before retrying after `SERVICE_UNAVAILABLE`.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
-/// The database cannot be reached: `SERVICE_UNAVAILABLE` (HTTP 503 with `Retry-After`).
-pub fn unavailable(error: &sea_orm::DbErr) -> Error {
-    tracing::warn!(%error, "database unavailable");
-    Error::new("the database is unavailable; retry shortly").extend_with(|_, e| {
-        Code::ServiceUnavailable.set(e);
-        e.set("retryAfterSeconds", RETRY_AFTER_SECONDS);
-    })
+/// What a database error means for the client, decided in this one place:
+/// - the database cannot be reached right now (no connection in time, a refused or lost
+///   connection, a server shutting down or starting up, SQLite busy past its timeout):
+///   `SERVICE_UNAVAILABLE` (HTTP 503 with `Retry-After`), the client should retry;
+/// - its disk is full (SQLite `SQLITE_FULL`, PostgreSQL `disk_full`): `INSUFFICIENT_STORAGE`,
+///   nothing was written;
+/// - anything else is a bug: `INTERNAL`.
+pub fn database(error: &sea_orm::DbErr) -> Error {
+    use sea_orm::{DbErr, RuntimeErr};
+    let driver = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => None,
+        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => {
+            Some(e.as_ref())
+        }
+        _ => return internal(error),
+    };
+    let code = match driver {
+        Some(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    let unavailable = match (driver, code.as_deref()) {
+        (None, _) => true,
+        (
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ),
+            _,
+        ) => true,
+        // Class 08 (connection exception), 57P01–57P03 (shutdown, cannot connect now),
+        // SQLite 5 (busy).
+        (_, Some(code)) => {
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "5")
+        }
+        _ => false,
+    };
+    if unavailable {
+        tracing::warn!(%error, "database unavailable");
+        return Error::new("the database is unavailable; retry shortly").extend_with(|_, e| {
+            Code::ServiceUnavailable.set(e);
+            e.set("retryAfterSeconds", RETRY_AFTER_SECONDS);
+        });
+    }
+    if matches!(code.as_deref(), Some("13" | "53100")) {
+        tracing::warn!(%error, "database disk full");
+        return coded(
+            Code::InsufficientStorage,
+            "the database's disk is full: nothing was written; retry once there is space",
+        );
+    }
+    internal(error)
 }
 
 /// An unexpected failure: logged in full under a fresh id, reported to the client as that id.
@@ -235,18 +239,14 @@ impl ErrorExtensions for DomainError {
                 message,
             } => coded(Code::Conflict, message.clone()),
             DomainError::Forbidden(message) => coded(Code::Forbidden, message.clone()),
-            DomainError::Database(db) if is_unavailable(db) => unavailable(db),
-            DomainError::Database(db) if is_storage_full(db) => storage_full(
-                "the database's disk is full: nothing was written; retry once there is space",
-            ),
-            DomainError::StorageFull(message) => storage_full(message.clone()),
-            DomainError::Database(db) => internal(db),
+            DomainError::StorageFull(message) => coded(Code::InsufficientStorage, message.clone()),
+            DomainError::Database(db) => database(db),
             DomainError::Internal(message) => internal(message),
         }
     }
 }
 
-/// `?` on database results inside resolvers.
+/// `?` on database results inside resolvers (database errors through [`database`]).
 pub trait OrInternal<T> {
     fn or_internal(self) -> async_graphql::Result<T>;
 }
@@ -260,11 +260,8 @@ impl<T, E: std::fmt::Display + 'static> OrInternal<T> for Result<T, E> {
                     .map(|e| &**e)
             });
             match db {
-                Some(db) if is_unavailable(db) => unavailable(db),
-                Some(db) if is_storage_full(db) => storage_full(
-                    "the database's disk is full: nothing was written; retry once there is space",
-                ),
-                _ => internal(error),
+                Some(db) => database(db),
+                None => internal(error),
             }
         })
     }
