@@ -312,6 +312,10 @@ impl<'a> Sizer<'a> {
 }
 
 /// The extension factory (one [`Gate`] per operation).
+/// In a request's data: its document was checked already ([`check_document`], over HTTP
+/// before the request reached the schema), so the schema need not walk it again.
+pub struct DocumentChecked;
+
 pub struct Guardrails {
     pub limits: DocumentLimits,
 }
@@ -377,7 +381,9 @@ impl Extension for Gate {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
-        check_document(&document, &self.limits)?;
+        if ctx.data_opt::<DocumentChecked>().is_none() {
+            check_document(&document, &self.limits)?;
+        }
         Ok(document)
     }
 

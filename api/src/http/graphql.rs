@@ -35,7 +35,7 @@ use serde_json::json;
 use super::AppState;
 use crate::graphql::conformance::select_operation;
 use crate::graphql::error::Code;
-use crate::graphql::guardrails::{ClientAddress, Credential, check_document};
+use crate::graphql::guardrails::{ClientAddress, Credential, DocumentChecked, check_document};
 use crate::graphql::loaders::with_request_loaders;
 use crate::logging::Escaped;
 
@@ -324,7 +324,10 @@ async fn execute(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let request = request.data(credential).data(principal);
+    let request = request
+        .data(credential)
+        .data(principal)
+        .data(DocumentChecked);
     let schema = state.schema.clone();
     let run = with_request_loaders(state.db.clone(), move |loaders| {
         Box::pin(async move { schema.execute(request.data(loaders)).await })
