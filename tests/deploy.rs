@@ -427,6 +427,17 @@ impl RunnerProcess {
     }
 }
 
+/// `stopApp`: the app is `STOPPED`; its runner stops it when it reconciles.
+async fn stop_app(server: &Server, app: &str) {
+    let body = server
+        .graphql(
+            "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+            json!({ "id": app }),
+        )
+        .await;
+    assert_eq!(Server::data(&body)["stopApp"]["app"]["status"], "STOPPED");
+}
+
 async fn deploy(server: &Server, app: &str) -> String {
     let body = server
         .graphql(
@@ -692,14 +703,7 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     );
 
     // Stop closes the port; delete removes releases.
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
-                json!({ "id": app }),
-            )
-            .await,
-    );
+    stop_app(&server, &app).await;
     eventually(
         "the stopped app's port to close",
         Duration::from_secs(20),
@@ -910,14 +914,7 @@ async fn cancel_kill_and_retention(backend: Backend) {
     assert_eq!(answer(port).await.expect("answers"), "v-after-crash");
     runner.stop().await;
     // The app's instance outlives the runner; stop it for the next test.
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
-                json!({ "id": app }),
-            )
-            .await,
-    );
+    stop_app(&server, &app).await;
     let runner = RunnerProcess::start(&server, &token_file, &work, &keep).await;
     eventually(
         "the stopped app's port to close",
@@ -992,14 +989,7 @@ async fn host_apps_are_routed_by_name(backend: Backend) {
     assert_eq!(second["status"], "SUCCESS", "{second:#}");
     assert_eq!(answer_as(router, &host).await, Some((200, "v2".to_owned())));
 
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
-                json!({ "id": app }),
-            )
-            .await,
-    );
+    stop_app(&server, &app).await;
     eventually(
         "the stopped HOST app to stop answering",
         Duration::from_secs(20),
@@ -1113,14 +1103,7 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
     let done = finished(&server, &deploy(&server, &app).await).await;
     assert_eq!(done["status"], "SUCCESS", "{done:#}");
     assert_eq!(answer(port).await.expect("answers"), "v1");
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
-                json!({ "id": app }),
-            )
-            .await,
-    );
+    stop_app(&server, &app).await;
     eventually("the app to stop", Duration::from_secs(20), || async {
         answer(port).await.is_err()
     })
@@ -1193,14 +1176,7 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     assert_eq!(ended["status"], "SUCCESS", "{ended:#}");
     let log = ended["logs"].to_string();
     assert!(log.contains("reached its size limit"), "the log was capped");
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
-                json!({ "id": chatty }),
-            )
-            .await,
-    );
+    stop_app(&server, &chatty).await;
     runner.stop().await;
     drop(git_server.daemon);
     server.stop().await;
