@@ -258,7 +258,8 @@ async fn websocket_responses_follow_the_selection_set(backend: Backend) {
     socket
         .send(ws_subscribe(
             "s",
-            "subscription { deploymentUpdated { app { deployments { totalCount } name } status id } }",
+            "subscription { deploymentUpdated {
+                z: app { name } app { deployments { totalCount pageInfo { hasNextPage } } name } status id } }",
         ))
         .await
         .expect("send");
@@ -276,8 +277,12 @@ async fn websocket_responses_follow_the_selection_set(backend: Backend) {
         .await;
     let event = ws_ordered_data(&mut socket).await;
     let deployment = event.get("deploymentUpdated");
-    assert_eq!(deployment.keys(), ["app", "status", "id"]);
+    assert_eq!(deployment.keys(), ["z", "app", "status", "id"]);
     assert_eq!(deployment.get("app").keys(), ["deployments", "name"]);
+    assert_eq!(
+        deployment.get("app").get("deployments").keys(),
+        ["totalCount", "pageInfo"]
+    );
 
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
