@@ -467,6 +467,11 @@ impl Server {
         }
     }
 
+    /// The server's process id (for reading its `/proc` entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

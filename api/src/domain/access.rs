@@ -21,6 +21,7 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
+use super::audit::{self, Object};
 use super::{DomainError, begin_write, check, validation, writer_turn};
 
 /// Every secret starts with this, so leaked tokens are easy to recognise (and to scan for).
@@ -155,7 +156,7 @@ pub async fn create_token(
     }
     .insert(&txn)
     .await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::ApiToken(created.id)).await?;
     Ok((created, secret))
 }
 
@@ -186,7 +187,7 @@ pub async fn revoke_token(
     let mut active: api_token::ActiveModel = token.into();
     active.revoked_at = Set(Some(Timestamp::now()));
     let revoked = active.update(&txn).await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::ApiToken(revoked.id)).await?;
     Ok(revoked)
 }
 

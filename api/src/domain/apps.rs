@@ -13,6 +13,7 @@ use sea_orm::{
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use super::audit::{self, Object};
 use super::events::{Event, EventBus};
 use super::logs::LogStore;
 use super::ports::{self, PortRange};
@@ -90,7 +91,7 @@ pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, 
     if let Some(path) = new.health_check_path {
         set_health_check_path(&txn, created.id, path).await?;
     }
-    txn.commit().await?;
+    audit::commit(txn, Object::App(created.id)).await?;
     Ok(created)
 }
 
@@ -127,7 +128,7 @@ pub async fn update(
     if let Some(path) = changes.health_check_path {
         set_health_check_path(&txn, id, path).await?;
     }
-    txn.commit().await?;
+    audit::commit(txn, Object::App(id)).await?;
     events.publish(Event::AppUpdated(Arc::new(updated.clone())));
     Ok(updated)
 }
@@ -161,7 +162,7 @@ pub async fn delete(
     .await?;
     let placed = placements(&txn, vec![id]).await?;
     App::delete_by_id(id).exec(&txn).await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::App(id)).await?;
     publish_deleted(events, placed);
     logs.remove(log_files).await;
     Ok(id)
@@ -320,7 +321,7 @@ pub async fn deploy(
     } else {
         app
     };
-    txn.commit().await?;
+    audit::commit(txn, Object::App(app.id)).await?;
     for deployment in superseded {
         events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
     }
@@ -353,7 +354,7 @@ pub async fn stop(
     let mut active: app::ActiveModel = app.into();
     active.status = Set(AppStatus::Stopped);
     let app = active.update(&txn).await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::App(app.id)).await?;
     events.publish(Event::AppUpdated(Arc::new(app.clone())));
     Ok(app)
 }

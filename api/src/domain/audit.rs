@@ -7,10 +7,12 @@
 //! in URLs, token-shaped strings), and free text that runners send, which may carry build
 //! secrets — log chunks and error summaries are recorded as their size only.
 
+use std::cell::RefCell;
+
 use entity::Timestamp;
 use entity::audit_event::{self, ActorRole, Outcome};
 use entity::prelude::AuditEvent;
-use sea_orm::{DatabaseConnection, EntityTrait, Set};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, Set};
 use serde_json::Value;
 
 use super::access::Principal;
@@ -38,24 +40,77 @@ const MAX_OPERATION_CHARS: usize = 100;
 pub const ANONYMOUS: &str = "(anonymous)";
 
 /// What one call did, as recorded.
-pub struct Entry<'a> {
+pub struct Entry {
     /// The caller; `None` when no token was accepted.
-    pub principal: Option<&'a Principal>,
-    pub operation: &'a str,
+    pub principal: Option<Principal>,
+    pub operation: String,
     pub arguments: Value,
     pub object_id: Option<String>,
     /// `None` on success; the error's code and message otherwise.
     pub error: Option<(String, String)>,
 }
 
-/// Appends `entry` to the trail.
-pub async fn record(db: &DatabaseConnection, entry: Entry<'_>) -> Result<(), DomainError> {
+/// What a write acted on, as the trail names it.
+#[derive(Clone, Copy, Debug)]
+pub enum Object {
+    Repository(i64),
+    App(i64),
+    Deployment(i64),
+    ApiToken(i64),
+}
+
+/// A successful call's entry, waiting for the transaction that makes its change: see
+/// [`pending`] and [`commit`].
+pub struct Pending {
+    /// The entry, recorded with `error: None` and the object the write names.
+    pub entry: Entry,
+    /// How the trail names an object (its global ID; the API layer owns that format).
+    pub name: fn(Object) -> String,
+}
+
+tokio::task_local! {
+    static PENDING: RefCell<Option<Pending>>;
+}
+
+/// Runs `body` with `entry` pending: the first write that `body` commits through [`commit`]
+/// appends the entry inside its own transaction, so a change and its audit row are stored
+/// together or not at all (a cut connection cannot keep one without the other). Returns
+/// `body`'s output and the entry if no write took it (a call that changed nothing).
+pub async fn pending<F: Future>(entry: Pending, body: F) -> (F::Output, Option<Pending>) {
+    PENDING
+        .scope(RefCell::new(Some(entry)), async {
+            let output = body.await;
+            (output, PENDING.with(|cell| cell.borrow_mut().take()))
+        })
+        .await
+}
+
+/// Commits a domain write that acted on `object`, appending the task's pending audit entry
+/// (if any, see [`pending`]) in the same transaction.
+pub(crate) async fn commit(txn: DatabaseTransaction, object: Object) -> Result<(), DbErr> {
+    let pending = PENDING
+        .try_with(|cell| cell.borrow_mut().take())
+        .ok()
+        .flatten();
+    if let Some(Pending { mut entry, name }) = pending {
+        entry.object_id = Some(name(object));
+        insert(&txn, entry).await?;
+    }
+    txn.commit().await
+}
+
+/// Appends `entry` to the trail on its own: refusals, failures, and calls that wrote nothing.
+pub async fn record(db: &DatabaseConnection, entry: Entry) -> Result<(), DomainError> {
+    // One INSERT: atomic without a transaction around it.
+    let _turn = writer_turn(db).await;
+    Ok(insert(db, entry).await?)
+}
+
+async fn insert(db: &impl ConnectionTrait, entry: Entry) -> Result<(), DbErr> {
     let (outcome, error_code, error_message) = match entry.error {
         None => (Outcome::Success, None, None),
         Some((code, message)) => (Outcome::Error, Some(code), Some(message)),
     };
-    // One INSERT: atomic without a transaction around it.
-    let _turn = writer_turn(db).await;
     let (token_id, token_name, token_role) = match entry.principal {
         Some(p) => (Some(p.token_id), p.name.clone(), ActorRole::from(p.role)),
         None => (None, ANONYMOUS.to_owned(), ActorRole::Anonymous),
@@ -65,7 +120,7 @@ pub async fn record(db: &DatabaseConnection, entry: Entry<'_>) -> Result<(), Dom
         token_id: Set(token_id),
         token_name: Set(token_name),
         token_role: Set(token_role),
-        operation: Set(cut(entry.operation, MAX_OPERATION_CHARS)),
+        operation: Set(cut(&entry.operation, MAX_OPERATION_CHARS)),
         arguments: Set(redact(entry.arguments).to_string()),
         // Ids come from the caller: a 300-character one must not lose the row.
         object_id: Set(entry.object_id.map(|id| cut(&id, MAX_OBJECT_ID_CHARS))),

@@ -11,6 +11,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 
+use super::audit::{self, Object};
 use super::secrets::SecretBox;
 use super::{DomainError, begin_write, check, validation};
 
@@ -61,7 +62,7 @@ pub async fn set(
             .await?;
         }
     }
-    txn.commit().await?;
+    audit::commit(txn, Object::App(app_id)).await?;
     Ok(now)
 }
 
@@ -78,7 +79,7 @@ pub async fn unset(
         .await?
         .rows_affected
         > 0;
-    txn.commit().await?;
+    audit::commit(txn, Object::App(app_id)).await?;
     Ok(removed)
 }
 

@@ -8,6 +8,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set,
 };
 
+use super::audit::{self, Object};
 use super::logs::LogStore;
 use super::{DomainError, begin_write, check, validation};
 
@@ -43,7 +44,7 @@ pub async fn create(
     }
     .insert(&txn)
     .await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::Repository(created.id)).await?;
     Ok(created)
 }
 
@@ -73,7 +74,7 @@ pub async fn update(
         active.default_branch = Set(branch);
     }
     let updated = active.update(&txn).await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::Repository(updated.id)).await?;
     Ok(updated)
 }
 
@@ -123,7 +124,7 @@ pub async fn delete(
     let app_ids: Vec<i64> = app_ids.into_tuple().all(&txn).await?;
     let placed = super::apps::placements(&txn, app_ids).await?;
     Repository::delete_by_id(id).exec(&txn).await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::Repository(id)).await?;
     super::apps::publish_deleted(events, placed);
     logs.remove(log_files).await;
     Ok(DeletedRepository {

@@ -34,6 +34,7 @@ use sea_orm::{
 };
 
 use super::access::Principal;
+use super::audit::{self, Object};
 use super::events::{Event, EventBus};
 use super::logs::LogStore;
 use super::{DomainError, begin_write};
@@ -317,7 +318,7 @@ pub async fn claim(
                 image_tag: d.image_tag,
             }),
     };
-    txn.commit().await?;
+    audit::commit(txn, Object::Deployment(deployment.id)).await?;
     events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
     Ok(Some(Claim {
         deployment,
@@ -426,7 +427,7 @@ pub async fn report(
         error_summary,
     )
     .await?;
-    txn.commit().await?;
+    audit::commit(txn, Object::Deployment(deployment.id)).await?;
     events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
     events.publish(Event::AppUpdated(Arc::new(app.clone())));
     Ok((deployment, app))
@@ -501,7 +502,7 @@ pub async fn cancel(
                 Some(summary),
             )
             .await?;
-            txn.commit().await?;
+            audit::commit(txn, Object::Deployment(id)).await?;
             events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
             events.publish(Event::AppUpdated(Arc::new(app)));
             Ok((deployment, true))
@@ -512,7 +513,7 @@ pub async fn cancel(
                 run.cancel_requested = Set(true);
                 run.update(&txn).await?;
             }
-            txn.commit().await?;
+            audit::commit(txn, Object::Deployment(id)).await?;
             Ok((deployment, false))
         }
         _ => Err(conflict(

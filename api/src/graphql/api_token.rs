@@ -6,7 +6,7 @@ use async_graphql::{Context, ID, InputObject, Object, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::api_token;
 
-use super::auth::{AuditObject, Require, Role, audited, principal};
+use super::auth::{Require, Role, audited, principal};
 use super::connection::{Cursor, OrderDirection, SortKey, order, page_args};
 use super::ids::{NodeType, decode_as};
 use super::total_count::TotalCount;
@@ -160,12 +160,6 @@ pub struct CreateApiTokenPayload {
     secret: String,
 }
 
-impl AuditObject for CreateApiTokenPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::ApiToken.id(self.token.0.id))
-    }
-}
-
 /// The token to revoke.
 #[derive(InputObject)]
 pub struct RevokeApiTokenInput {
@@ -178,12 +172,6 @@ pub struct RevokeApiTokenInput {
 pub struct RevokeApiTokenPayload {
     /// The token, now with `revokedAt` set.
     token: ApiToken,
-}
-
-impl AuditObject for RevokeApiTokenPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::ApiToken.id(self.token.0.id))
-    }
 }
 
 #[derive(Default)]

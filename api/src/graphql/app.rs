@@ -6,7 +6,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObj
 use entity::app;
 use entity::repository;
 
-use super::auth::{AuditObject, Require, audited};
+use super::auth::{Require, audited};
 use super::connection::{
     Cursor, Order, OrderDirection, PageArgs, SortKey, node_fields, order, page_args,
 };
@@ -442,12 +442,6 @@ pub struct StopAppPayload {
     app: App,
 }
 
-impl AuditObject for StopAppPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::App.id(self.app.model.id))
-    }
-}
-
 /// The app created.
 #[derive(SimpleObject)]
 pub struct CreateAppPayload {
@@ -498,12 +492,6 @@ pub struct SetAppEnvPayload {
     variable: AppEnvVar,
 }
 
-impl AuditObject for SetAppEnvPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(self.app_id.clone())
-    }
-}
-
 /// A config var to remove from an app.
 #[derive(InputObject)]
 pub struct UnsetAppEnvInput {
@@ -522,12 +510,6 @@ pub struct UnsetAppEnvPayload {
     removed: bool,
 }
 
-impl AuditObject for UnsetAppEnvPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(self.app_id.clone())
-    }
-}
-
 /// Which app to roll back, and to which of its successful deployments.
 #[derive(InputObject)]
 pub struct RollbackAppInput {
@@ -544,30 +526,6 @@ pub struct DeployAppPayload {
     deployment: Deployment,
     /// The app, now `DEPLOYING`.
     app: App,
-}
-
-impl AuditObject for CreateAppPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::App.id(self.app.model.id))
-    }
-}
-
-impl AuditObject for UpdateAppPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::App.id(self.app.model.id))
-    }
-}
-
-impl AuditObject for DeleteAppPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(self.deleted_app_id.clone())
-    }
-}
-
-impl AuditObject for DeployAppPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::App.id(self.app.model.id))
-    }
 }
 
 #[derive(Default)]

@@ -12,8 +12,9 @@ use sea_orm::ActiveEnum;
 
 use super::api;
 use super::error::{Code, coded, internal};
+use super::ids::NodeType;
 use crate::domain::access::{Capability, Principal};
-use crate::domain::audit::{self, Entry};
+use crate::domain::audit::{self, Entry, Pending};
 
 /// What a token may do.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,25 +122,20 @@ impl Guard for Require {
     }
 }
 
-/// The object a mutation acted on, for the audit trail.
-pub trait AuditObject {
-    fn audit_object(&self) -> Option<ID>;
-}
-
 /// Runs a mutation resolver's `body` if the caller holds `capability`, and appends the
 /// outcome to the audit trail either way: the operation, its arguments (secrets redacted),
-/// the object it acted on (from the payload, or the ID in its input),
-/// the error code and message if it failed.
+/// the object it acted on, the error code and message if it failed.
 ///
-/// The audit row is written after the change committed, in its own transaction; if that
-/// write fails the error is logged and the mutation's result still returned.
+/// A success is recorded inside the transaction that makes the change (see
+/// [`audit::pending`]): both are stored or neither is. Refusals, failures and calls that
+/// changed nothing are recorded on their own; if that write fails the error is logged and the
+/// caller's result still returned.
 pub async fn audited<T, F>(
     ctx: &Context<'_>,
     capability: Capability,
     body: F,
 ) -> async_graphql::Result<T>
 where
-    T: AuditObject,
     F: Future<Output = async_graphql::Result<T>>,
 {
     audit_call(ctx, capability, body, true).await
@@ -154,7 +150,6 @@ pub async fn audited_failures<T, F>(
     body: F,
 ) -> async_graphql::Result<T>
 where
-    T: AuditObject,
     F: Future<Output = async_graphql::Result<T>>,
 {
     audit_call(ctx, capability, body, false).await
@@ -167,16 +162,9 @@ async fn audit_call<T, F>(
     record_success: bool,
 ) -> async_graphql::Result<T>
 where
-    T: AuditObject,
     F: Future<Output = async_graphql::Result<T>>,
 {
-    let result = match authorize(ctx, capability) {
-        Ok(()) => body.await,
-        Err(refused) => Err(refused),
-    };
-    if result.is_ok() && !record_success {
-        return result;
-    }
+    let (api, principal) = (api(ctx)?, principal(ctx)?);
     let field = ctx.field();
     let arguments: serde_json::Map<String, serde_json::Value> = field
         .arguments()
@@ -187,8 +175,8 @@ where
             (name.to_string(), json)
         })
         .collect();
-    // The object a failed call was about: `input.id`, else the first `input.…Id`
-    // (`appId`, `deploymentId`, `repositoryId`).
+    // The object the call is about: `input.id`, else the first `input.…Id`
+    // (`appId`, `deploymentId`, `repositoryId`); a write names its own (a created row).
     let requested_object = arguments
         .get("input")
         .and_then(|input| input.as_object())
@@ -202,31 +190,64 @@ where
         })
         .and_then(|id| id.as_str())
         .map(str::to_owned);
-    let (object_id, error) = match &result {
-        Ok(payload) => (payload.audit_object().map(|id| id.0), None),
-        Err(error) => {
-            let code = Code::of(error.extensions.as_ref())
-                .unwrap_or(Code::Internal)
-                .as_str()
-                .to_owned();
-            (requested_object, Some((code, error.message.clone())))
-        }
-    };
-    let (Ok(api), Ok(principal)) = (api(ctx), principal(ctx)) else {
-        return result;
-    };
-    let entry = Entry {
-        principal: Some(principal),
-        operation: field.name(),
+    let mut entry = Entry {
+        principal: Some(principal.clone()),
+        operation: field.name().to_owned(),
         arguments: serde_json::Value::Object(arguments),
-        object_id,
-        error,
+        object_id: requested_object,
+        error: None,
     };
-    if let Err(error) = audit::record(&api.db, entry).await {
-        // Logged with a correlation id; the caller's result stands (the change is made).
-        let _ = internal(format!("cannot append to the audit trail: {error}"));
+    if let Err(refused) = authorize(ctx, capability) {
+        entry.error = Some(error_of(&refused));
+        record(&api.db, entry).await;
+        return Err(refused);
+    }
+    if !record_success {
+        let result = body.await;
+        if let Err(error) = &result {
+            entry.error = Some(error_of(error));
+            record(&api.db, entry).await;
+        }
+        return result;
+    }
+    let pending = Pending {
+        entry,
+        name: |object| object_id(object).0,
+    };
+    let (result, unwritten) = audit::pending(pending, body).await;
+    match (&result, unwritten) {
+        // Recorded with the change.
+        (_, None) => {}
+        (Ok(_), Some(Pending { entry, .. })) => record(&api.db, entry).await,
+        (Err(error), Some(Pending { mut entry, .. })) => {
+            entry.error = Some(error_of(error));
+            record(&api.db, entry).await;
+        }
     }
     result
+}
+
+/// The code and message an audit row keeps of a failed call.
+fn error_of(error: &async_graphql::Error) -> (String, String) {
+    let code = Code::of(error.extensions.as_ref()).unwrap_or(Code::Internal);
+    (code.as_str().to_owned(), error.message.clone())
+}
+
+/// The global ID the audit trail names an object by.
+fn object_id(object: audit::Object) -> ID {
+    match object {
+        audit::Object::Repository(id) => NodeType::Repository.id(id),
+        audit::Object::App(id) => NodeType::App.id(id),
+        audit::Object::Deployment(id) => NodeType::Deployment.id(id),
+        audit::Object::ApiToken(id) => NodeType::ApiToken.id(id),
+    }
+}
+
+/// Appends `entry` on its own; a failure is logged (with a correlation id), not returned.
+async fn record(db: &sea_orm::DatabaseConnection, entry: Entry) {
+    if let Err(error) = audit::record(db, entry).await {
+        let _ = internal(format!("cannot append to the audit trail: {error}"));
+    }
 }
 
 /// The authenticated caller.
@@ -251,7 +272,7 @@ impl ViewerQuery {
         Ok(Viewer {
             name: principal.name.clone(),
             role: principal.role.into(),
-            token_id: super::ids::NodeType::ApiToken.id(principal.token_id),
+            token_id: NodeType::ApiToken.id(principal.token_id),
         })
     }
 }

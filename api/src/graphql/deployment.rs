@@ -7,7 +7,7 @@ use entity::deployment;
 
 use super::app::App;
 use super::auth::Require;
-use super::auth::{AuditObject, audited, principal};
+use super::auth::{audited, principal};
 use super::connection::{Cursor, Order, OrderDirection, SortKey, page_args};
 use super::error::{Code, OrInternal, bad_input, coded, internal, not_found};
 use super::guardrails::ResponseBudget;
@@ -413,12 +413,6 @@ pub struct CancelDeploymentPayload {
     deployment: Deployment,
     /// Whether it is cancelled already (false: its runner was asked to stop).
     cancelled: bool,
-}
-
-impl AuditObject for CancelDeploymentPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::Deployment.id(self.deployment.0.id))
-    }
 }
 
 #[derive(Default)]

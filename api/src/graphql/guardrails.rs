@@ -170,8 +170,8 @@ impl Admission {
         }
         .as_str();
         let entry = Entry {
-            principal,
-            operation,
+            principal: principal.cloned(),
+            operation: operation.to_owned(),
             arguments: json!({ "client": client.0.map(|ip| ip.to_string()) }),
             object_id: None,
             error: Some((code.to_owned(), why)),

@@ -5,7 +5,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObj
 use entity::repository;
 
 use super::app::{App, AppFilterInput, AppOrder};
-use super::auth::{AuditObject, Require, audited};
+use super::auth::{Require, audited};
 use super::connection::{Cursor, Order, OrderDirection, SortKey, page_args};
 use super::error::{OrInternal, not_found};
 use super::ids::{NodeType, decode_as};
@@ -266,24 +266,6 @@ pub struct DeleteRepositoryPayload {
     deleted_app_count: i64,
     /// How many deployments were deleted with it.
     deleted_deployment_count: i64,
-}
-
-impl AuditObject for CreateRepositoryPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::Repository.id(self.repository.0.id))
-    }
-}
-
-impl AuditObject for UpdateRepositoryPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::Repository.id(self.repository.0.id))
-    }
-}
-
-impl AuditObject for DeleteRepositoryPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(self.deleted_repository_id.clone())
-    }
 }
 
 #[derive(Default)]

@@ -7,7 +7,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObj
 use chrono::{DateTime, Utc};
 
 use super::app::{AccessMode, App, AppStatus};
-use super::auth::{AuditObject, Require, audited, audited_failures, principal};
+use super::auth::{Require, audited, audited_failures, principal};
 use super::deployment::{Deployment, DeploymentStage};
 use super::ids::{NodeType, decode_as};
 use super::{ApiContext, api};
@@ -86,14 +86,6 @@ pub struct ClaimDeploymentPayload {
     job: Option<RunnerJob>,
 }
 
-impl AuditObject for ClaimDeploymentPayload {
-    fn audit_object(&self) -> Option<ID> {
-        self.deployment
-            .as_ref()
-            .map(|d| NodeType::Deployment.id(d.0.id))
-    }
-}
-
 /// A runner renews its lease on a deployment, and says how far it got.
 #[derive(InputObject)]
 pub struct HeartbeatDeploymentInput {
@@ -114,12 +106,6 @@ pub struct HeartbeatDeploymentPayload {
     lease_expires_at: DateTime<Utc>,
     /// An admin cancelled the deployment: stop, then report `CANCELLED`.
     cancel_requested: bool,
-}
-
-impl AuditObject for HeartbeatDeploymentPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::Deployment.id(self.deployment.0.id))
-    }
 }
 
 /// How a deployment ended, as its runner reports it.
@@ -158,12 +144,6 @@ pub struct ReportDeploymentPayload {
     app: App,
 }
 
-impl AuditObject for ReportDeploymentPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(NodeType::Deployment.id(self.deployment.0.id))
-    }
-}
-
 /// A chunk of a deployment's log, from its runner.
 #[derive(InputObject)]
 pub struct AppendDeploymentLogInput {
@@ -190,12 +170,6 @@ pub struct AppendDeploymentLogPayload {
     sequence: i64,
     /// This chunk's number was applied before (a retry): nothing was written.
     duplicate: bool,
-}
-
-impl AuditObject for AppendDeploymentLogPayload {
-    fn audit_object(&self) -> Option<ID> {
-        Some(self.deployment_id.clone())
-    }
 }
 
 #[derive(Default)]
