@@ -14,6 +14,7 @@ mod graphql;
 mod http_api;
 mod instances;
 mod lifecycle;
+mod metrics;
 mod migrations;
 mod runner;
 mod security;

@@ -117,6 +117,14 @@ pub struct ServeArgs {
     /// never cancelled halfway.
     #[arg(long, env = "KEYSTONE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Serve `/metrics` on this address (one only Prometheus reaches) instead of on the
+    /// API's: operation names and runner names appear in it.
+    #[arg(long, env = "KEYSTONE_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+    /// A file holding the bearer token `/metrics` then requires (Prometheus:
+    /// `authorization: { credentials_file: … }`); unset: `/metrics` is open.
+    #[arg(long, env = "KEYSTONE_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C before the process
     /// exits anyway (WebSocket clients are closed with 1001 at once).
     #[arg(long, env = "KEYSTONE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
@@ -201,6 +209,10 @@ pub struct Config {
     pub database_url: String,
     pub pool: PoolSettings,
     pub bind: SocketAddr,
+    /// `/metrics` on its own address instead of the API's.
+    pub metrics_bind: Option<SocketAddr>,
+    /// The file of the bearer token `/metrics` requires.
+    pub metrics_token_file: Option<PathBuf>,
     pub migrate_on_start: bool,
     pub public_host: String,
     pub apps_domain: Option<String>,
@@ -227,6 +239,8 @@ impl Config {
             database_url: database.database_url.clone(),
             pool: database.pool(),
             bind: serve.bind,
+            metrics_bind: serve.metrics_bind,
+            metrics_token_file: serve.metrics_token_file.clone(),
             migrate_on_start: !serve.no_migrate,
             public_host: serve.public_host.clone(),
             apps_domain: serve.apps_domain.clone(),

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod runner;
 pub mod schema_diff;
 pub mod store;
+pub mod telemetry;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -68,11 +69,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(database = %redact(&config.database_url), "starting Keystone");
     let schema_current = prepare_schema(&config).await?;
 
-    let metrics = Arc::new(http::Metrics::default());
     let mut db = connection::connect(&config.database_url, &config.pool).await?;
-    let counter = metrics.clone();
     db.set_metric_callback(move |info| {
-        counter.count_statement();
+        telemetry::metrics().statement(info.elapsed);
         tracing::debug!(target: "keystone::sql", elapsed_us = info.elapsed.as_micros() as u64, sql = %info.statement.sql);
     });
     let cors_origins = cors_origins(&config.cors_origins)?;
@@ -108,23 +107,33 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         },
         config.limits,
     );
+    let metrics_token = match &config.metrics_token_file {
+        None => None,
+        Some(path) => Some(read_metrics_token(path)?),
+    };
     let stopping = tokio::sync::watch::Sender::new(false);
+    let state = http::AppState {
+        db: db.clone(),
+        schema,
+        metrics_token,
+        admission,
+        request_timeout: config.request_timeout,
+        document_limits: config.limits.document,
+        websocket: config.websocket,
+        sockets: Arc::default(),
+        shutdown: stopping.subscribe(),
+    };
+    let metrics_server = match config.metrics_bind {
+        Some(address) => Some(serve_metrics(address, state.clone(), stopping.subscribe()).await?),
+        None => None,
+    };
     let app = http::router(
-        http::AppState {
-            db: db.clone(),
-            schema,
-            metrics,
-            admission,
-            request_timeout: config.request_timeout,
-            document_limits: config.limits.document,
-            websocket: config.websocket,
-            sockets: Arc::default(),
-            shutdown: stopping.subscribe(),
-        },
+        state,
         http::RouterOptions {
             max_body_bytes: config.max_body_bytes,
             graphiql: config.graphiql,
             cors_origins,
+            metrics: config.metrics_bind.is_none(),
         },
     );
     let listener = TcpListener::bind(config.bind)
@@ -188,10 +197,55 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ),
     }
     sweeper.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     relay.close();
     tracing::info!("shutting down: closing the database pool");
     db.close().await?;
     Ok(())
+}
+
+/// The bearer token `/metrics` requires, from its file (surrounding whitespace ignored).
+fn read_metrics_token(path: &Path) -> Result<Arc<str>, ServeError> {
+    let token = std::fs::read_to_string(path).map_err(|error| {
+        ServeError::Config(format!(
+            "cannot read the metrics token file {}: {error}",
+            path.display()
+        ))
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ServeError::Config(format!(
+            "the metrics token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Arc::from(token))
+}
+
+/// Serves `/metrics` alone on `address` (`--metrics-bind`) until the server stops.
+async fn serve_metrics(
+    address: SocketAddr,
+    state: http::AppState,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: address,
+            source,
+        })?;
+    tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+    let server =
+        axum::serve(listener, http::metrics_router(state)).with_graceful_shutdown(async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        });
+    Ok(tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::warn!(%error, "the metrics listener failed");
+        }
+    }))
 }
 
 /// Requeues (or fails) deployments whose runner stopped heartbeating, every half lease (the

@@ -317,14 +317,19 @@ impl ServerProcess {
     async fn counters(&self) -> anyhow::Result<(u64, u64)> {
         let url = format!("{}/metrics", self.base_url);
         let text = http_get(&url).await?;
+        // The sum over a metric's label sets (an older server's have none).
         let read = |name: &str| {
             text.lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-                .unwrap_or(0)
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with([' ', '{']))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
         };
         Ok((
-            read("keystone_sql_statements_total "),
-            read("keystone_graphql_requests_total "),
+            read("keystone_sql_statements_total"),
+            read("keystone_graphql_requests_total"),
         ))
     }
 

@@ -147,6 +147,19 @@ pub enum Event {
     Resync,
 }
 
+impl Event {
+    /// Its kind, as `/metrics` labels it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DeploymentUpdated(_) => "deployment_updated",
+            Event::AppUpdated(_) => "app_updated",
+            Event::DeploymentLog { .. } => "deployment_log",
+            Event::AppDeleted { .. } => "app_deleted",
+            Event::Resync => "resync",
+        }
+    }
+}
+
 /// An event as a `NOTIFY` payload.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
@@ -202,6 +215,8 @@ impl EventBus {
         db: &DatabaseConnection,
         key: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) -> Result<Self, DbErr> {
+        // Listening from the start (in-process on SQLite: always).
+        crate::telemetry::metrics().event_listener(true);
         if db.get_database_backend() != sea_orm::DbBackend::Postgres {
             return Ok(Self::default());
         }
@@ -261,12 +276,15 @@ impl EventBus {
 
     /// Sends `event` to every current subscriber (none listening is fine).
     pub fn publish(&self, event: Event) {
+        let metrics = crate::telemetry::metrics();
+        metrics.event_published(event.kind());
         match &self.outbox {
             None => {
                 let _ = self.local.send(event);
             }
             Some(outbox) => {
                 if outbox.try_send(event).is_err() {
+                    metrics.events_dropped("outbox", 1);
                     tracing::warn!("event outbox full: an event was dropped");
                 }
             }
@@ -392,7 +410,9 @@ async fn receive_notifications(
                     tracing::warn!(%error, "event connection failed");
                 }
                 tracing::warn!("event connection lost; reconnecting");
+                crate::telemetry::metrics().event_listener(false);
                 listener = relisten(&db, &channel).await;
+                crate::telemetry::metrics().event_listener(true);
                 tracing::info!("listening for events again; subscribers are told to refetch");
                 let _ = local.send(Event::Resync);
                 continue;

@@ -365,6 +365,7 @@ pub async fn heartbeat(
     }
     run.update(&txn).await?;
     txn.commit().await?;
+    crate::telemetry::metrics().heartbeat(&runner.name, id, progress.stage);
     Ok(Heartbeat {
         deployment,
         lease_expires_at,
@@ -444,6 +445,7 @@ async fn finish(
     error_summary: Option<String>,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     let app_id = deployment.app_id;
+    crate::telemetry::metrics().deployment_ended(deployment.id);
     let mut active: deployment::ActiveModel = deployment.into();
     active.status = Set(status);
     active.ended_at = Set(Some(Timestamp::now()));
@@ -569,6 +571,7 @@ pub async fn expire_leases(
             )
             .await?;
             txn.commit().await?;
+            crate::telemetry::metrics().lease_lapsed("failed");
             events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
             events.publish(Event::AppUpdated(Arc::new(app)));
         } else {
@@ -582,6 +585,7 @@ pub async fn expire_leases(
             run.update(&txn).await?;
             txn.commit().await?;
             tracing::warn!(deployment = id, %runner, "lease expired: deployment requeued");
+            crate::telemetry::metrics().lease_lapsed("requeued");
             events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
         }
         changed += 1;

@@ -154,6 +154,9 @@ pub const RETRY_AFTER_SECONDS: u64 = 1;
 /// - anything else is a bug: `INTERNAL`.
 pub fn database(error: &sea_orm::DbErr) -> Error {
     use sea_orm::{DbErr, RuntimeErr};
+    if let DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) = error {
+        crate::telemetry::metrics().pool_timeout();
+    }
     let driver = match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => None,
         DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => {

@@ -109,6 +109,13 @@ impl Admission {
         let principal = match self.authenticator.authenticate(db, credential).await {
             Ok(principal) => principal,
             Err(error) => {
+                crate::telemetry::metrics().authentication_failed(match error {
+                    AuthError::Missing => "missing",
+                    AuthError::Malformed => "malformed",
+                    AuthError::Invalid => "invalid",
+                    AuthError::Expired => "expired",
+                    AuthError::Unavailable => "unavailable",
+                });
                 if error != AuthError::Unavailable {
                     let key = client.0.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
                     self.record_refusal(
@@ -127,6 +134,7 @@ impl Admission {
         if let Some(limit) = &self.rate_limit
             && let Err(wait) = limit.check(principal.token_id)
         {
+            crate::telemetry::metrics().rate_limited();
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             let message = format!(
                 "rate limit exceeded for token {:?}; retry in {seconds} s",

@@ -18,6 +18,7 @@ pub mod node;
 pub mod repository;
 pub mod runner;
 pub mod subscription;
+pub mod telemetry;
 pub mod total_count;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
@@ -122,6 +123,7 @@ pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {
         .data(context)
         // Outermost, so that the guardrails check the document as the client sent it.
         .extension(conformance::Conformance)
+        .extension(telemetry::Telemetry)
         .extension(Guardrails {
             limits: limits.document,
         })

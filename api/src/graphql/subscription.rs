@@ -236,6 +236,7 @@ fn resync() -> async_graphql::Error {
 }
 
 fn events_dropped(missed: u64) -> async_graphql::Error {
+    crate::telemetry::metrics().events_dropped("subscriber", missed);
     coded(
         Code::EventsDropped,
         format!(

@@ -271,7 +271,6 @@ async fn execute(
         .operation_name
         .clone()
         .unwrap_or_else(|| "-".to_owned());
-    state.metrics.count_request();
     let credential = credential(headers);
     // One deadline for the whole request, admission included: a stalled database cannot
     // hold a client past the request timeout.

@@ -7,7 +7,6 @@ mod graphql;
 mod websocket;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -18,6 +17,7 @@ use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
 
 use crate::graphql::error::Code;
+use crate::telemetry;
 use serde_json::json;
 
 use tower_http::catch_panic::CatchPanicLayer;
@@ -33,7 +33,8 @@ pub use self::websocket::{Sockets, WebSocketLimits};
 pub struct AppState {
     pub db: DatabaseConnection,
     pub schema: KeystoneSchema,
-    pub metrics: Arc<Metrics>,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<Arc<str>>,
     pub admission: Arc<Admission>,
     /// Longest a query over HTTP may run (mutations always finish).
     pub request_timeout: Duration,
@@ -53,24 +54,8 @@ pub struct RouterOptions {
     pub graphiql: bool,
     /// Browser origins allowed to call the API (CORS); none: same-origin only.
     pub cors_origins: Vec<HeaderValue>,
-}
-
-/// Counters served at `/metrics` (Prometheus text format).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    sql_statements: AtomicU64,
-    graphql_requests: AtomicU64,
-}
-
-impl Metrics {
-    /// Called by the database pool for every statement it runs.
-    pub fn count_statement(&self) {
-        self.sql_statements.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn count_request(&self) {
-        self.graphql_requests.fetch_add(1, Ordering::Relaxed);
-    }
+    /// Serve `/metrics` here (else [`metrics_router`] serves it on its own address).
+    pub metrics: bool,
 }
 
 pub fn router(state: AppState, options: RouterOptions) -> Router {
@@ -78,8 +63,10 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket::websocket))
         .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/ready", get(ready));
+    if options.metrics {
+        router = router.route("/metrics", get(metrics));
+    }
     if options.graphiql {
         router = router
             .route("/", get(graphiql::page))
@@ -116,19 +103,64 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let m = &state.metrics;
-    let body = format!(
-        "# HELP keystone_sql_statements_total SQL statements run by the server's pool.\n\
-         # TYPE keystone_sql_statements_total counter\n\
-         keystone_sql_statements_total {}\n\
-         # HELP keystone_graphql_requests_total GraphQL requests over HTTP.\n\
-         # TYPE keystone_graphql_requests_total counter\n\
-         keystone_graphql_requests_total {}\n",
-        m.sql_statements.load(Ordering::Relaxed),
-        m.graphql_requests.load(Ordering::Relaxed),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+/// `/metrics` alone, for `--metrics-bind`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The Prometheus scrape: every metric, with what is read at this moment (the pool,
+/// WebSocket occupancy, deployments by status). Requires the metrics token when one is set.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if !presented.is_some_and(|presented| same_secret(presented, token)) {
+            telemetry::metrics().authentication_failed("metrics");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "/metrics requires the metrics token (--metrics-token-file)\n",
+            )
+                .into_response();
+        }
+    }
+    let scrape = telemetry::Scrape {
+        pool: pool_connections(&state.db),
+        websocket_connections: state.sockets.connections(),
+        subscriptions: state.sockets.subscriptions(),
+        deployments: telemetry::unmeasured(crate::store::deployment_queue(&state.db))
+            .await
+            .ok(),
+    };
+    let body = telemetry::metrics().render(scrape);
+    ([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], body).into_response()
+}
+
+/// Compares secrets by their digests, so the time taken says nothing about either.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes())
+}
+
+/// The pool's connections in use and idle.
+fn pool_connections(db: &DatabaseConnection) -> Option<(u32, u32)> {
+    let (size, idle) = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        sea_orm::DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => return None,
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+    Some((size.saturating_sub(idle), idle))
 }
 
 /// The process is up and serving HTTP. Never touches the database.

@@ -91,6 +91,17 @@ impl<K: Eq + Hash + Clone + Send + 'static> Occupancy<K> {
     }
 }
 
+impl<K: Eq + Hash + Clone> Occupancy<K> {
+    /// Units held over all keys.
+    fn total(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
+
 pub struct Slot<K: Eq + Hash + Clone> {
     owner: Arc<Occupancy<K>>,
     key: K,
@@ -114,6 +125,18 @@ pub struct Sockets {
     by_address: Arc<Occupancy<IpAddr>>,
     by_token: Arc<Occupancy<i64>>,
     subscriptions_by_token: Arc<Occupancy<i64>>,
+}
+
+impl Sockets {
+    /// WebSocket connections open (each holds a slot of its client address).
+    pub fn connections(&self) -> usize {
+        self.by_address.total()
+    }
+
+    /// Operations running on them.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions_by_token.total()
+    }
 }
 
 /// What `connection_init` established.

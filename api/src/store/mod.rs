@@ -11,8 +11,12 @@ pub mod loaders;
 pub mod nested;
 pub mod page;
 
-use entity::{app, repository};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
+use entity::deployment::{self, DeploymentStatus};
+use entity::{Timestamp, app, repository};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 
 use self::filters::FilterCondition;
 
@@ -48,4 +52,32 @@ pub async fn app(
     } else {
         Ok(query.one(db).await?.map(|app| (app, None)))
     }
+}
+
+/// Deployments by status, and how long the oldest queued one has waited (zero when none
+/// is): the deployment queue as `/metrics` shows it. Both read the `(status, created_at, id)`
+/// index.
+pub async fn deployment_queue(
+    db: &impl ConnectionTrait,
+) -> Result<(Vec<(DeploymentStatus, i64)>, std::time::Duration), DbErr> {
+    let counts: Vec<(DeploymentStatus, i64)> = deployment::Entity::find()
+        .select_only()
+        .column(deployment::Column::Status)
+        .column_as(deployment::Column::Id.count(), "count")
+        .group_by(deployment::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let oldest: Option<Timestamp> = deployment::Entity::find()
+        .select_only()
+        .column(deployment::Column::CreatedAt)
+        .filter(deployment::Column::Status.eq(DeploymentStatus::Queued))
+        .order_by_asc(deployment::Column::CreatedAt)
+        .into_tuple()
+        .one(db)
+        .await?;
+    let waited = oldest
+        .and_then(|at| (Timestamp::now().as_utc() - at.as_utc()).to_std().ok())
+        .unwrap_or_default();
+    Ok((counts, waited))
 }
