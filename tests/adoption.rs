@@ -12,6 +12,7 @@ const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
 const CONFIG_VARS: &str = "m20261130_000006_app_config";
 const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
 const CHECKS: &str = "m20261130_000008_check_enumerations";
+const DOCUMENTS: &str = "m20261130_000009_trusted_documents";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -92,7 +93,8 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
             RUNNER,
             CONFIG_VARS,
             STATUS_INDEX,
-            CHECKS
+            CHECKS,
+            DOCUMENTS
         ],
         "adopted, then migrated on"
     );

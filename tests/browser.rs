@@ -1,6 +1,7 @@
-//! GraphiQL in a real browser and a stock GraphQL WebSocket client, both against the real
-//! server: Debian's Chromium driven by npm's `playwright-core`, and npm's `graphql-ws`
-//! (`tests/browser/`, installed with `npm ci --prefix tests/browser`).
+//! GraphiQL in a real browser and stock GraphQL clients, all against the real server:
+//! Debian's Chromium driven by npm's `playwright-core`, npm's `graphql-ws`, and Apollo
+//! Client with its persisted-query link (`tests/browser/`, installed with
+//! `npm ci --prefix tests/browser`).
 //!
 //! Without Node.js, those packages or Chromium, these tests say so and pass, unless
 //! `KEYSTONE_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs them), which makes them fail.
@@ -19,8 +20,9 @@ fn tools_ready(chromium: bool) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let packages = tools_dir().join("node_modules/playwright-core").exists()
-        && tools_dir().join("node_modules/graphql-ws").exists();
+    let packages = ["playwright-core", "graphql-ws", "@apollo/client"]
+        .iter()
+        .all(|package| tools_dir().join("node_modules").join(package).exists());
     let browser = !chromium
         || Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
             .exists();
@@ -126,6 +128,62 @@ async fn stock_graphql_ws_client() {
             && out.contains("query ok")
             && out.contains("subscription ok"),
         "{out}"
+    );
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// A stock Apollo Client with its persisted-query link sends SHA-256 hashes (queries over
+/// GET). Against an open server it falls back to sending the text (nothing is stored by a
+/// client); once the document it sends is stored (`keystone documents add`, from the manifest
+/// of what it hashed) and the server runs trusted documents only, the hash alone works in
+/// one request, and a document that is not stored is refused.
+#[tokio::test]
+async fn stock_apollo_client_sends_hashes() {
+    if !tools_ready(false) {
+        return;
+    }
+    let (db, server, _) = server_with_app().await;
+    let viewer = server.create_token("frontend", "VIEWER").await;
+    let out = node("apollo-persisted.mjs", &[&server.base_url, &viewer]).await;
+    assert!(
+        out.contains("apps ok GET,POST ") && out.contains("me ok GET,POST "),
+        "{out}"
+    );
+    let manifest: serde_json::Value = out
+        .lines()
+        .find_map(|line| line.strip_prefix("manifest "))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .expect("the manifest");
+    let apps = manifest
+        .as_object()
+        .expect("hash → text")
+        .iter()
+        .find(|(_, text)| text.as_str().is_some_and(|t| t.contains("query Apps")))
+        .map(|(hash, text)| (hash.clone(), text.as_str().unwrap_or_default().to_owned()))
+        .expect("the Apps document");
+    let file = db.dir().join("apps.graphql");
+    std::fs::write(&file, &apps.1).expect("write");
+    let added = crate::support::keystone(&db, &["documents", "add", file.to_str().unwrap()]).await;
+    assert!(
+        added.assert_success().stdout.starts_with(&apps.0),
+        "{}",
+        added.stdout
+    );
+    server.stop().await;
+
+    let server = Server::start(&db, &["--trusted-documents-only"])
+        .await
+        .expect("server restarts");
+    let out = node("apollo-persisted.mjs", &[&server.base_url, &viewer]).await;
+    assert!(
+        out.contains("apps ok GET {"),
+        "by hash alone, in one request: {out}"
+    );
+    assert!(out.contains("browser-app"), "{out}");
+    assert!(
+        out.contains("me refused GET,POST FORBIDDEN_DOCUMENT"),
+        "not stored: {out}"
     );
     server.stop().await;
     db.cleanup().await;

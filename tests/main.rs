@@ -8,6 +8,7 @@ mod adoption;
 mod backup;
 mod browser;
 mod deploy;
+mod documents;
 mod faults;
 mod fuzz;
 mod graphql;

@@ -13,7 +13,8 @@ const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
 const CONFIG_VARS: &str = "m20261130_000006_app_config";
 const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
 const CHECKS: &str = "m20261130_000008_check_enumerations";
-const KEYSTONE_TABLES: [&str; 9] = [
+const DOCUMENTS: &str = "m20261130_000009_trusted_documents";
+const KEYSTONE_TABLES: [&str; 10] = [
     "api_app",
     "api_app_env",
     "api_app_placement",
@@ -23,6 +24,7 @@ const KEYSTONE_TABLES: [&str; 9] = [
     "api_deployment_run",
     "api_repository",
     "api_token",
+    "api_trusted_document",
 ];
 /// The tables of the Django schema (migrations 1 and 2).
 const DJANGO_TABLES: [&str; 3] = ["api_app", "api_deployment", "api_repository"];
@@ -65,7 +67,8 @@ async fn migrate_from_empty(backend: Backend) {
             RUNNER,
             CONFIG_VARS,
             STATUS_INDEX,
-            CHECKS
+            CHECKS,
+            DOCUMENTS
         ]
     );
 
@@ -113,16 +116,16 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let pending = keystone(&db, &["migrate", "status", "--check"]).await;
     pending.assert_failure();
     let printed = format!("{}{}", pending.stdout, pending.stderr);
-    assert!(printed.contains("8 migration(s) pending"), "{printed}");
+    assert!(printed.contains("9 migration(s) pending"), "{printed}");
     assert!(printed.contains(CHECKS), "{printed}");
-    keystone(&db, &["migrate", "up", "7"])
+    keystone(&db, &["migrate", "up", "8"])
         .await
         .assert_success();
     let one = keystone(&db, &["migrate", "status", "--check"]).await;
     one.assert_failure();
     assert!(
         one.stderr
-            .contains(&format!("1 migration(s) pending: {CHECKS}")),
+            .contains(&format!("1 migration(s) pending: {DOCUMENTS}")),
         "{}",
         one.stderr
     );
@@ -214,10 +217,10 @@ async fn concurrent_migrations_take_turns() {
         let applied = |out: &crate::support::Output| out.stdout.matches("Applied ").count();
         let mut counts = [applied(&a), applied(&b)];
         counts.sort_unstable();
-        assert_eq!(counts, [0, 8], "{}\n---\n{}", a.stdout, b.stdout);
+        assert_eq!(counts, [0, 9], "{}\n---\n{}", a.stdout, b.stdout);
         assert_eq!(
             db.count("SELECT COUNT(*) FROM seaql_migrations").await,
-            8,
+            9,
             "each migration recorded once"
         );
         keystone(&db, &["migrate", "reset"]).await.assert_success();
@@ -231,6 +234,18 @@ async fn down_up_round_trip(backend: Backend) {
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {DOCUMENTS}")),
+        "{}",
+        down.stdout
+    );
+    assert!(
+        !db.tables()
+            .await
+            .contains(&"api_trusted_document".to_owned())
+    );
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -473,7 +488,7 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(CHECKS)
+        Some(DOCUMENTS)
     );
     db.cleanup().await;
 }

@@ -55,6 +55,12 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Store, list and remove trusted documents (persisted queries), by SHA-256 (works on
+    /// the database directly).
+    Documents {
+        #[command(subcommand)]
+        command: DocumentsCommand,
+    },
     /// Write a consistent copy of a SQLite database to FILE, also while the server runs
     /// (PostgreSQL: use `pg_dump`, see the README).
     Backup {
@@ -108,6 +114,23 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum DocumentsCommand {
+    /// Store each FILE (one GraphQL document, byte for byte) after checking it against the
+    /// schema; prints its hash. Storing a document twice changes nothing.
+    Add {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// List the stored documents: hash, operations, when stored.
+    List,
+    /// Remove documents by hash (running servers notice within a second).
+    Remove {
+        #[arg(required = true)]
+        hashes: Vec<String>,
+    },
+}
+
 fn parse_role(value: &str) -> Result<Role, String> {
     match value.to_ascii_lowercase().as_str() {
         "admin" => Ok(Role::Admin),
@@ -152,6 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command } => token(&cli.database.database_url, command).await,
+        Command::Documents { command } => documents(&cli.database.database_url, command).await,
         Command::Schema { command: None } => {
             print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
@@ -229,8 +253,8 @@ fn schema_diff(
     }
 }
 
-/// `keystone token …`: straight on the database, so an operator can always recover access.
-async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
+/// The database at `url`, refused unless its migrations are all applied.
+async fn migrated_database(url: &str) -> anyhow::Result<sea_orm::DatabaseConnection> {
     let db = connection::connect_for_migrations(url).await?;
     let history = migration::history::read(&db).await?;
     history.ensure_known()?;
@@ -240,6 +264,73 @@ async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
             redact(url)
         );
     }
+    Ok(db)
+}
+
+/// `keystone documents …`.
+async fn documents(url: &str, command: DocumentsCommand) -> anyhow::Result<ExitCode> {
+    use crate::domain::documents;
+    let db = migrated_database(url).await?;
+    let result = async {
+        match command {
+            DocumentsCommand::Add { files } => {
+                let mut new = Vec::with_capacity(files.len());
+                for file in &files {
+                    let text = std::fs::read_to_string(file).map_err(|error| {
+                        anyhow::anyhow!("cannot read {}: {error}", file.display())
+                    })?;
+                    let operation_names = crate::graphql::documents::validate(&text)
+                        .await
+                        .map_err(|error| {
+                            anyhow::anyhow!("{} is not a valid document: {error}", file.display())
+                        })?;
+                    new.push(documents::NewDocument {
+                        text,
+                        operation_names,
+                    });
+                }
+                let names: Vec<String> = new.iter().map(|d| d.operation_names.join(",")).collect();
+                let added = documents::add(&db, new).await?;
+                for ((file, (hash, is_new)), names) in files.iter().zip(added).zip(names) {
+                    let state = if is_new { "added" } else { "already stored" };
+                    println!("{hash}  {names}  {} ({state})", file.display());
+                }
+            }
+            DocumentsCommand::List => {
+                for document in documents::list(&db).await? {
+                    println!(
+                        "{}  {}  {}",
+                        document.hash,
+                        document.operation_names,
+                        document.created_at.as_utc().format("%Y-%m-%d %H:%M")
+                    );
+                }
+            }
+            DocumentsCommand::Remove { hashes } => {
+                let mut normalized = Vec::with_capacity(hashes.len());
+                for hash in &hashes {
+                    let bare = hash.strip_prefix("sha256:").unwrap_or(hash);
+                    normalized.push(documents::normalize_hash(bare).ok_or_else(|| {
+                        anyhow::anyhow!("{hash:?} is not a SHA-256 (64 hex digits)")
+                    })?);
+                }
+                let removed = documents::remove(&db, &normalized).await?;
+                println!("Removed {removed} of {} document(s).", normalized.len());
+                if removed < normalized.len() as u64 {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    }
+    .await;
+    db.close().await?;
+    result
+}
+
+/// `keystone token …`: straight on the database, so an operator can always recover access.
+async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    let db = migrated_database(url).await?;
     let result = async {
         match command {
             TokenCommand::Create {

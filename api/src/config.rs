@@ -117,6 +117,13 @@ pub struct ServeArgs {
     /// never cancelled halfway.
     #[arg(long, env = "KEYSTONE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Run only trusted documents (stored with `keystone documents add`, sent by hash or in
+    /// full); refuse any other with `FORBIDDEN_DOCUMENT`.
+    #[arg(long, env = "KEYSTONE_TRUSTED_DOCUMENTS_ONLY")]
+    pub trusted_documents_only: bool,
+    /// With `--trusted-documents-only`, still run any document for admin tokens (GraphiQL).
+    #[arg(long, env = "KEYSTONE_TRUSTED_DOCUMENTS_ALLOW_ADMINS")]
+    pub trusted_documents_allow_admins: bool,
     /// Serve `/metrics` on this address (one only Prometheus reaches) instead of on the
     /// API's: operation names and runner names appear in it.
     #[arg(long, env = "KEYSTONE_METRICS_BIND")]
@@ -209,6 +216,7 @@ pub struct Config {
     pub database_url: String,
     pub pool: PoolSettings,
     pub bind: SocketAddr,
+    pub documents: crate::graphql::documents::DocumentPolicy,
     /// `/metrics` on its own address instead of the API's.
     pub metrics_bind: Option<SocketAddr>,
     /// The file of the bearer token `/metrics` requires.
@@ -239,6 +247,10 @@ impl Config {
             database_url: database.database_url.clone(),
             pool: database.pool(),
             bind: serve.bind,
+            documents: crate::graphql::documents::DocumentPolicy {
+                trusted_only: serve.trusted_documents_only,
+                admins_exempt: serve.trusted_documents_allow_admins,
+            },
             metrics_bind: serve.metrics_bind,
             metrics_token_file: serve.metrics_token_file.clone(),
             migrate_on_start: !serve.no_migrate,

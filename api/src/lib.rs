@@ -94,6 +94,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         events.clone(),
         config.runners.clone(),
     ));
+    let documents = Arc::new(graphql::documents::TrustedDocuments {
+        store: domain::documents::DocumentStore::new(db.clone(), DOCUMENTS_REFRESH),
+        policy: config.documents,
+    });
     let schema = graphql::schema(
         graphql::ApiContext {
             db: db.clone(),
@@ -104,6 +108,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             secrets: Arc::new(secrets),
             ports: config.ports,
             runners: config.runners.clone(),
+            documents: documents.clone(),
         },
         config.limits,
     );
@@ -116,6 +121,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         db: db.clone(),
         schema,
         metrics_token,
+        documents,
         admission,
         request_timeout: config.request_timeout,
         document_limits: config.limits.document,
@@ -205,6 +211,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     db.close().await?;
     Ok(())
 }
+
+/// How often servers read the stored documents again (`keystone documents` changes them
+/// from another process).
+const DOCUMENTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The bearer token `/metrics` requires, from its file (surrounding whitespace ignored).
 fn read_metrics_token(path: &Path) -> Result<Arc<str>, ServeError> {

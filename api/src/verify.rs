@@ -165,6 +165,7 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(AppPlacement, backend),
             table_shape(AppEnv, backend),
             table_shape(AppSettings, backend),
+            table_shape(TrustedDocument, backend),
         ]
         .into_iter()
         .collect(),

@@ -79,6 +79,9 @@ pub struct Model {
     pub error_code: Option<String>,
     #[sea_orm(column_type = "Text", nullable)]
     pub error_message: Option<String>,
+    /// The SHA-256 of the document the call ran (hex), when it came through the GraphQL API.
+    #[sea_orm(column_type = "String(StringLen::N(64))", nullable)]
+    pub document_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,7 @@ pub mod deployment;
 pub mod deployment_run;
 pub mod repository;
 mod timestamp;
+pub mod trusted_document;
 
 pub use timestamp::Timestamp;
 
@@ -29,4 +30,5 @@ pub mod prelude {
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
     pub use super::deployment_run::Entity as DeploymentRun;
     pub use super::repository::Entity as Repository;
+    pub use super::trusted_document::Entity as TrustedDocument;
 }

@@ -21,6 +21,7 @@ mod m20261130_000005_runner_placement_and_commits;
 mod m20261130_000006_app_config;
 mod m20261130_000007_index_deployments_by_status;
 mod m20261130_000008_check_enumerations;
+mod m20261130_000009_trusted_documents;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_app_config::Migration),
             Box::new(m20261130_000007_index_deployments_by_status::Migration),
             Box::new(m20261130_000008_check_enumerations::Migration),
+            Box::new(m20261130_000009_trusted_documents::Migration),
         ]
     }
 }

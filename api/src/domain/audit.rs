@@ -48,6 +48,8 @@ pub struct Entry {
     pub object_id: Option<String>,
     /// `None` on success; the error's code and message otherwise.
     pub error: Option<(String, String)>,
+    /// The SHA-256 of the document the call ran, when known.
+    pub document_hash: Option<String>,
 }
 
 /// What a write acted on, as the trail names it.
@@ -127,6 +129,7 @@ async fn insert(db: &impl ConnectionTrait, entry: Entry) -> Result<(), DbErr> {
         outcome: Set(outcome),
         error_code: Set(error_code),
         error_message: Set(error_message.map(|m| shorten(&m))),
+        document_hash: Set(entry.document_hash),
         ..Default::default()
     };
     AuditEvent::insert(row).exec_without_returning(db).await?;

@@ -84,6 +84,13 @@ impl AuditEvent {
     async fn error_message(&self) -> Option<&str> {
         self.0.error_message.as_deref()
     }
+
+    /// The SHA-256 (hex) of the GraphQL document the call ran: with trusted documents, the
+    /// stored document's hash (`keystone documents list`). Null for calls refused before
+    /// their document was read.
+    async fn document_hash(&self) -> Option<&str> {
+        self.0.document_hash.as_deref()
+    }
 }
 
 /// Which audit events to list.

@@ -196,6 +196,9 @@ where
         arguments: serde_json::Value::Object(arguments),
         object_id: requested_object,
         error: None,
+        document_hash: ctx
+            .data_opt::<super::documents::DocumentHash>()
+            .map(|hash| hash.0.clone()),
     };
     if let Err(refused) = authorize(ctx, capability) {
         entry.error = Some(error_of(&refused));

@@ -39,12 +39,16 @@ pub enum Code {
     MethodNotAllowed,
     /// The disk is full: nothing was stored (HTTP 507 when nothing ran).
     InsufficientStorage,
+    /// A request named a trusted document by a hash no stored document has.
+    PersistedQueryNotFound,
+    /// With trusted documents only, a document that is not one of them.
+    ForbiddenDocument,
     /// Unexpected; logged under `extensions.correlationId`.
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 24] = [
         Code::BadUserInput,
         Code::NotFound,
         Code::Conflict,
@@ -66,6 +70,8 @@ impl Code {
         Code::UnsupportedMediaType,
         Code::MethodNotAllowed,
         Code::InsufficientStorage,
+        Code::PersistedQueryNotFound,
+        Code::ForbiddenDocument,
         Code::Internal,
     ];
 
@@ -92,6 +98,8 @@ impl Code {
             Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Code::InsufficientStorage => "INSUFFICIENT_STORAGE",
+            Code::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Code::ForbiddenDocument => "FORBIDDEN_DOCUMENT",
             Code::Internal => "INTERNAL",
         }
     }

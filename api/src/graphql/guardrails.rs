@@ -183,6 +183,7 @@ impl Admission {
             arguments: json!({ "client": client.0.map(|ip| ip.to_string()) }),
             object_id: None,
             error: Some((code.to_owned(), why)),
+            document_hash: None,
         };
         if let Err(error) = audit::record(db, entry).await {
             let _ = super::error::internal(format!("cannot append to the audit trail: {error}"));
@@ -377,6 +378,9 @@ impl Extension for Gate {
             .copied()
             .unwrap_or_default();
         let principal = api.admission.admit(&api.db, credential, client).await?;
+        api.documents
+            .resolve(&mut request, None, &principal)
+            .await?;
         request.data.insert(principal);
         next.run(ctx, request).await
     }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod conformance;
 pub mod connection;
 pub mod deployment;
+pub mod documents;
 pub mod error;
 pub mod guardrails;
 pub mod ids;
@@ -90,6 +91,8 @@ pub struct ApiContext {
     pub ports: PortRange,
     /// Leases, attempts and the logs directory of the runner protocol.
     pub runners: RunnerPolicy,
+    /// The stored documents, and whether only they run.
+    pub documents: Arc<documents::TrustedDocuments>,
 }
 
 /// What a query document may cost.

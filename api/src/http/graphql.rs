@@ -167,7 +167,19 @@ pub async fn post(
         );
     }
     match serde_json::from_slice::<async_graphql::Request>(&body) {
-        Ok(request) => execute(&state, request, &headers, peer, media, Method::Post).await,
+        Ok(request) => {
+            let document_id = document_id_in_body(&body);
+            execute(
+                &state,
+                request,
+                document_id,
+                &headers,
+                peer,
+                media,
+                Method::Post,
+            )
+            .await
+        }
         Err(error) => plain_error(
             Code::BadRequest,
             media,
@@ -196,7 +208,36 @@ pub async fn get(
                 );
             }
         };
-    execute(&state, request, &headers, peer, media, Method::Get).await
+    let document_id = url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "documentId")
+        .map(|(_, value)| value.into_owned());
+    execute(
+        &state,
+        request,
+        document_id,
+        &headers,
+        peer,
+        media,
+        Method::Get,
+    )
+    .await
+}
+
+/// A POST body's `documentId` (GraphQL over HTTP's persisted documents), read only when the
+/// body mentions one.
+fn document_id_in_body(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithDocumentId {
+        #[serde(rename = "documentId")]
+        document_id: Option<String>,
+    }
+    const FIELD: &[u8] = b"\"documentId\"";
+    if !body.windows(FIELD.len()).any(|window| window == FIELD) {
+        return None;
+    }
+    serde_json::from_slice::<WithDocumentId>(body)
+        .ok()
+        .and_then(|with| with.document_id)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -260,7 +301,8 @@ async fn parse(
 
 async fn execute(
     state: &AppState,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
+    document_id: Option<String>,
     headers: &HeaderMap,
     peer: SocketAddr,
     media: MediaType,
@@ -300,6 +342,18 @@ async fn execute(
             );
         }
     };
+    if let Err(refusal) = state
+        .documents
+        .resolve(&mut request, document_id.as_deref(), &principal)
+        .await
+    {
+        return respond(
+            async_graphql::Response::from_errors(vec![refusal]),
+            media,
+            &operation,
+            started,
+        );
+    }
     let mut request = match parse(state, request).await {
         Ok(request) => request,
         Err(error) => {
@@ -424,11 +478,12 @@ fn respond(
             .all(|e| Code::of(e.extensions.as_ref()) == Some(Code::ServiceUnavailable));
     let status = match code {
         // Refused before it ran: the status says why.
-        Some(code @ (Code::Unauthenticated | Code::RateLimited | Code::ServiceUnavailable))
-            if request_error =>
-        {
-            status_of(code)
-        }
+        Some(
+            code @ (Code::Unauthenticated
+            | Code::RateLimited
+            | Code::ServiceUnavailable
+            | Code::ForbiddenDocument),
+        ) if request_error => status_of(code),
         _ if unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
@@ -463,7 +518,7 @@ fn respond(
 pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::Forbidden => StatusCode::FORBIDDEN,
+        Code::Forbidden | Code::ForbiddenDocument => StatusCode::FORBIDDEN,
         Code::RateLimited | Code::TooManyConnections | Code::TooManySubscriptions => {
             StatusCode::TOO_MANY_REQUESTS
         }
@@ -482,6 +537,7 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::Resync
         | Code::GraphqlParseFailed
         | Code::GraphqlValidationFailed
+        | Code::PersistedQueryNotFound
         | Code::BadRequest => StatusCode::BAD_REQUEST,
     }
 }

@@ -33,6 +33,8 @@ pub use self::websocket::{Sockets, WebSocketLimits};
 pub struct AppState {
     pub db: DatabaseConnection,
     pub schema: KeystoneSchema,
+    /// The stored documents, and whether only they run (also in the schema's data).
+    pub documents: Arc<crate::graphql::documents::TrustedDocuments>,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<Arc<str>>,
     pub admission: Arc<Admission>,
