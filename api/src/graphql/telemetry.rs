@@ -20,7 +20,7 @@ use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, Opera
 use async_graphql::{Request, Response, ServerResult, Variables};
 use futures_util::{Stream, StreamExt};
 
-use super::conformance::select_operation;
+use super::conformance::{lock, select_operation};
 use super::error::Code;
 use crate::telemetry::{Outcome, metrics};
 
@@ -42,10 +42,6 @@ struct Operation {
 #[derive(Default)]
 struct TelemetryExtension {
     operation: Arc<Mutex<Operation>>,
-}
-
-fn lock(operation: &Mutex<Operation>) -> std::sync::MutexGuard<'_, Operation> {
-    operation.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn kind_name(kind: OperationType) -> &'static str {
