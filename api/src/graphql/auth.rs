@@ -164,57 +164,21 @@ async fn audit_call<T, F>(
 where
     F: Future<Output = async_graphql::Result<T>>,
 {
-    let (api, principal) = (api(ctx)?, principal(ctx)?);
-    let field = ctx.field();
-    let arguments: serde_json::Map<String, serde_json::Value> = field
-        .arguments()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, value)| {
-            let json = value.into_json().unwrap_or(serde_json::Value::Null);
-            (name.to_string(), json)
-        })
-        .collect();
-    // The object the call is about: `input.id`, else the first `input.…Id`
-    // (`appId`, `deploymentId`, `repositoryId`); a write names its own (a created row).
-    let requested_object = arguments
-        .get("input")
-        .and_then(|input| input.as_object())
-        .and_then(|input| {
-            input.get("id").or_else(|| {
-                input
-                    .iter()
-                    .find(|(name, _)| name.ends_with("Id"))
-                    .map(|(_, value)| value)
-            })
-        })
-        .and_then(|id| id.as_str())
-        .map(str::to_owned);
-    let mut entry = Entry {
-        principal: Some(principal.clone()),
-        operation: field.name().to_owned(),
-        arguments: serde_json::Value::Object(arguments),
-        object_id: requested_object,
-        error: None,
-        document_hash: ctx
-            .data_opt::<super::documents::DocumentHash>()
-            .map(|hash| hash.0.clone()),
-    };
+    let api = api(ctx)?;
     if let Err(refused) = authorize(ctx, capability) {
-        entry.error = Some(error_of(&refused));
-        record(&api.db, entry).await;
+        record(&api.db, entry_of(ctx, Some(error_of(&refused)))?).await;
         return Err(refused);
     }
     if !record_success {
+        // Built only on failure: these calls carry log chunks.
         let result = body.await;
         if let Err(error) = &result {
-            entry.error = Some(error_of(error));
-            record(&api.db, entry).await;
+            record(&api.db, entry_of(ctx, Some(error_of(error)))?).await;
         }
         return result;
     }
     let pending = Pending {
-        entry,
+        entry: entry_of(ctx, None)?,
         name: |object| object_id(object).0,
     };
     let (result, unwritten) = audit::pending(pending, body).await;
@@ -228,6 +192,46 @@ where
         }
     }
     result
+}
+
+/// The audit entry of the mutation field `ctx` resolves, by its caller: the operation, its
+/// arguments as JSON, the object its input names (`input.id`, else the first `input.…Id`:
+/// `appId`, `deploymentId`, `repositoryId`; a write names its own, a created row), the
+/// document's hash, and `error`.
+fn entry_of(ctx: &Context<'_>, error: Option<(String, String)>) -> async_graphql::Result<Entry> {
+    let field = ctx.field();
+    let arguments: serde_json::Map<String, serde_json::Value> = field
+        .arguments()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            let json = value.into_json().unwrap_or(serde_json::Value::Null);
+            (name.to_string(), json)
+        })
+        .collect();
+    let requested_object = arguments
+        .get("input")
+        .and_then(|input| input.as_object())
+        .and_then(|input| {
+            input.get("id").or_else(|| {
+                input
+                    .iter()
+                    .find(|(name, _)| name.ends_with("Id"))
+                    .map(|(_, value)| value)
+            })
+        })
+        .and_then(|id| id.as_str())
+        .map(str::to_owned);
+    Ok(Entry {
+        principal: Some(principal(ctx)?.clone()),
+        operation: field.name().to_owned(),
+        arguments: serde_json::Value::Object(arguments),
+        object_id: requested_object,
+        error,
+        document_hash: ctx
+            .data_opt::<super::documents::DocumentHash>()
+            .map(|hash| hash.0.clone()),
+    })
 }
 
 /// The code and message an audit row keeps of a failed call.
