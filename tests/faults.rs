@@ -670,11 +670,23 @@ async fn pool_exhaustion_answers_503_instead_of_queueing() {
             (status, retry_after, body)
         }
     };
-    // Two requests take both connections and wait behind the lock.
+    // Two requests take both connections and wait behind the lock (the pool says so).
     let blocked: Vec<_> = (0..2)
         .map(|_| tokio::spawn(post("{ apps { totalCount } }")))
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server
+        .metric("keystone_db_pool_connections{state=\"in_use\"}")
+        .await
+        < 2.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two never got connections"
+        );
+        tokio::task::yield_now().await;
+    }
+    let timeouts = server.metric("keystone_db_pool_timeouts_total").await;
     // The next ones find no connection, and are told so.
     for _ in 0..4 {
         let (status, retry_after, body) = post("{ repositories { totalCount } }").await;
@@ -688,6 +700,11 @@ async fn pool_exhaustion_answers_503_instead_of_queueing() {
     assert!(
         blocked.iter().all(|b| !b.is_finished()),
         "the first two still wait behind the lock"
+    );
+    assert_eq!(
+        server.metric("keystone_db_pool_timeouts_total").await - timeouts,
+        4.0,
+        "each refusal counted"
     );
     lock.rollback().await.expect("release the lock");
     for request in blocked {

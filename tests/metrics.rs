@@ -7,18 +7,9 @@ use std::collections::HashMap;
 use futures_util::SinkExt;
 use serde_json::json;
 
-use crate::support::{Backend, Server, TestDb, http, http_as, ws_connect, ws_next, ws_subscribe};
-
-/// Every series of a Prometheus text scrape: `name{labels}` → value.
-fn parse(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
+use crate::support::{
+    Backend, Server, TestDb, http, http_as, parse_metrics, ws_connect, ws_next, ws_subscribe,
+};
 
 async fn scrape(server: &Server) -> HashMap<String, f64> {
     let response = http()
@@ -33,7 +24,7 @@ async fn scrape(server: &Server) -> HashMap<String, f64> {
             .unwrap()
             .starts_with("text/plain; version=0.0.4")
     );
-    parse(&response.text().await.expect("body"))
+    parse_metrics(&response.text().await.expect("body"))
 }
 
 /// The value of `series`, 0 when the scrape does not have it.
@@ -310,7 +301,7 @@ async fn metrics_can_have_an_address_and_a_token_of_their_own() {
         .await
         .expect("GET");
     assert_eq!(with.status(), 200);
-    let metrics = parse(&with.text().await.expect("body"));
+    let metrics = parse_metrics(&with.text().await.expect("body"));
     assert_eq!(
         value(
             &metrics,

@@ -598,6 +598,11 @@ impl Server {
 
     /// How many SQL statements the server has run (from `/metrics`).
     pub async fn sql_statements(&self) -> u64 {
+        self.metric("keystone_sql_statements_total").await as u64
+    }
+
+    /// Every series `/metrics` serves now: `name{labels}` → value.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
         let text = http()
             .get(self.url("/metrics"))
             .send()
@@ -606,10 +611,12 @@ impl Server {
             .text()
             .await
             .expect("metrics body");
-        text.lines()
-            .find_map(|l| l.strip_prefix("keystone_sql_statements_total "))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("keystone_sql_statements_total in /metrics")
+        parse_metrics(&text)
+    }
+
+    /// One series of `/metrics` (`name{labels}`, as served), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics().await.get(series).copied().unwrap_or(0.0)
     }
 }
 
@@ -678,6 +685,17 @@ pub fn only_error(body: &serde_json::Value) -> (String, Option<String>) {
 
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Every series of a Prometheus text scrape: `name{labels}` → value.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
 
 /// A `graphql-transport-ws` `subscribe` message for operation `id`.
 pub fn ws_subscribe(id: &str, query: &str) -> tokio_tungstenite::tungstenite::Message {
