@@ -472,6 +472,13 @@ async fn log_chunks_apply_once_and_resume(backend: Backend) {
     };
     assert_eq!(again["job"]["attempt"], 2);
     assert_eq!(again["job"]["logSequence"], 4);
+    assert_eq!(
+        server
+            .metric("keystone_deployment_leases_lapsed_total{outcome=\"requeued\"}")
+            .await,
+        1.0,
+        "the lapse is counted"
+    );
     Server::data(&send("g\n", 5).await);
     let body = server
         .graphql(read, json!({ "id": id, "after": 0, "tail": 100 }))
