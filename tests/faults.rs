@@ -509,7 +509,7 @@ fn rss_and_fds(pid: u32) -> (u64, usize) {
 
 /// A soak: the mixed load for `KEYSTONE_SOAK_SECS` (default 60; `.ci/run` sets 600) with
 /// 500 idle WebSocket subscribers. The server's RSS and open file descriptors, sampled 20
-/// times and printed, stay flat: after the first quarter (warm-up: pools, caches and the
+/// times and printed (and written to `KEYSTONE_SOAK_REPORT_DIR` when set), stay flat: after the first quarter (warm-up: pools, caches and the
 /// allocator's arenas fill), RSS grows by at most a quarter and descriptors by at most 16.
 /// Every subscriber is still connected at the end.
 async fn soak_with_idle_subscribers_stays_flat(backend: Backend) {
@@ -557,17 +557,25 @@ async fn soak_with_idle_subscribers_stays_flat(backend: Backend) {
     let pid = server.pid();
     let sampler = async {
         let mut samples = Vec::new();
+        let mut curve = String::new();
         for n in 0..=20u64 {
             if n > 0 {
                 tokio::time::sleep(std::time::Duration::from_secs(seconds) / 20).await;
             }
             let (rss, fds) = rss_and_fds(pid);
-            println!(
-                "soak {backend:?} t={:>4}s rss={:>7.1} MB fds={fds}",
+            let line = format!(
+                "soak {backend:?} t={:>4}s rss={:>7.1} MB fds={fds}\n",
                 n * seconds / 20,
                 rss as f64 / 1024.0
             );
+            print!("{line}");
+            curve.push_str(&line);
             samples.push((rss, fds));
+        }
+        // `.ci/run` prints the curve after the tests (their own output is captured).
+        if let Ok(dir) = std::env::var("KEYSTONE_SOAK_REPORT_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("soak-{backend:?}.txt"));
+            std::fs::write(path, &curve).expect("write the soak curve");
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         samples
