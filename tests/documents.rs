@@ -267,6 +267,15 @@ async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
         [sha256(CLAIM)]
     );
 
+    // The runner's own operations are trusted without being stored.
+    let (status, body) = post(
+        &server,
+        &runner,
+        json!({ "query": api::runner::client::operations::RUNNER_APPS }),
+    )
+    .await;
+    assert_eq!((status, body.get("errors")), (200, None), "{body}");
+
     // Removed: servers stop running it once they read the documents again (each second).
     let removed = keystone(&db, &["documents", "remove", &apps_hash]).await;
     assert!(removed.assert_success().stdout.contains("Removed 1 of 1"));

@@ -94,10 +94,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         events.clone(),
         config.runners.clone(),
     ));
-    let documents = Arc::new(graphql::documents::TrustedDocuments {
-        store: domain::documents::DocumentStore::new(db.clone(), DOCUMENTS_REFRESH),
-        policy: config.documents,
-    });
+    let documents = Arc::new(graphql::documents::TrustedDocuments::new(
+        domain::documents::DocumentStore::new(db.clone(), DOCUMENTS_REFRESH),
+        config.documents,
+    ));
     let schema = graphql::schema(
         graphql::ApiContext {
             db: db.clone(),

@@ -7,6 +7,7 @@
 //! The stored documents themselves are [`crate::domain::documents`]; this module also
 //! checks a document against the schema before it is stored ([`validate`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
@@ -33,11 +34,34 @@ pub struct DocumentPolicy {
 pub struct DocumentHash(pub String);
 
 pub struct TrustedDocuments {
-    pub store: DocumentStore,
-    pub policy: DocumentPolicy,
+    store: DocumentStore,
+    policy: DocumentPolicy,
+    /// Documents this binary sends itself (`keystone runner`), trusted without being stored,
+    /// by hash.
+    builtin: HashMap<String, &'static str>,
 }
 
 impl TrustedDocuments {
+    pub fn new(store: DocumentStore, policy: DocumentPolicy) -> Self {
+        let builtin = crate::runner::client::operations::ALL
+            .iter()
+            .map(|(_, text)| (documents::hash(text), *text))
+            .collect();
+        Self {
+            store,
+            policy,
+            builtin,
+        }
+    }
+
+    /// The trusted document named by `hash`: one of this binary's own, or a stored one.
+    async fn get(&self, hash: &str) -> Result<Option<Arc<str>>, ServerError> {
+        if let Some(text) = self.builtin.get(hash) {
+            return Ok(Some(Arc::from(*text)));
+        }
+        self.store.get(hash).await.map_err(database)
+    }
+
     /// Puts the stored document into `request` when it names one by hash (`document_id`, or
     /// `extensions.persistedQuery`), and refuses what the policy does not allow:
     /// `PERSISTED_QUERY_NOT_FOUND` for an unknown hash, `FORBIDDEN_DOCUMENT` for a document
@@ -54,7 +78,7 @@ impl TrustedDocuments {
         if request.query.is_empty()
             && let Some(hash) = &named
         {
-            let Some(text) = self.store.get(hash).await.map_err(database)? else {
+            let Some(text) = self.get(hash).await? else {
                 return Err(server_error(
                     Code::PersistedQueryNotFound,
                     // Apollo's persisted-query link looks for this message.
@@ -75,7 +99,7 @@ impl TrustedDocuments {
             ));
         }
         if self.policy.trusted_only && !trusted {
-            trusted = self.store.get(&hash).await.map_err(database)?.is_some();
+            trusted = self.get(&hash).await?.is_some();
         }
         let exempt = self.policy.admins_exempt && principal.role == Role::Admin;
         if self.policy.trusted_only && !trusted && !exempt {
