@@ -19,7 +19,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, Set,
 };
-use sha2::{Digest, Sha256};
 
 use super::audit::{self, Object};
 use super::{DomainError, begin_write, check, validation, writer_turn};
@@ -105,10 +104,7 @@ impl Secret {
 
 /// Hex SHA-256 of a secret, as stored in `api_token.secret_hash`.
 fn hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::sha256_hex(secret)
 }
 
 /// Whether `secret` has the shape of a Keystone secret (checked before touching the

@@ -15,16 +15,12 @@ use entity::trusted_document;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
-use sha2::{Digest, Sha256};
 
 use super::{DomainError, begin_write};
 
 /// Lowercase hex SHA-256 of `text`'s UTF-8 bytes: a document's name.
 pub fn hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::sha256_hex(text)
 }
 
 /// `hash` as stored: 64 hex digits, lowercased; `None` if it is not one.

@@ -14,9 +14,9 @@ use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, N
 use async_graphql::parser::types::DocumentOperations;
 use async_graphql::{Request, Response, ServerError};
 
-use super::error::{Code, server_error};
 use entity::api_token::Role;
 
+use super::error::{Code, server_error};
 use crate::domain::access::Principal;
 use crate::domain::documents::{self, DocumentStore};
 
