@@ -297,7 +297,11 @@ async fn documents(url: &str, command: DocumentsCommand) -> anyhow::Result<ExitC
                 }
             }
             DocumentsCommand::List => {
-                for document in documents::list(&db).await? {
+                let stored = documents::list(&db).await?;
+                if stored.is_empty() {
+                    eprintln!("No documents stored yet: `keystone documents add FILE…`.");
+                }
+                for document in stored {
                     println!(
                         "{}  {}  {}",
                         document.hash,
