@@ -6,7 +6,7 @@
 //! that would let any caller fill the table and defeat the allow-list).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use entity::Timestamp;
@@ -94,53 +94,89 @@ pub async fn remove(db: &DatabaseConnection, hashes: &[String]) -> Result<u64, D
 }
 
 /// The stored documents, kept in memory and read again every `every` (documents are added
-/// and removed by another process, `keystone documents`): a stored document costs no
-/// statement; a hash not in memory costs one lookup, so a document added a moment ago is
-/// found at once, and a removed one stops running within `every`.
+/// and removed by another process, `keystone documents`): a known document costs no
+/// statement and no wait; a hash not in memory costs one lookup, so a document added a moment
+/// ago is found at once, and a removed one stops running within `every`. No lock is held
+/// across a statement but the one that lets a single request read everything again.
 pub struct DocumentStore {
     db: DatabaseConnection,
     every: Duration,
-    loaded: tokio::sync::Mutex<Loaded>,
+    known: RwLock<Known>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
-/// When the documents were last read in full, and those known since.
-type Loaded = (Option<Instant>, HashMap<String, Arc<str>>);
+#[derive(Default)]
+struct Known {
+    /// When every document was last read.
+    read_at: Option<Instant>,
+    documents: HashMap<String, Arc<str>>,
+}
 
 impl DocumentStore {
     pub fn new(db: DatabaseConnection, every: Duration) -> Self {
         Self {
             db,
             every,
-            loaded: tokio::sync::Mutex::default(),
+            known: RwLock::default(),
+            reloading: tokio::sync::Mutex::default(),
         }
     }
 
     /// The document named by `hash` (normalized), if stored.
     pub async fn get(&self, hash: &str) -> Result<Option<Arc<str>>, DbErr> {
-        let mut loaded = self.loaded.lock().await;
-        let (at, documents) = &mut *loaded;
-        if at.is_none_or(|at| at.elapsed() >= self.every) {
-            let rows: Vec<(String, String)> = TrustedDocument::find()
-                .select_only()
-                .column(trusted_document::Column::Hash)
-                .column(trusted_document::Column::Document)
-                .into_tuple()
-                .all(&self.db)
-                .await?;
-            *documents = rows
+        if self.stale() {
+            self.reload().await?;
+        }
+        if let Some(text) = self.read().documents.get(hash) {
+            return Ok(Some(text.clone()));
+        }
+        // Not known: perhaps stored since everything was read.
+        let row = TrustedDocument::find_by_id(hash.to_owned())
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|row| {
+            let text: Arc<str> = Arc::from(row.document);
+            self.write().documents.insert(row.hash, text.clone());
+            text
+        }))
+    }
+
+    fn stale(&self) -> bool {
+        self.read()
+            .read_at
+            .is_none_or(|at| at.elapsed() >= self.every)
+    }
+
+    /// Reads every document again (one request does; the others meanwhile keep the
+    /// documents they know).
+    async fn reload(&self) -> Result<(), DbErr> {
+        let _one = self.reloading.lock().await;
+        if !self.stale() {
+            return Ok(());
+        }
+        let rows: Vec<(String, String)> = TrustedDocument::find()
+            .select_only()
+            .column(trusted_document::Column::Hash)
+            .column(trusted_document::Column::Document)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        *self.write() = Known {
+            read_at: Some(Instant::now()),
+            documents: rows
                 .into_iter()
                 .map(|(hash, text)| (hash, Arc::from(text)))
-                .collect();
-            *at = Some(Instant::now());
-        } else if !documents.contains_key(hash) {
-            let row = TrustedDocument::find_by_id(hash.to_owned())
-                .one(&self.db)
-                .await?;
-            if let Some(row) = row {
-                documents.insert(row.hash, Arc::from(row.document));
-            }
-        }
-        Ok(documents.get(hash).cloned())
+                .collect(),
+        };
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Known> {
+        self.known.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
