@@ -23,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sea_orm::ActiveEnum;
 
 /// Distinct operation names kept as label values; later names count as `other`.
 pub const MAX_OPERATION_NAMES: usize = 200;
@@ -68,10 +69,19 @@ macro_rules! one_label {
 one_label!(StateLabel, state);
 one_label!(KindLabel, kind);
 one_label!(WhereLabel, r#where);
-one_label!(StatusLabel, status);
-one_label!(StageLabel, stage);
 one_label!(ReasonLabel, reason);
 one_label!(OutcomeLabel, outcome);
+
+/// Deployment statuses and stages are labelled as the database stores them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunnerLabel {
@@ -99,6 +109,9 @@ pub struct Metrics {
     heartbeats: Family<RunnerLabel, Counter>,
     stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
     stages: Mutex<HashMap<i64, (Stage, Instant)>>,
+    /// Held while a scrape sets the scrape-time gauges and encodes them, so two scrapes at
+    /// once cannot see each other's half-set families.
+    scraping: Mutex<()>,
     rate_limited: Counter,
     authentication_failures: Family<ReasonLabel, Counter>,
 }
@@ -146,6 +159,7 @@ impl Metrics {
             heartbeats: Family::default(),
             stage_seconds: Family::new_with_constructor(stage_time),
             stages: Mutex::default(),
+            scraping: Mutex::default(),
             rate_limited: Counter::default(),
             authentication_failures: Family::default(),
         };
@@ -366,7 +380,7 @@ impl Metrics {
     }
 
     fn observe_stage(&self, stage: Stage, since: Instant) {
-        let stage = stage_name(stage);
+        let stage = stage.to_value();
         self.stage_seconds
             .get_or_create(&StageLabel { stage })
             .observe(since.elapsed().as_secs_f64());
@@ -385,17 +399,6 @@ impl Metrics {
     }
 }
 
-fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Clone => "clone",
-        Stage::Build => "build",
-        Stage::Release => "release",
-        Stage::Start => "start",
-        Stage::HealthCheck => "health_check",
-        Stage::Switch => "switch",
-    }
-}
-
 /// What the scrape reads at that moment.
 pub struct Scrape {
     /// Pool connections in use and idle.
@@ -410,6 +413,7 @@ pub struct Scrape {
 impl Metrics {
     /// The Prometheus text exposition (version 0.0.4) of every metric, with `scrape`'s.
     pub fn render(&self, scrape: Scrape) -> String {
+        let _scraping = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
         self.pool_connections.clear();
         if let Some((in_use, idle)) = scrape.pool {
             let set = |state, value: u32| {
@@ -432,7 +436,7 @@ impl Metrics {
                         .iter()
                         .find(|(s, _)| *s == status)
                         .map_or(0, |(_, n)| *n);
-                    let status = status_name(status);
+                    let status = status.to_value();
                     self.deployments
                         .get_or_create(&StatusLabel { status })
                         .set(count);
@@ -447,17 +451,6 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
         text
-    }
-}
-
-fn status_name(status: entity::deployment::DeploymentStatus) -> &'static str {
-    use entity::deployment::DeploymentStatus;
-    match status {
-        DeploymentStatus::Queued => "queued",
-        DeploymentStatus::Running => "running",
-        DeploymentStatus::Success => "success",
-        DeploymentStatus::Failed => "failed",
-        DeploymentStatus::Cancelled => "cancelled",
     }
 }
 
