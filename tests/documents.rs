@@ -8,7 +8,9 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Backend, Server, TestDb, http_as, keystone, ws_connect, ws_next};
+use crate::support::{
+    Backend, Server, TestDb, http_as, keystone, ws_connect, ws_next, ws_next_payload,
+};
 
 const APPS: &str = "query Apps { apps(first: 5) { nodes { name } } }\n";
 const CLAIM: &str = "mutation Claim { claimDeployment { deployment { status } } }\n";
@@ -43,16 +45,6 @@ fn code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]
         .as_str()
         .unwrap_or("")
-}
-
-/// The next message for operation `id` on `socket`.
-async fn message_for(socket: &mut crate::support::Socket, id: &str) -> Value {
-    loop {
-        let message = ws_next(socket).await.expect("the socket stays open");
-        if message["id"] == id {
-            return message;
-        }
-    }
 }
 
 async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
@@ -206,16 +198,12 @@ async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
         ))
         .await
         .expect("send");
-    let refusal = message_for(&mut socket, "other").await;
+    let refusal = ws_next_payload(&mut socket, "other").await;
     assert_eq!(
-        refusal["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN_DOCUMENT",
+        refusal["errors"][0]["extensions"]["code"], "FORBIDDEN_DOCUMENT",
         "{refusal}"
     );
-    assert_eq!(
-        refusal["payload"]["data"],
-        Value::Null,
-        "nothing ran: {refusal}"
-    );
+    assert_eq!(refusal["data"], Value::Null, "nothing ran: {refusal}");
     socket
         .send(subscribe(
             "w",
@@ -230,10 +218,7 @@ async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
         ))
         .await
         .expect("send");
-    assert_eq!(
-        names(&message_for(&mut socket, "a").await["payload"]),
-        "web-app"
-    );
+    assert_eq!(names(&ws_next_payload(&mut socket, "a").await), "web-app");
     let (_, body) = post(
         &server,
         &server.admin_token,
@@ -244,9 +229,9 @@ async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
     )
     .await;
     assert!(body.get("errors").is_none(), "{body}");
-    let event = message_for(&mut socket, "w").await;
+    let event = ws_next_payload(&mut socket, "w").await;
     assert_eq!(
-        event["payload"]["data"]["deploymentUpdated"]["status"], "QUEUED",
+        event["data"]["deploymentUpdated"]["status"], "QUEUED",
         "{event}"
     );
 

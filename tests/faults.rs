@@ -5,17 +5,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::cluster::PrivateCluster;
-use crate::support::{Backend, Server, TestDb, ws_connect, ws_next, ws_subscribe};
-
-/// The next `next` payload of operation `id` on `socket`.
-async fn next_payload(socket: &mut crate::support::Socket, id: &str) -> Value {
-    loop {
-        let message = ws_next(socket).await.expect("the socket stays open");
-        if message["type"] == "next" && message["id"] == id {
-            return message["payload"].clone();
-        }
-    }
-}
+use crate::support::{Backend, Server, TestDb, ws_connect, ws_next, ws_next_payload, ws_subscribe};
 
 /// The server's `LISTEN` connection drops (its backend is terminated, as a failover or a
 /// network cut would do): the server listens again by itself, tells every subscriber to
@@ -44,7 +34,7 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
         .send(ws_subscribe("q", "{ viewer { name } }"))
         .await
         .expect("send");
-    next_payload(&mut socket, "q").await;
+    ws_next_payload(&mut socket, "q").await;
 
     let listening = format!("LISTEN \"keystone_events:{schema}\"");
     let terminated = db
@@ -54,7 +44,7 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
         .await;
     assert_eq!(terminated, ["true"], "the server's LISTEN connection");
 
-    let payload = next_payload(&mut socket, "s").await;
+    let payload = ws_next_payload(&mut socket, "s").await;
     assert_eq!(
         payload["errors"][0]["extensions"]["code"], "RESYNC",
         "{payload:#}"
@@ -66,7 +56,7 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
             json!({ "id": app }),
         )
         .await;
-    let payload = next_payload(&mut socket, "s").await;
+    let payload = ws_next_payload(&mut socket, "s").await;
     assert_eq!(payload["data"]["deploymentUpdated"]["status"], "QUEUED");
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
@@ -614,7 +604,7 @@ async fn soak_with_idle_subscribers_stays_flat(backend: Backend) {
         )
         .await;
     for socket in &mut sockets {
-        let payload = next_payload(socket, "s").await;
+        let payload = ws_next_payload(socket, "s").await;
         assert_eq!(payload["data"]["appUpdated"]["name"], "soak-app");
     }
     drop(sockets);

@@ -8,7 +8,8 @@ use futures_util::SinkExt;
 use serde_json::json;
 
 use crate::support::{
-    Backend, Server, TestDb, http, http_as, parse_metrics, ws_connect, ws_next, ws_subscribe,
+    Backend, Server, TestDb, http, http_as, parse_metrics, ws_connect, ws_next, ws_next_payload,
+    ws_subscribe,
 };
 
 async fn scrape(server: &Server) -> HashMap<String, f64> {
@@ -105,14 +106,9 @@ async fn a_scripted_sequence_shows_in_the_metrics(backend: Backend) {
         )
         .await;
     let deployment = Server::data(&body)["deployApp"]["deployment"]["id"].clone();
-    let event = loop {
-        let message = ws_next(&mut socket).await.expect("the socket stays open");
-        if message["id"] == "s" && message["type"] == "next" {
-            break message;
-        }
-    };
+    let event = ws_next_payload(&mut socket, "s").await;
     assert_eq!(
-        event["payload"]["data"]["deploymentUpdated"]["status"], "QUEUED",
+        event["data"]["deploymentUpdated"]["status"], "QUEUED",
         "{event}"
     );
     let queued = scrape(&server).await;

@@ -733,6 +733,17 @@ pub async fn ws_connect(server: &Server, token: &str) -> Socket {
     socket
 }
 
+/// The payload of the next `next` message of operation `id` on `socket` (request errors
+/// arrive this way too, with `data: null`); other messages are skipped.
+pub async fn ws_next_payload(socket: &mut Socket, id: &str) -> serde_json::Value {
+    loop {
+        let message = ws_next(socket).await.expect("the socket stays open");
+        if message["type"] == "next" && message["id"] == id {
+            return message["payload"].clone();
+        }
+    }
+}
+
 /// The next message: `Ok(json)` for text, `Err(close reason)` when the server closed.
 pub async fn ws_next(socket: &mut Socket) -> Result<serde_json::Value, String> {
     loop {
