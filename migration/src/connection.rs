@@ -50,6 +50,13 @@ impl Default for PoolSettings {
     }
 }
 
+/// A pooled connection idle at least this long is tested (pinged) before it is handed out;
+/// one in use a moment ago is not. sqlx's default pings on every checkout, a round trip per
+/// statement on top of the one sqlx makes when a connection is returned (which catches a
+/// connection broken while in use); after a database restart every idle connection has been
+/// idle longer than this.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Connects to `url` (`sqlite://…` or `postgres://…`).
 ///
 /// SQLite connections enforce foreign keys, use WAL journaling, wait up to five seconds
@@ -63,6 +70,7 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> Result<DatabaseConnectio
         .acquire_timeout(pool.acquire_timeout)
         .connect_timeout(pool.connect_timeout)
         .idle_timeout(pool.idle_timeout)
+        .test_before_acquire_if_idle_for(PING_AFTER_IDLE)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|opts| {
             create_private_file(opts.get_filename());
