@@ -14,7 +14,9 @@
 //!   (`CROSS JOIN` keeps the parents as the outer loop).
 //!
 //! Only the columns a query needs are read ([`Columns`]); the others get an empty stand-in
-//! of their type, so the rows still decode as the entity's model.
+//! of their type, so the rows still decode as the entity's model. Deployments, the many
+//! rows of a nested read, are decoded by position and only in the columns read
+//! ([`StandIns::decode`]).
 
 use std::collections::HashMap;
 
@@ -24,7 +26,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult, IdenStatic,
-    Iterable, QueryFilter, QuerySelect, Statement,
+    Iterable, QueryFilter, QueryResult, QuerySelect, Statement, TryGetable,
 };
 
 use super::page::{PageArgs, PageRows, Paged, cursor_conditions, finish, sql_order};
@@ -59,6 +61,13 @@ pub trait StandIns: Paged {
         let _ = column;
         None
     }
+
+    /// A row of a read of `columns` (every column in declaration order, stand-ins for the
+    /// others).
+    fn decode(row: &QueryResult, columns: Columns) -> Result<Self::Model, DbErr> {
+        let _ = columns;
+        Self::Model::from_query_result(row, "")
+    }
 }
 
 impl StandIns for entity::repository::Entity {}
@@ -75,6 +84,37 @@ impl StandIns for deployment::Entity {
             }
             Column::Id | Column::Status | Column::CreatedAt | Column::AppId => None,
         }
+    }
+
+    /// By position, and only the columns read: the derived decoder looks up every column by
+    /// name and formats an error message for every NULL (each stand-in of an optional
+    /// column), a tenth of a nested read's time.
+    fn decode(row: &QueryResult, columns: Columns) -> Result<deployment::Model, DbErr> {
+        use deployment::Column;
+        fn read<T: TryGetable + Default>(
+            row: &QueryResult,
+            columns: Columns,
+            column: Column,
+        ) -> Result<T, DbErr> {
+            let index = column as usize;
+            if columns.contains(index) || deployment::Entity::stand_in(column).is_none() {
+                row.try_get_by_index(index)
+            } else {
+                Ok(T::default())
+            }
+        }
+        Ok(deployment::Model {
+            id: row.try_get_by_index(Column::Id as usize)?,
+            status: row.try_get_by_index(Column::Status as usize)?,
+            image_tag: read(row, columns, Column::ImageTag)?,
+            assigned_port: read(row, columns, Column::AssignedPort)?,
+            created_at: row.try_get_by_index(Column::CreatedAt as usize)?,
+            started_at: read(row, columns, Column::StartedAt)?,
+            ended_at: read(row, columns, Column::EndedAt)?,
+            error_summary: read(row, columns, Column::ErrorSummary)?,
+            logs_path: read(row, columns, Column::LogsPath)?,
+            app_id: row.try_get_by_index(Column::AppId as usize)?,
+        })
     }
 }
 
@@ -113,9 +153,10 @@ where
         page,
         columns,
     );
-    let rows = E::Model::find_by_statement(statement).all(db).await?;
+    let rows = db.query_all_raw(statement).await?;
     let mut grouped: HashMap<i64, Vec<E::Model>> = HashMap::new();
     for row in rows {
+        let row = E::decode(&row, columns)?;
         grouped.entry(parent_of(&row)).or_default().push(row);
     }
     Ok(grouped
