@@ -14,6 +14,7 @@ use crate::support::{
 
 on_both_backends!(
     every_operation_checks_the_role,
+    a_role_reaches_only_its_fields,
     revoked_expired_and_malformed_tokens_are_rejected,
     token_commands_and_first_start,
     audit_trail_records_every_mutation,
@@ -339,6 +340,84 @@ async fn subscription_as(
 }
 
 /// Role × operation: every query, mutation and subscription is allowed, `FORBIDDEN` or
+/// Below the root fields, a role reaches only its types and fields, at any depth and through
+/// fragments, over HTTP and WebSocket: a document that asks for more is refused whole
+/// (`FORBIDDEN`, `extensions.field` naming the field), and one that leaves it out by
+/// `@include` runs.
+async fn a_role_reaches_only_its_fields(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let app = server.create_app("reach", "web").await;
+    let viewer = server.create_token("viewer", "VIEWER").await;
+    let refused = |body: &Value| {
+        assert!(body.get("data").is_none(), "{body}");
+        assert_eq!(codes(body), ["FORBIDDEN"], "{body}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], "App.runner",
+            "{body}"
+        );
+        assert!(
+            body["errors"][0]["locations"][0]["line"].is_number(),
+            "{body}"
+        );
+    };
+    for query in [
+        "{ apps(first: 1) { nodes { name runner } } }",
+        "query($id: ID!) { node(id: $id) { id ... on App { runner } } }",
+        "query($id: ID!) { nodes(ids: [$id]) { ...Placed } } fragment Placed on App { runner }",
+        "{ repositories { nodes { apps { nodes { ... { runner } } } } } }",
+    ] {
+        let (status, body) = server
+            .graphql_as(&viewer, query, json!({ "id": app }))
+            .await;
+        assert_eq!(status, 200, "{query}: {body}");
+        refused(&body);
+    }
+    // Under the GraphQL media type, a refused document is a 403.
+    let response = http_as(&viewer)
+        .post(server.url("/graphql"))
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({ "query": "{ apps { nodes { runner } } }" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 403);
+    refused(&response.json().await.expect("json"));
+    // Left out, it is not asked for; the admin reads it.
+    let placed = "query($id: ID!, $admin: Boolean!) { node(id: $id) { ... on App { name runner @include(if: $admin) } } }";
+    let (_, body) = server
+        .graphql_as(&viewer, placed, json!({ "id": app, "admin": false }))
+        .await;
+    assert_eq!(Server::data(&body)["node"], json!({ "name": "web" }));
+    let body = server
+        .graphql(placed, json!({ "id": app, "admin": true }))
+        .await;
+    assert_eq!(
+        Server::data(&body)["node"],
+        json!({ "name": "web", "runner": null })
+    );
+    // A subscription asking for it is refused before it starts.
+    let refusal = subscription_as(
+        &server,
+        &viewer,
+        "subscription($id: ID!) { appUpdated(id: $id) { name runner } }",
+        "query($id: ID!) { node(id: $id) { id } }",
+        &app,
+    )
+    .await
+    .expect("an answer");
+    let errors = if refusal["type"] == "error" {
+        &refusal["payload"]
+    } else {
+        &refusal["payload"]["errors"]
+    };
+    assert_eq!(errors[0]["extensions"]["field"], "App.runner", "{refusal}");
+    server.stop().await;
+    db.cleanup().await;
+}
+
 /// `UNAUTHENTICATED` exactly as the role model says.
 async fn every_operation_checks_the_role(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {

@@ -98,7 +98,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         domain::documents::DocumentStore::new(db.clone(), DOCUMENTS_REFRESH),
         config.documents,
     ));
-    let schema = graphql::schema(
+    let engine = graphql::schema(
         graphql::ApiContext {
             db: db.clone(),
             public_host: config.public_host.clone(),
@@ -111,7 +111,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             documents: documents.clone(),
         },
         config.limits,
-    );
+    )
+    .await;
     let metrics_token = match &config.metrics_token_file {
         None => None,
         Some(path) => Some(read_metrics_token(path)?),
@@ -119,12 +120,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let stopping = tokio::sync::watch::Sender::new(false);
     let state = http::AppState {
         db: db.clone(),
-        schema,
+        engine,
         metrics_token,
         documents,
         admission,
         request_timeout: config.request_timeout,
-        document_limits: config.limits.document,
         websocket: config.websocket,
         sockets: Arc::default(),
         shutdown: stopping.subscribe(),

@@ -2,7 +2,7 @@
 //! project's own Rust client (typed label sets, so every label's values are a closed set in
 //! the code; a small dependency tree).
 //!
-//! One set per process ([`metrics`]), updated where things happen (the GraphQL extension in
+//! One set per process ([`metrics`]), updated where things happen (each operation's recorder in
 //! [`crate::graphql::telemetry`], the pool's statement callback, the event bus, the runner
 //! protocol, admission), plus gauges read at scrape time ([`Scrape`]): the pool, WebSocket
 //! occupancy, and deployments by status from the database.

@@ -60,8 +60,8 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
     ))
 }
 
-/// Whether `role` may read `field` of `type_name` wherever it appears in a response (checked
-/// for every field resolved, by [`super::guardrails`]). Root fields have their own guards
+/// Whether `role` may read `field` of the object type `type_name` wherever it appears in a
+/// response (checked on every request's document, by [`super::reach`]). Root fields have their own guards
 /// ([`Require`] on queries and subscriptions, [`audited`] on mutations); this keeps a role
 /// from walking past what its entry points return:
 ///
@@ -72,9 +72,7 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
 /// | runner | its own identity (`viewer`), the payloads of the runner mutations and their `RunnerJob`, the `Deployment` it was handed (not its `app`), and of that app only `id`, `databaseId`, `name` and `status` |
 pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) -> bool {
     use entity::api_token::Role;
-    // List items pass through the same hook, named by the list's type (`[RunnerApp!]`):
-    // the field that returned the list was checked at its object.
-    if matches!(type_name, "Query" | "Mutation" | "Subscription") || type_name.starts_with('[') {
+    if matches!(type_name, "Query" | "Mutation" | "Subscription") {
         return true;
     }
     match role {

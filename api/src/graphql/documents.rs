@@ -2,7 +2,7 @@
 //! SHA-256 instead of sending its text, as Apollo and Relay clients do
 //! (`extensions.persistedQuery.sha256Hash`, or a `documentId` field of `sha256:<hex>`); with
 //! trusted documents only, nothing else runs. The same check serves HTTP (before parsing)
-//! and WebSocket (in [`super::guardrails`], after the connection's token is checked).
+//! and WebSocket (in [`super::engine`], after the connection's token is checked).
 //!
 //! The stored documents themselves are [`crate::domain::documents`]; this module also
 //! checks a document against the schema before it is stored ([`validate`]).

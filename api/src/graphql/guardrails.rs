@@ -9,10 +9,12 @@
 //!    document's length), before async-graphql validates the document. Validation and the
 //!    depth and complexity checks walk spreads recursively, so a small document of fragments
 //!    that spread each other twice would otherwise cost exponential time.
-//! 3. per field, while executing ([`Gate::resolve`]): a role reaches only the types and fields
-//!    [`super::auth::may_reach`] lists, however deep in a payload they are.
+//! 3. the role's reach ([`super::auth::check_reach`]): a role reaches only the types and
+//!    fields [`super::auth::may_reach`] lists, however deep in a payload they are; checked on
+//!    the document, so a request asking for more runs nothing.
 //!
-//! Depth and complexity limits are async-graphql's own (see [`super::schema`]).
+//! [`super::engine`] runs them in this order. Depth and complexity limits are async-graphql's
+//! own (see [`super::schema`]).
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -21,22 +23,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextResolve,
-    ResolveInfo,
-};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{
-    Data, PathSegment, QueryPathSegment, Request, ServerError, ServerResult, Value, Variables,
-};
+use async_graphql::{Data, ServerError, ServerResult};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::ApiContext;
-use super::auth::may_reach;
 use super::error::{Code, server_error};
 use crate::domain::access::{AuthError, Authenticator, Principal};
 use crate::domain::audit::{self, Entry};
@@ -320,27 +314,6 @@ impl<'a> Sizer<'a> {
     }
 }
 
-/// The extension factory (one [`Gate`] per operation).
-/// In a request's data: its document was checked already ([`check_document`], over HTTP
-/// before the request reached the schema), so the schema need not walk it again.
-pub struct DocumentChecked;
-
-pub struct Guardrails {
-    pub limits: DocumentLimits,
-}
-
-impl ExtensionFactory for Guardrails {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Gate {
-            limits: self.limits,
-        })
-    }
-}
-
-struct Gate {
-    limits: DocumentLimits,
-}
-
 pub fn auth_error(error: &AuthError) -> ServerError {
     let code = match error {
         AuthError::Unavailable => Code::ServiceUnavailable,
@@ -352,88 +325,4 @@ pub fn auth_error(error: &AuthError) -> ServerError {
 pub fn find<T: 'static>(data: &Data) -> Option<&T> {
     data.get(&TypeId::of::<T>())
         .and_then(|boxed| boxed.downcast_ref::<T>())
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for Gate {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        request.data.insert(ResponseBudget::default());
-        // HTTP admits a request before parsing it and hands over the principal.
-        if find::<Principal>(&request.data).is_some() {
-            return next.run(ctx, request).await;
-        }
-        let api = ctx
-            .data::<ApiContext>()
-            .map_err(|e| ServerError::new(e.message, None))?;
-        // WebSocket: the credential and address are in the connection's data.
-        let credential = find::<Credential>(&request.data)
-            .or_else(|| find::<Credential>(ctx.session_data))
-            .and_then(|c| c.0.as_deref());
-        let client = find::<ClientAddress>(ctx.session_data)
-            .copied()
-            .unwrap_or_default();
-        let principal = api.admission.admit(&api.db, credential, client).await?;
-        api.documents
-            .resolve(&mut request, None, &principal)
-            .await?;
-        request.data.insert(principal);
-        next.run(ctx, request).await
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
-        if ctx.data_opt::<DocumentChecked>().is_none() {
-            check_document(&document, &self.limits)?;
-        }
-        Ok(document)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        info: ResolveInfo<'_>,
-        next: NextResolve<'_>,
-    ) -> ServerResult<Option<Value>> {
-        // Root fields have their own guards (`Require`, `audited`); below them, the role's reach.
-        if !info.is_for_introspection
-            && info.path_node.parent.is_some()
-            && let Some(principal) = ctx.data_opt::<Principal>()
-            && !may_reach(principal.role, info.parent_type, info.name)
-        {
-            let mut error = ServerError::new(
-                format!(
-                    "the {} role may not read {}.{}",
-                    sea_orm::ActiveEnum::to_value(&principal.role),
-                    info.parent_type,
-                    info.name
-                ),
-                Some(info.field.name.pos),
-            );
-            let mut nodes: Vec<_> = std::iter::once(info.path_node)
-                .chain(info.path_node.parents())
-                .collect();
-            nodes.reverse();
-            error.path = nodes
-                .into_iter()
-                .map(|node| match node.segment {
-                    QueryPathSegment::Name(name) => PathSegment::Field(name.to_owned()),
-                    QueryPathSegment::Index(index) => PathSegment::Index(index),
-                })
-                .collect();
-            Code::Forbidden.set(error.extensions.get_or_insert_with(Default::default));
-            return Err(error);
-        }
-        next.run(ctx, info).await
-    }
 }

@@ -11,11 +11,13 @@ pub mod conformance;
 pub mod connection;
 pub mod deployment;
 pub mod documents;
+pub mod engine;
 pub mod error;
 pub mod guardrails;
 pub mod ids;
 pub mod loaders;
 pub mod node;
+pub mod reach;
 pub mod repository;
 pub mod runner;
 pub mod subscription;
@@ -25,7 +27,8 @@ pub mod total_count;
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
-use self::guardrails::{Admission, DocumentLimits, Guardrails};
+use self::engine::Engine;
+use self::guardrails::{Admission, DocumentLimits};
 use crate::domain::events::EventBus;
 use crate::domain::ports::PortRange;
 use crate::domain::runs::RunnerPolicy;
@@ -121,22 +124,56 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     .override_output_type_description::<Page<audit_event::AuditEvent>>("A page of audit events.")
 }
 
-pub fn schema(context: ApiContext, limits: Limits) -> KeystoneSchema {
+/// The schema serving `context`, within `limits`, with what every operation passes around
+/// it ([`engine`]).
+pub async fn schema(context: ApiContext, limits: Limits) -> Engine {
     let mut builder = schema_builder()
         .data(context)
-        // Outermost, so that the guardrails check the document as the client sent it.
-        .extension(conformance::Conformance)
-        .extension(telemetry::Telemetry)
-        .extension(Guardrails {
-            limits: limits.document,
-        })
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_directives(MAX_DIRECTIVES_PER_FIELD);
     if !limits.introspection {
         builder = builder.disable_introspection();
     }
-    builder.finish()
+    Engine::new(builder.finish(), types().await, limits.document)
+}
+
+/// The schema's types. async-graphql hands its registry to extensions only, and any
+/// extension on the serving schema would wrap every field's resolution; so a schema built
+/// alike, with one extension that keeps what it is handed, answers one query at startup.
+async fn types() -> async_graphql::SchemaEnv {
+    use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest};
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Keep(Arc<Mutex<Option<async_graphql::SchemaEnv>>>);
+
+    impl ExtensionFactory for Keep {
+        fn create(&self) -> Arc<dyn Extension> {
+            Arc::new(self.clone())
+        }
+    }
+
+    #[async_graphql::async_trait::async_trait]
+    impl Extension for Keep {
+        async fn request(
+            &self,
+            ctx: &ExtensionContext<'_>,
+            next: NextRequest<'_>,
+        ) -> async_graphql::Response {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.schema_env.clone());
+            next.run(ctx).await
+        }
+    }
+
+    let kept = Keep::default();
+    schema_builder()
+        .extension(kept.clone())
+        .finish()
+        .execute("{ __typename }")
+        .await;
+    let env = kept.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    env.expect("async-graphql calls every extension's request hook")
 }
 
 /// Directives accepted on one field (`@include` and `@skip` are all there is).

@@ -1,48 +1,23 @@
 //! Counts and times every GraphQL operation for `/metrics` ([`crate::telemetry`]), over
-//! HTTP and WebSocket alike: an extension, so it sees each operation's name and type once
-//! the document is parsed, and its response.
+//! HTTP and WebSocket alike: [`super::engine`] gives each request a [`Recorder`], tells it
+//! the operation's name and type once the document is parsed, and shows it the responses.
 //!
 //! A query or mutation is recorded when it is answered (a query cancelled at the request
 //! timeout is recorded as `TIMEOUT`); a subscription when it ends, with the code of the
 //! first error it carried, if any. Requests refused before execution (authentication, rate
 //! limit) have metrics of their own.
 
-use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextRequest,
-    NextSubscribe,
-};
+use async_graphql::Response;
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
-use async_graphql::{Request, Response, ServerResult, Variables};
 use futures_util::{Stream, StreamExt};
 
-use super::conformance::{lock, select_operation};
+use super::conformance::select_operation;
 use super::error::Code;
 use crate::telemetry::{Outcome, metrics};
-
-pub struct Telemetry;
-
-impl ExtensionFactory for Telemetry {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(TelemetryExtension::default())
-    }
-}
-
-/// What one operation's hooks learn: its name, then its type.
-#[derive(Default)]
-struct Operation {
-    name: Option<String>,
-    kind: Option<&'static str>,
-}
-
-#[derive(Default)]
-struct TelemetryExtension {
-    operation: Arc<Mutex<Operation>>,
-}
 
 fn kind_name(kind: OperationType) -> &'static str {
     match kind {
@@ -67,8 +42,9 @@ fn outcome(response: &Response) -> Outcome {
 
 /// Records the operation once: when answered, or when dropped unanswered (a query
 /// cancelled at the timeout, a subscription that ended).
-struct Recorder {
-    operation: Arc<Mutex<Operation>>,
+pub struct Recorder {
+    name: Option<String>,
+    kind: Option<&'static str>,
     started: Instant,
     /// The first error's code a subscription carried.
     outcome: Outcome,
@@ -76,17 +52,29 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(operation: Arc<Mutex<Operation>>) -> Self {
+    /// For a request that names `operation_name` (or none).
+    pub fn new(operation_name: Option<String>) -> Self {
         Self {
-            operation,
+            name: operation_name,
+            kind: None,
             started: Instant::now(),
             outcome: "ok",
             recorded: false,
         }
     }
 
-    fn kind(&self) -> Option<&'static str> {
-        lock(&self.operation).kind
+    /// The request's document is parsed: its operation's type is known, and a document's
+    /// only operation by its name even when the request does not repeat it.
+    pub fn parsed(&mut self, document: &ExecutableDocument) {
+        if let Some(selected) = select_operation(document, self.name.as_deref()) {
+            self.kind = Some(kind_name(selected.ty));
+        }
+        if self.name.is_none()
+            && let DocumentOperations::Multiple(operations) = &document.operations
+            && operations.len() == 1
+        {
+            self.name = operations.keys().next().map(ToString::to_string);
+        }
     }
 
     fn record(&mut self, outcome: Outcome) {
@@ -94,16 +82,15 @@ impl Recorder {
             return;
         }
         self.recorded = true;
-        let operation = lock(&self.operation);
-        let kind = operation.kind.unwrap_or("unknown");
+        let kind = self.kind.unwrap_or("unknown");
         let elapsed = (kind != "subscription").then(|| self.started.elapsed());
-        metrics().operation(operation.name.as_deref(), kind, outcome, elapsed);
+        metrics().operation(self.name.as_deref(), kind, outcome, elapsed);
     }
 
-    /// One response of the operation's stream.
-    fn saw(&mut self, response: &Response) {
+    /// One response of the operation (a query's or mutation's only one).
+    pub fn saw(&mut self, response: &Response) {
         let outcome = outcome(response);
-        if self.kind() == Some("subscription") {
+        if self.kind == Some("subscription") {
             if self.outcome == "ok" {
                 self.outcome = outcome;
             }
@@ -111,11 +98,20 @@ impl Recorder {
             self.record(outcome);
         }
     }
+
+    /// `responses`, recorded as they pass.
+    pub fn watch(self, responses: BoxStream<'static, Response>) -> BoxStream<'static, Response> {
+        Recorded {
+            inner: responses,
+            recorder: self,
+        }
+        .boxed()
+    }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        let outcome = if self.kind() == Some("subscription") {
+        let outcome = if self.kind == Some("subscription") {
             self.outcome
         } else {
             Code::Timeout.as_str()
@@ -125,12 +121,12 @@ impl Drop for Recorder {
 }
 
 /// A subscription's (or a WebSocket query's) responses, passed through while recorded.
-struct Recorded<'s> {
-    inner: BoxStream<'s, Response>,
+struct Recorded {
+    inner: BoxStream<'static, Response>,
     recorder: Recorder,
 }
 
-impl Stream for Recorded<'_> {
+impl Stream for Recorded {
     type Item = Response;
 
     fn poll_next(
@@ -142,62 +138,5 @@ impl Stream for Recorded<'_> {
             self.recorder.saw(response);
         }
         polled
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for TelemetryExtension {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        lock(&self.operation).name = request.operation_name.clone();
-        next.run(ctx, request).await
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
-        let mut operation = lock(&self.operation);
-        if let Some(selected) = select_operation(&document, operation.name.as_deref()) {
-            operation.kind = Some(kind_name(selected.ty));
-        }
-        // A document's only operation is known by its name even when the request does
-        // not repeat it.
-        if operation.name.is_none()
-            && let DocumentOperations::Multiple(operations) = &document.operations
-            && operations.len() == 1
-        {
-            operation.name = operations.keys().next().map(ToString::to_string);
-        }
-        drop(operation);
-        Ok(document)
-    }
-
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let mut recorder = Recorder::new(self.operation.clone());
-        let response = next.run(ctx).await;
-        recorder.record(outcome(&response));
-        response
-    }
-
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        Recorded {
-            inner: next.run(ctx, stream),
-            recorder: Recorder::new(self.operation.clone()),
-        }
-        .boxed()
     }
 }

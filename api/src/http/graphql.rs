@@ -13,8 +13,10 @@
 //!
 //! Order of work for a request: admission (token and rate limit) before anything is parsed;
 //! then parsing and the document-size check (on a blocking thread for documents over 1 KiB,
-//! so that a large document cannot hold up the runtime's workers); then async-graphql's
-//! validation and execution.
+//! so that a large document cannot hold up the runtime's workers); then the rest of
+//! [`crate::graphql::engine`]'s path (variables, the role's reach, validation, execution,
+//! key order). A document asking for a field the role may not read is a request error:
+//! 403 under `application/graphql-response+json`.
 //!
 //! Every operation is logged with its name (control characters escaped), duration and
 //! outcome.
@@ -23,8 +25,8 @@ use std::time::Instant;
 
 use std::net::SocketAddr;
 
-use async_graphql::parser::types::OperationType;
-use async_graphql::{ServerError, ServerResult};
+use async_graphql::ServerError;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -34,8 +36,9 @@ use serde_json::json;
 
 use super::AppState;
 use crate::graphql::conformance::select_operation;
+use crate::graphql::engine::Document;
 use crate::graphql::error::Code;
-use crate::graphql::guardrails::{ClientAddress, Credential, DocumentChecked, check_document};
+use crate::graphql::guardrails::{ClientAddress, Credential};
 use crate::graphql::loaders::with_request_loaders;
 use crate::logging::Escaped;
 
@@ -246,13 +249,10 @@ enum Method {
     Post,
 }
 
-/// Whether the operation the request would run is a mutation.
-fn is_mutation(request: &mut async_graphql::Request) -> bool {
-    let name = request.operation_name.clone();
-    request.parsed_query().is_ok_and(|document| {
-        select_operation(document, name.as_deref())
-            .is_some_and(|op| op.ty == OperationType::Mutation)
-    })
+/// Whether the operation `request` would run of `document` is a mutation.
+fn is_mutation(request: &async_graphql::Request, document: &ExecutableDocument) -> bool {
+    select_operation(document, request.operation_name.as_deref())
+        .is_some_and(|op| op.ty == OperationType::Mutation)
 }
 
 /// A request error: it failed before execution (syntax, validation, limits).
@@ -269,28 +269,26 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
 /// take microseconds, less than handing them to another thread.
 const INLINE_PARSE_BYTES: usize = 1024;
 
-/// Parses `request` and checks its size (on a blocking thread when the document is large):
-/// `Err` is the request error (`GRAPHQL_PARSE_FAILED` or `GRAPHQL_VALIDATION_FAILED`) to
-/// answer with.
+/// `request`'s document, parsed (on a blocking thread when it is large and not kept parsed
+/// already) and within the size limits: `Err` is the request error (`GRAPHQL_PARSE_FAILED`
+/// or `GRAPHQL_VALIDATION_FAILED`) to answer with.
 async fn parse(
     state: &AppState,
     request: async_graphql::Request,
-) -> Result<async_graphql::Request, ServerError> {
-    let limits = state.document_limits;
-    let check = move |mut request: async_graphql::Request| {
-        let checked: ServerResult<()> = match request.parsed_query() {
-            Ok(document) => check_document(document, &limits),
-            Err(mut error) => {
-                Code::GraphqlParseFailed.set(error.extensions.get_or_insert_with(Default::default));
-                Err(error)
-            }
-        };
-        checked.map(|()| request)
-    };
+) -> Result<(async_graphql::Request, Document), ServerError> {
     if request.query.len() <= INLINE_PARSE_BYTES {
-        return check(request);
+        let document = state.engine.parse(&request)?;
+        return Ok((request, document));
     }
-    let parsed = tokio::task::spawn_blocking(move || check(request)).await;
+    if let Some(document) = state.engine.kept(&request) {
+        return Ok((request, document));
+    }
+    let engine = state.engine.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let document = engine.parse(&request)?;
+        Ok((request, document))
+    })
+    .await;
     parsed.unwrap_or_else(|error| {
         Err(
             crate::graphql::error::internal(format!("parsing a request failed: {error}"))
@@ -354,8 +352,8 @@ async fn execute(
             started,
         );
     }
-    let mut request = match parse(state, request).await {
-        Ok(request) => request,
+    let (request, document) = match parse(state, request).await {
+        Ok(parsed) => parsed,
         Err(error) => {
             return respond(
                 async_graphql::Response::from_errors(vec![error]),
@@ -365,7 +363,7 @@ async fn execute(
             );
         }
     };
-    let mutation = is_mutation(&mut request);
+    let mutation = is_mutation(&request, &document);
     if mutation && method == Method::Get {
         let mut response = plain_error(
             Code::MethodNotAllowed,
@@ -377,13 +375,10 @@ async fn execute(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let request = request
-        .data(credential)
-        .data(principal)
-        .data(DocumentChecked);
-    let schema = state.schema.clone();
+    let request = request.data(credential).data(principal);
+    let engine = state.engine.clone();
     let run = with_request_loaders(state.db.clone(), move |loaders| {
-        Box::pin(async move { schema.execute(request.data(loaders)).await })
+        Box::pin(async move { engine.run(request.data(loaders), Some(document)).await })
     });
     // Queries are cancelled at the timeout (they change nothing). Mutations are never
     // cancelled: cancelling one could land between its COMMIT and the answer. One still
@@ -485,6 +480,10 @@ fn respond(
             | Code::ForbiddenDocument),
         ) if request_error => status_of(code),
         _ if unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // A document asking for what the role may not read: a request error like the others.
+        Some(Code::Forbidden) if request_error && media == MediaType::GraphqlResponseJson => {
+            StatusCode::FORBIDDEN
+        }
         _ if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     };

@@ -23,8 +23,8 @@ use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::graphql::KeystoneSchema;
-use crate::graphql::guardrails::{Admission, DocumentLimits};
+use crate::graphql::engine::Engine;
+use crate::graphql::guardrails::Admission;
 
 pub use self::websocket::{Sockets, WebSocketLimits};
 
@@ -32,7 +32,8 @@ pub use self::websocket::{Sockets, WebSocketLimits};
 #[derive(Clone)]
 pub struct AppState {
     pub db: DatabaseConnection,
-    pub schema: KeystoneSchema,
+    /// The schema, and what every operation passes around it.
+    pub engine: Engine,
     /// The stored documents, and whether only they run (also in the schema's data).
     pub documents: Arc<crate::graphql::documents::TrustedDocuments>,
     /// The bearer token `/metrics` requires, if any.
@@ -40,8 +41,6 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Longest a query over HTTP may run (mutations always finish).
     pub request_timeout: Duration,
-    /// Checked on the parsed document before validation (over HTTP, on a blocking thread).
-    pub document_limits: DocumentLimits,
     pub websocket: WebSocketLimits,
     /// Connections and subscriptions open, for the WebSocket limits.
     pub sockets: Arc<Sockets>,

@@ -206,7 +206,7 @@ async fn supervise(
     let engine = GraphQLWebSocket::new_with_pair(
         Box::pin(engine_sink),
         engine_stream,
-        state.schema.clone(),
+        state.engine.clone(),
         protocol,
     )
     .on_connection_init(move |payload| async move {

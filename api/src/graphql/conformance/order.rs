@@ -13,8 +13,8 @@ use std::rc::Rc;
 use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::Positioned;
 use async_graphql::parser::types::{
-    Directive, DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType,
-    Selection, SelectionSet,
+    DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType, Selection,
+    SelectionSet,
 };
 use async_graphql::registry::{MetaType, MetaTypeName, Registry};
 use async_graphql::{Name, Value, Variables};
@@ -101,7 +101,7 @@ pub fn reorder(
     orderer.value(root, &[&operation.selection_set.node], data);
 }
 
-fn root_type(registry: &Registry, ty: OperationType) -> Option<&str> {
+pub fn root_type(registry: &Registry, ty: OperationType) -> Option<&str> {
     match ty {
         OperationType::Query => Some(registry.query_type.as_str()),
         OperationType::Mutation => registry.mutation_type.as_deref(),
@@ -110,7 +110,11 @@ fn root_type(registry: &Registry, ty: OperationType) -> Option<&str> {
 }
 
 /// The named type a field returns (lists and non-null stripped).
-fn field_type<'r>(registry: &'r Registry, parent: &'r MetaType, field: &str) -> Option<&'r str> {
+pub fn field_type<'r>(
+    registry: &'r Registry,
+    parent: &'r MetaType,
+    field: &str,
+) -> Option<&'r str> {
     match field {
         "__schema" => Some("__Schema"),
         "__type" => Some("__Type"),
@@ -192,16 +196,16 @@ impl<'a> Orderer<'a> {
 
     /// Puts `map`'s keys in `plan`'s order, and its values in theirs.
     fn apply(&mut self, plan: &Plan<'a>, map: &mut IndexMap<Name, Value>) {
-        // Most objects (all whose fields finished in order) are in order already: then
-        // only their values are visited.
-        let in_order = map.len() <= plan.keys.len()
+        // Most objects (all whose fields finished in order) are whole and in order already:
+        // their keys are the plan's, position by position, and only their values are visited.
+        let in_order = map.len() == plan.keys.len()
             && map
                 .keys()
-                .zip(plan.keys.iter().filter(|(key, _)| map.contains_key(*key)))
+                .zip(&plan.keys)
                 .all(|(have, (want, _))| have.as_str() == *want);
         if in_order {
-            for (key, child) in &plan.keys {
-                if let (Some(child), Some(value)) = (child, map.get_mut(*key)) {
+            for (value, (_, child)) in map.values_mut().zip(&plan.keys) {
+                if let Some(child) = child {
                     self.value(child.type_name, &child.sets, value);
                 }
             }
@@ -262,7 +266,7 @@ impl<'a> Orderer<'a> {
         visited: &mut HashSet<&'a str>,
     ) {
         for item in &set.items {
-            if self.skipped(item.node.directives()) {
+            if super::skipped(item.node.directives(), self.variables) {
                 continue;
             }
             match &item.node {
@@ -326,24 +330,5 @@ impl<'a> Orderer<'a> {
                 .types
                 .get(type_name)
                 .is_some_and(|t| t.is_abstract())
-    }
-
-    /// `@skip(if: true)` or `@include(if: false)`, as async-graphql evaluates them.
-    fn skipped(&self, directives: &[Positioned<Directive>]) -> bool {
-        directives.iter().any(|directive| {
-            let include = match directive.node.name.node.as_str() {
-                "skip" => false,
-                "include" => true,
-                _ => return false,
-            };
-            let Some(condition) = directive.node.get_argument("if") else {
-                return false;
-            };
-            let condition = condition
-                .node
-                .clone()
-                .into_const_with(|name| self.variables.get(&name).cloned().ok_or(()));
-            matches!(condition, Ok(Value::Boolean(true))) != include
-        })
     }
 }
