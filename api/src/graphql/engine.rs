@@ -71,10 +71,6 @@ impl Engine {
         }
     }
 
-    pub fn schema(&self) -> &KeystoneSchema {
-        &self.schema
-    }
-
     fn registry(&self) -> &Registry {
         &self.types.registry
     }
@@ -166,10 +162,10 @@ impl Engine {
         session: &Data,
     ) -> ServerResult<(Request, Recorder)> {
         if find::<Principal>(&request.data).is_none() {
-            let api = self
-                .schema
-                .data::<ApiContext>()
-                .ok_or_else(|| ServerError::new("the schema has no context", None))?;
+            let api = self.schema.data::<ApiContext>().ok_or_else(|| {
+                super::error::internal("the schema has no context")
+                    .into_server_error(Default::default())
+            })?;
             let credential = find::<Credential>(&request.data)
                 .or_else(|| find::<Credential>(session))
                 .and_then(|c| c.0.as_deref());
