@@ -283,9 +283,11 @@ impl GitServer {
         )
         .await;
         let port = free_port();
-        let daemon = Command::new("git")
+        // `git-daemon` itself: `git daemon` runs it as a child of its own, which killing
+        // `git` would leave running.
+        let exec_path = PathBuf::from(git(&base, &["--exec-path"]).await);
+        let daemon = Command::new(exec_path.join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",

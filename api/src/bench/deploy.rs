@@ -232,13 +232,11 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
     run_ok(git(&work).args(["remote", "add", "origin"]).arg(&bare)).await?;
     push(&work, "v1").await?;
     let git_port = free_port()?;
-    let _daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
+    // `git-daemon` itself: `git daemon` runs it as a child of its own, which killing `git`
+    // would leave running.
+    let exec_path = run_ok(git(root).arg("--exec-path")).await?;
+    let _daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
         .arg(format!("--port={git_port}"))
         .arg(format!("--base-path={}", root.join("git").display()))
         .arg(root.join("git"))
