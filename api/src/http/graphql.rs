@@ -480,11 +480,10 @@ fn respond(
             | Code::ForbiddenDocument),
         ) if request_error => status_of(code),
         _ if unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        // A document asking for what the role may not read: a request error like the others.
-        Some(Code::Forbidden) if request_error && media == MediaType::GraphqlResponseJson => {
-            StatusCode::FORBIDDEN
+        // Failed before it ran (syntax, validation, variables, the role's reach): its code's.
+        _ if request_error && media == MediaType::GraphqlResponseJson => {
+            code.map_or(StatusCode::BAD_REQUEST, status_of)
         }
-        _ if request_error && media == MediaType::GraphqlResponseJson => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     };
     let header = match (code, response.errors.first()) {
