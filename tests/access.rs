@@ -339,7 +339,16 @@ async fn subscription_as(
     Ok(first)
 }
 
-/// Role × operation: every query, mutation and subscription is allowed, `FORBIDDEN` or
+/// The errors of a refused WebSocket operation: an `error` message's payload, or a `next`
+/// payload's `errors` (request errors arrive either way, by protocol).
+fn refusal_errors(message: &Value) -> &Value {
+    if message["type"] == "error" {
+        &message["payload"]
+    } else {
+        &message["payload"]["errors"]
+    }
+}
+
 /// Below the root fields, a role reaches only its types and fields, at any depth and through
 /// fragments, over HTTP and WebSocket: a document that asks for more is refused whole
 /// (`FORBIDDEN`, `extensions.field` naming the field), and one that leaves it out by
@@ -408,16 +417,16 @@ async fn a_role_reaches_only_its_fields(backend: Backend) {
     )
     .await
     .expect("an answer");
-    let errors = if refusal["type"] == "error" {
-        &refusal["payload"]
-    } else {
-        &refusal["payload"]["errors"]
-    };
-    assert_eq!(errors[0]["extensions"]["field"], "App.runner", "{refusal}");
+    assert_eq!(
+        refusal_errors(&refusal)[0]["extensions"]["field"],
+        "App.runner",
+        "{refusal}"
+    );
     server.stop().await;
     db.cleanup().await;
 }
 
+/// Role × operation: every query, mutation and subscription is allowed, `FORBIDDEN` or
 /// `UNAUTHENTICATED` exactly as the role model says.
 async fn every_operation_checks_the_role(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
@@ -523,12 +532,11 @@ async fn every_operation_checks_the_role(backend: Backend) {
                     );
                 }
                 (_, Ok(message)) => {
-                    let errors = if message["type"] == "error" {
-                        message["payload"].clone()
-                    } else {
-                        message["payload"]["errors"].clone()
-                    };
-                    assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{message}");
+                    assert_eq!(
+                        refusal_errors(&message)[0]["extensions"]["code"],
+                        "FORBIDDEN",
+                        "{message}"
+                    );
                 }
                 (role, other) => panic!("{name} as {role}: {other:?}"),
             }
