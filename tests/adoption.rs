@@ -13,6 +13,7 @@ const CONFIG_VARS: &str = "m20261130_000006_app_config";
 const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
 const CHECKS: &str = "m20261130_000008_check_enumerations";
 const DOCUMENTS: &str = "m20261130_000009_trusted_documents";
+const COUNTS: &str = "m20261201_000010_count_deployments_by_status";
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -94,7 +95,8 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
             CONFIG_VARS,
             STATUS_INDEX,
             CHECKS,
-            DOCUMENTS
+            DOCUMENTS,
+            COUNTS
         ],
         "adopted, then migrated on"
     );
@@ -147,6 +149,18 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
         3
     );
     assert_eq!(db.count("SELECT COUNT(*) FROM api_deployment").await, 4);
+    // The per-status counts started from Django's rows and followed every change since,
+    // the cascade included.
+    db.exec("UPDATE api_deployment SET status = 'failed' WHERE id = 12")
+        .await;
+    assert_eq!(
+        db.rows(
+            "SELECT status, CAST(SUM(n) AS TEXT) FROM api_deployment_status_count \
+             GROUP BY status HAVING SUM(n) <> 0 ORDER BY status"
+        )
+        .await,
+        ["cancelled|1", "failed|2", "running|1"]
+    );
 
     assert_eq!(db.rows("SELECT name FROM auth_group").await, ["operators"]);
     assert_eq!(db.count("SELECT COUNT(*) FROM django_migrations").await, 2);

@@ -572,6 +572,16 @@ pub async fn seed(
         ))
         .await;
     }
+    if db.backend == Backend::Postgres {
+        // Explicit ids leave the identity sequences behind; later inserts must not reuse them.
+        for table in ["api_repository", "api_app", "api_deployment"] {
+            db.exec(&format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                 (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
+            ))
+            .await;
+        }
+    }
 }
 
 /// Walks a connection page by page (forward with `first`/`after`, or backward with
@@ -898,6 +908,119 @@ async fn nested_pages_read_the_columns_selected(backend: Backend) {
     db.cleanup().await;
 }
 
+/// `totalCount` of deployments filtered by status alone comes from the counts the database
+/// keeps per status (migration 10): they must follow every write, whoever makes it (rows
+/// written as Django did, Keystone's mutations, cascading deletes, a plain `UPDATE`), and
+/// keep their sums when the server folds them.
+async fn status_counts_follow_every_write(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    seed(&db, 4, 2, 10).await;
+    // A short lease makes the server fold the counts every second.
+    let server = Server::start(&db, &["--lease-secs", "2"])
+        .await
+        .expect("server starts");
+    let filters = [
+        ("", "1 = 1"),
+        ("filter: { status: [FAILED] }", "status = 'failed'"),
+        ("filter: { status: [QUEUED] }", "status = 'queued'"),
+        (
+            "filter: { status: [SUCCESS, CANCELLED, SUCCESS] }",
+            "status IN ('success', 'cancelled')",
+        ),
+        ("filter: { status: [] }", "1 = 1"),
+    ];
+    let agree = |when: &'static str| {
+        let (server, db) = (&server, &db);
+        async move {
+            for (filter, condition) in filters {
+                let args = if filter.is_empty() {
+                    String::new()
+                } else {
+                    format!("({filter})")
+                };
+                let body = server
+                    .graphql(
+                        &format!("{{ deployments{args} {{ totalCount }} }}"),
+                        json!({}),
+                    )
+                    .await;
+                let counted = db
+                    .count(&format!(
+                        "SELECT COUNT(*) FROM api_deployment WHERE {condition}"
+                    ))
+                    .await;
+                assert_eq!(
+                    Server::data(&body)["deployments"]["totalCount"],
+                    counted,
+                    "{when}: {filter}"
+                );
+            }
+        }
+    };
+    agree("seeded").await;
+    assert_eq!(db.count("SELECT COUNT(*) FROM api_deployment").await, 80);
+
+    // Deploying supersedes an app's queued deployments; a running one would refuse it, as
+    // it would deleting its repository.
+    db.exec(
+        "UPDATE api_deployment SET status = 'success' \
+         WHERE status = 'running' AND app_id IN (1, 2, 3, 4, 7)",
+    )
+    .await;
+    for app in ["QXBwOjE", "QXBwOjI", "QXBwOjc"] {
+        let body = server
+            .graphql(
+                "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { status } } }",
+                json!({ "app": app }),
+            )
+            .await;
+        assert_eq!(
+            Server::data(&body)["deployApp"]["deployment"]["status"],
+            "QUEUED",
+            "{body}"
+        );
+    }
+    db.exec("UPDATE api_deployment SET status = 'failed' WHERE id % 3 = 0")
+        .await;
+    let body = server
+        .graphql(
+            "mutation { deleteRepository(input: { id: \"UmVwb3NpdG9yeToy\" }) { deletedRepositoryId } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        Server::data(&body)["deleteRepository"]["deletedRepositoryId"],
+        "UmVwb3NpdG9yeToy",
+        "{body}"
+    );
+    db.exec("DELETE FROM api_app WHERE id = 5").await;
+    agree("after writes").await;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM api_deployment").await,
+        83 - 20 - 10
+    );
+
+    // The server folds the deltas into at most one row per status, sums unchanged.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db
+        .count("SELECT COUNT(*) FROM api_deployment_status_count")
+        .await
+        > 5
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not fold the counts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    agree("folded").await;
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}
+
 on_both_backends!(
     repositories_crud,
     validation_rules,
@@ -906,4 +1029,5 @@ on_both_backends!(
     pagination,
     nested_query_statement_count,
     nested_pages_read_the_columns_selected,
+    status_counts_follow_every_write,
 );

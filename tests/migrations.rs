@@ -14,7 +14,8 @@ const CONFIG_VARS: &str = "m20261130_000006_app_config";
 const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
 const CHECKS: &str = "m20261130_000008_check_enumerations";
 const DOCUMENTS: &str = "m20261130_000009_trusted_documents";
-const KEYSTONE_TABLES: [&str; 10] = [
+const COUNTS: &str = "m20261201_000010_count_deployments_by_status";
+const KEYSTONE_TABLES: [&str; 11] = [
     "api_app",
     "api_app_env",
     "api_app_placement",
@@ -22,6 +23,7 @@ const KEYSTONE_TABLES: [&str; 10] = [
     "api_audit_event",
     "api_deployment",
     "api_deployment_run",
+    "api_deployment_status_count",
     "api_repository",
     "api_token",
     "api_trusted_document",
@@ -68,7 +70,8 @@ async fn migrate_from_empty(backend: Backend) {
             CONFIG_VARS,
             STATUS_INDEX,
             CHECKS,
-            DOCUMENTS
+            DOCUMENTS,
+            COUNTS
         ]
     );
 
@@ -116,16 +119,16 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let pending = keystone(&db, &["migrate", "status", "--check"]).await;
     pending.assert_failure();
     let printed = format!("{}{}", pending.stdout, pending.stderr);
-    assert!(printed.contains("9 migration(s) pending"), "{printed}");
+    assert!(printed.contains("10 migration(s) pending"), "{printed}");
     assert!(printed.contains(CHECKS), "{printed}");
-    keystone(&db, &["migrate", "up", "8"])
+    keystone(&db, &["migrate", "up", "9"])
         .await
         .assert_success();
     let one = keystone(&db, &["migrate", "status", "--check"]).await;
     one.assert_failure();
     assert!(
         one.stderr
-            .contains(&format!("1 migration(s) pending: {DOCUMENTS}")),
+            .contains(&format!("1 migration(s) pending: {COUNTS}")),
         "{}",
         one.stderr
     );
@@ -217,10 +220,10 @@ async fn concurrent_migrations_take_turns() {
         let applied = |out: &crate::support::Output| out.stdout.matches("Applied ").count();
         let mut counts = [applied(&a), applied(&b)];
         counts.sort_unstable();
-        assert_eq!(counts, [0, 9], "{}\n---\n{}", a.stdout, b.stdout);
+        assert_eq!(counts, [0, 10], "{}\n---\n{}", a.stdout, b.stdout);
         assert_eq!(
             db.count("SELECT COUNT(*) FROM seaql_migrations").await,
-            9,
+            10,
             "each migration recorded once"
         );
         keystone(&db, &["migrate", "reset"]).await.assert_success();
@@ -234,6 +237,26 @@ async fn down_up_round_trip(backend: Backend) {
     };
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {COUNTS}")),
+        "{}",
+        down.stdout
+    );
+    assert!(
+        !db.tables()
+            .await
+            .contains(&"api_deployment_status_count".to_owned())
+    );
+    // Its triggers went with it: deployments can be written without the table.
+    db.exec(
+        "INSERT INTO api_repository (name, git_url) VALUES ('r', 'https://e.com/r.git'); \
+         INSERT INTO api_app (name, repo_id) SELECT 'a', id FROM api_repository; \
+         INSERT INTO api_deployment (app_id) SELECT id FROM api_app; \
+         DELETE FROM api_repository",
+    )
+    .await;
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -488,7 +511,7 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(DOCUMENTS)
+        Some(COUNTS)
     );
     db.cleanup().await;
 }

@@ -53,7 +53,8 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
             "m20261130_000006_app_config",
             "m20261130_000007_index_deployments_by_status",
             "m20261130_000008_check_enumerations",
-            "m20261130_000009_trusted_documents"
+            "m20261130_000009_trusted_documents",
+            "m20261201_000010_count_deployments_by_status"
         ])
     );
     server.stop().await;

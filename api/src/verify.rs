@@ -166,6 +166,7 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(AppEnv, backend),
             table_shape(AppSettings, backend),
             table_shape(TrustedDocument, backend),
+            table_shape(DeploymentStatusCount, backend),
         ]
         .into_iter()
         .collect(),

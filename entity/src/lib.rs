@@ -14,6 +14,7 @@ pub mod app_settings;
 pub mod audit_event;
 pub mod deployment;
 pub mod deployment_run;
+pub mod deployment_status_count;
 pub mod repository;
 mod timestamp;
 pub mod trusted_document;
@@ -29,6 +30,7 @@ pub mod prelude {
     pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
     pub use super::deployment_run::Entity as DeploymentRun;
+    pub use super::deployment_status_count::Entity as DeploymentStatusCount;
     pub use super::repository::Entity as Repository;
     pub use super::trusted_document::Entity as TrustedDocument;
 }

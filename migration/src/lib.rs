@@ -22,6 +22,7 @@ mod m20261130_000006_app_config;
 mod m20261130_000007_index_deployments_by_status;
 mod m20261130_000008_check_enumerations;
 mod m20261130_000009_trusted_documents;
+mod m20261201_000010_count_deployments_by_status;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_index_deployments_by_status::Migration),
             Box::new(m20261130_000008_check_enumerations::Migration),
             Box::new(m20261130_000009_trusted_documents::Migration),
+            Box::new(m20261201_000010_count_deployments_by_status::Migration),
         ]
     }
 }

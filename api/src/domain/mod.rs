@@ -5,6 +5,7 @@
 pub mod access;
 pub mod apps;
 pub mod audit;
+pub mod counts;
 pub mod documents;
 pub mod env;
 pub mod events;

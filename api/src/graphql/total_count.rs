@@ -7,10 +7,10 @@ use entity::prelude::*;
 use super::error::OrInternal;
 use super::loaders::{AppCount, DeploymentCount};
 use super::{api, loaders};
-use crate::store::count;
 use crate::store::filters::{
     ApiTokenFilter, AppFilter, AuditEventFilter, DeploymentFilter, RepositoryFilter,
 };
+use crate::store::{count, count_deployments};
 
 pub enum TotalCount {
     Repositories(RepositoryFilter),
@@ -30,7 +30,7 @@ impl TotalCount {
         let count = match self {
             TotalCount::Repositories(f) => count::<Repository>(db, f).await,
             TotalCount::Apps(f) => count::<App>(db, f).await,
-            TotalCount::Deployments(f) => count::<Deployment>(db, f).await,
+            TotalCount::Deployments(f) => count_deployments(db, f).await,
             TotalCount::ApiTokens(f) => count::<ApiToken>(db, f).await,
             TotalCount::AuditEvents(f) => count::<AuditEvent>(db, f).await,
             TotalCount::AppsOfRepository(key) => {
