@@ -376,7 +376,7 @@ async fn verify_passes_on_scratch_database(backend: Backend) {
     let out = keystone(&db, &["verify"]).await;
     out.assert_success();
     let ok_lines = out.stdout.lines().filter(|l| l.starts_with("[ok]")).count();
-    assert_eq!(ok_lines, 4, "{}", out.stdout);
+    assert_eq!(ok_lines, 5, "{}", out.stdout);
     // The scratch database is not the configured one, which stays empty.
     assert!(keystone_tables(&db.tables().await).is_empty());
     db.cleanup().await;
@@ -430,6 +430,43 @@ async fn drift_detection_names_the_column(backend: Backend) {
     db.cleanup().await;
 }
 
+/// `verify --in-place` notices per-status deployment counts (migration 10) that something
+/// bypassed, naming the status.
+async fn verify_compares_the_kept_counts(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    keystone(&db, &["migrate", "up"]).await.assert_success();
+    db.exec(
+        "INSERT INTO api_repository (name, git_url) VALUES ('r', 'https://e.com/r.git'); \
+         INSERT INTO api_app (name, repo_id) SELECT 'a', id FROM api_repository; \
+         INSERT INTO api_deployment (app_id) SELECT id FROM api_app; \
+         INSERT INTO api_deployment (app_id, status) SELECT id, 'failed' FROM api_app;",
+    )
+    .await;
+    let out = keystone(&db, &["verify", "--in-place"]).await;
+    out.assert_success();
+    assert!(
+        out.stdout.contains(
+            "[ok]   deployment counts agree with the deployments: 2 deployments in 2 statuses"
+        ),
+        "{}",
+        out.stdout
+    );
+    db.exec("DELETE FROM api_deployment_status_count WHERE status = 'failed'")
+        .await;
+    let out = keystone(&db, &["verify", "--in-place"]).await;
+    out.assert_failure();
+    assert!(
+        out.stdout.contains(
+            "[FAIL] deployment counts agree with the deployments: failed: counted 0, there are 1;"
+        ),
+        "{}",
+        out.stdout
+    );
+    db.cleanup().await;
+}
+
 async fn refuses_newer_unknown_migration(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
@@ -477,6 +514,7 @@ on_both_backends!(
     down_up_round_trip,
     verify_passes_on_scratch_database,
     drift_detection_names_the_column,
+    verify_compares_the_kept_counts,
     refuses_newer_unknown_migration,
 );
 

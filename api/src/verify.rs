@@ -8,18 +8,20 @@
 //! PostgreSQL that still advances each table's id sequence by one, as sequences are not
 //! transactional).
 
+use std::collections::HashMap;
 use std::io::Write;
 
 use entity::prelude::*;
-use entity::{app, deployment, repository};
+use entity::{app, deployment, deployment_status_count, repository};
 use migration::introspect::{
     self, ColumnShape, Compare, FkAction, ForeignKeyShape, SchemaShape, SqlType, TableShape,
 };
 use migration::{Migrator, MigratorTrait, connection, history};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IdenStatic,
-    Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter, RelationTrait,
-    RelationType, Set, TransactionTrait,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    IdenStatic, Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter,
+    QuerySelect, RelationTrait, RelationType, Set, TransactionTrait,
 };
 
 /// The result of one check: `Ok(detail)` or `Err(what is wrong)`.
@@ -72,6 +74,10 @@ async fn run_checks(
     passed &= report(
         "rows: defaults, relations both ways, cascading delete",
         &rows_and_relations(db).await,
+    );
+    passed &= report(
+        "deployment counts agree with the deployments",
+        &counts_agree(db).await,
     );
     if in_place {
         let _ = writeln!(
@@ -212,6 +218,56 @@ fn table_shape<E: EntityTrait>(entity: E, backend: DbBackend) -> (String, TableS
         });
     }
     (entity.table_name().to_owned(), shape)
+}
+
+/// The per-status counts the triggers keep (`api_deployment_status_count`, migration 10),
+/// which `totalCount` reads, against the deployments themselves. They differ only when
+/// something bypassed the triggers: PostgreSQL's `TRUNCATE`, or triggers dropped by hand.
+async fn counts_agree(db: &DatabaseConnection) -> Outcome {
+    let kept: HashMap<DeploymentStatus, i64> = DeploymentStatusCount::find()
+        .select_only()
+        .column(deployment_status_count::Column::Status)
+        .column_as(Expr::cust("CAST(SUM(n) AS BIGINT)"), "n")
+        .group_by(deployment_status_count::Column::Status)
+        .into_tuple::<(DeploymentStatus, i64)>()
+        .all(db)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .filter(|&(_, n)| n != 0)
+        .collect();
+    let counted: HashMap<DeploymentStatus, i64> = Deployment::find()
+        .select_only()
+        .column(deployment::Column::Status)
+        .column_as(deployment::Column::Id.count(), "n")
+        .group_by(deployment::Column::Status)
+        .into_tuple::<(DeploymentStatus, i64)>()
+        .all(db)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .collect();
+    if kept == counted {
+        return Ok(format!(
+            "{} deployments in {} statuses",
+            counted.values().sum::<i64>(),
+            counted.len()
+        ));
+    }
+    let differences = DeploymentStatus::iter()
+        .filter_map(|status| {
+            let (k, c) = (
+                kept.get(&status).copied().unwrap_or(0),
+                counted.get(&status).copied().unwrap_or(0),
+            );
+            (k != c).then(|| format!("{}: counted {k}, there are {c}", status.to_value()))
+        })
+        .collect::<Vec<_>>();
+    Err(format!(
+        "{}; `totalCount` filtered by status is wrong until they are rebuilt \
+         (README, \"keystone verify\")",
+        differences.join(", ")
+    ))
 }
 
 /// Creates a repository, an app and a deployment leaving every defaulted column to the
