@@ -20,8 +20,8 @@ use migration::{Migrator, MigratorTrait, connection, history};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    IdenStatic, Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter,
-    QuerySelect, RelationTrait, RelationType, Set, TransactionTrait,
+    IdenStatic, Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect,
+    RelationTrait, RelationType, Set, TransactionTrait,
 };
 
 /// The result of one check: `Ok(detail)` or `Err(what is wrong)`.
