@@ -1021,6 +1021,112 @@ async fn status_counts_follow_every_write(backend: Backend) {
     db.cleanup().await;
 }
 
+/// A page of deployments across apps that selects their apps reads them in the page's own
+/// statement (a join): W5 of the benchmark costs the page and its count, whichever way the
+/// app is asked for (under `nodes`, under `edges { node }`, in a fragment).
+async fn deployments_across_apps_read_their_apps_with_the_page(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    seed(&db, 4, 2, 10).await;
+    let server = Server::start(&db, &["--token-cache-ms", "600000"])
+        .await
+        .expect("server starts");
+    // The token's first use is recorded in the background: let it land before counting.
+    server.graphql("{ viewer { name } }", json!({})).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db
+        .count("SELECT COUNT(*) FROM api_token WHERE last_used_at IS NOT NULL")
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lastUsedAt recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let expected = db
+        .rows(
+            "SELECT CAST(d.id AS TEXT), a.name FROM api_deployment d JOIN api_app a ON a.id = d.app_id \
+             WHERE d.status = 'failed' ORDER BY d.created_at DESC, d.id DESC LIMIT 12",
+        )
+        .await;
+    assert_eq!(expected.len(), 12);
+    let queries = [
+        (
+            "{ deployments(first: 12, filter: { status: [FAILED] }) { totalCount nodes { databaseId app { name } } } }",
+            2,
+        ),
+        (
+            "{ deployments(first: 12, filter: { status: [FAILED] }) { edges { node { databaseId ... on Deployment { owner: app { name } } } } } }",
+            1,
+        ),
+        (
+            "{ deployments(first: 12, filter: { status: [FAILED] }) { nodes { databaseId } } }",
+            1,
+        ),
+    ];
+    for (query, statements) in queries {
+        let before = server.sql_statements().await;
+        let body = server.graphql(query, json!({})).await;
+        assert_eq!(
+            server.sql_statements().await - before,
+            statements,
+            "{query}"
+        );
+        let list = &Server::data(&body)["deployments"];
+        let nodes: Vec<&serde_json::Value> = match list["nodes"].as_array() {
+            Some(nodes) => nodes.iter().collect(),
+            None => list["edges"]
+                .as_array()
+                .expect("edges")
+                .iter()
+                .map(|edge| &edge["node"])
+                .collect(),
+        };
+        let got: Vec<String> = nodes
+            .iter()
+            .map(|node| {
+                let app = node.get("app").or_else(|| node.get("owner"));
+                match app {
+                    Some(app) => format!(
+                        "{}|{}",
+                        node["databaseId"],
+                        app["name"].as_str().unwrap_or("?")
+                    ),
+                    None => format!("{}", node["databaseId"]),
+                }
+            })
+            .collect();
+        let want: Vec<String> = expected
+            .iter()
+            .map(|row| {
+                if query.contains("name") {
+                    row.clone()
+                } else {
+                    row.split('|').next().unwrap_or_default().to_owned()
+                }
+            })
+            .collect();
+        assert_eq!(got, want, "{query}");
+    }
+    let body = server
+        .graphql(
+            "{ deployments(filter: { status: [FAILED] }) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        Server::data(&body)["deployments"]["totalCount"],
+        db.count("SELECT COUNT(*) FROM api_deployment WHERE status = 'failed'")
+            .await
+    );
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}
+
 on_both_backends!(
     repositories_crud,
     validation_rules,
@@ -1030,4 +1136,5 @@ on_both_backends!(
     nested_query_statement_count,
     nested_pages_read_the_columns_selected,
     status_counts_follow_every_write,
+    deployments_across_apps_read_their_apps_with_the_page,
 );

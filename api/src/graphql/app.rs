@@ -222,8 +222,14 @@ impl App {
             app_id: self.model.id,
             filter,
         });
-        nested_connection::<_, entity::deployment::Entity, _>(ctx, key, &page, count, Deployment)
-            .await
+        nested_connection::<_, entity::deployment::Entity, _>(
+            ctx,
+            key,
+            &page,
+            count,
+            Deployment::from,
+        )
+        .await
     }
 
     /// The most recently created deployment, if any.
@@ -240,7 +246,7 @@ impl App {
         let page = loaders(ctx)?.load_one(key).await.or_internal()?;
         Ok(page
             .and_then(|page| page.rows.first().cloned())
-            .map(Deployment))
+            .map(Deployment::from))
     }
 }
 
@@ -624,7 +630,7 @@ impl AppMutation {
                 .await
                 .extend()?;
             Ok(DeployAppPayload {
-                deployment: Deployment(deployment),
+                deployment: Deployment::from(deployment),
                 app: app.into(),
             })
         })
@@ -693,7 +699,7 @@ impl AppMutation {
                 .await
                 .extend()?;
             Ok(DeployAppPayload {
-                deployment: Deployment(deployment),
+                deployment: Deployment::from(deployment),
                 app: app.into(),
             })
         })

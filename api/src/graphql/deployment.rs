@@ -1,14 +1,18 @@
 //! `Deployment`: one attempt to build and run an app; its queries.
 
+use std::collections::HashMap;
+
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
 use chrono::{DateTime, Utc};
-use entity::deployment;
+use entity::{app, deployment};
 
 use super::app::App;
 use super::auth::Require;
 use super::auth::{audited, principal};
-use super::connection::{Cursor, Order, OrderDirection, SortKey, page_args};
+use super::connection::{
+    Cursor, Order, OrderDirection, PageRows, SortKey, node_fields, page_args, to_connection,
+};
 use super::error::{Code, OrInternal, bad_input, coded, internal, not_found};
 use super::guardrails::ResponseBudget;
 use super::ids::{NodeType, decode_as};
@@ -17,6 +21,7 @@ use super::total_count::TotalCount;
 use super::{api, loaders, page_complexity, root_connection};
 use crate::store::filters::DeploymentFilter;
 use crate::store::nested::Columns;
+use crate::store::page::load_page_with;
 
 /// The most log bytes one `logs` field reads.
 const MAX_LOG_BYTES_PER_FIELD: usize = 1 << 20;
@@ -40,7 +45,17 @@ pub enum DeploymentStatus {
 }
 
 /// One attempt to build and run an app.
-pub struct Deployment(pub deployment::Model);
+pub struct Deployment {
+    pub model: deployment::Model,
+    /// Its app, when it was read together with the deployment (saves a statement).
+    app: Option<app::Model>,
+}
+
+impl From<deployment::Model> for Deployment {
+    fn from(model: deployment::Model) -> Self {
+        Self { model, app: None }
+    }
+}
 
 impl Deployment {
     async fn run(
@@ -48,7 +63,7 @@ impl Deployment {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<entity::deployment_run::Model>> {
         loaders(ctx)?
-            .load_one(RunOfDeployment(self.0.id))
+            .load_one(RunOfDeployment(self.model.id))
             .await
             .or_internal()
     }
@@ -76,58 +91,61 @@ pub enum DeploymentStage {
 impl Deployment {
     /// Opaque global ID (see `node`).
     pub async fn id(&self) -> ID {
-        NodeType::Deployment.id(self.0.id)
+        NodeType::Deployment.id(self.model.id)
     }
 
     /// The primary key in Keystone's database.
     async fn database_id(&self) -> i64 {
-        self.0.id
+        self.model.id
     }
 
     /// The app being deployed.
     async fn app(&self, ctx: &Context<'_>) -> async_graphql::Result<App> {
+        if let Some(app) = &self.app {
+            return Ok(App::from(app.clone()));
+        }
         loaders(ctx)?
-            .load_one(AppId(self.0.app_id))
+            .load_one(AppId(self.model.app_id))
             .await
             .or_internal()?
             .map(App::from)
-            .ok_or_else(|| internal(format!("deployment {} has no app", self.0.id)))
+            .ok_or_else(|| internal(format!("deployment {} has no app", self.model.id)))
     }
 
     /// Where the deployment is: queued, running, or how it ended.
     async fn status(&self) -> DeploymentStatus {
-        self.0.status.into()
+        self.model.status.into()
     }
 
     /// The image built for this deployment; empty until built.
     async fn image_tag(&self) -> &str {
-        &self.0.image_tag
+        &self.model.image_tag
     }
 
     /// The host port the deployment was started on, for PORT apps.
     async fn assigned_port(&self) -> Option<i32> {
-        self.0.assigned_port
+        self.model.assigned_port
     }
 
     /// When it was queued.
     async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at.as_utc()
+        self.model.created_at.as_utc()
     }
 
     /// When a runner started it.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at.map(|t| t.as_utc())
+        self.model.started_at.map(|t| t.as_utc())
     }
 
     /// When it reached a final state.
     async fn ended_at(&self) -> Option<DateTime<Utc>> {
-        self.0.ended_at.map(|t| t.as_utc())
+        self.model.ended_at.map(|t| t.as_utc())
     }
 
     /// Seconds from `startedAt` to `endedAt`, or to now while it runs; null before it started.
     async fn duration(&self) -> Option<f64> {
-        let started = self.0.started_at?.as_utc();
-        let ended = self.0.ended_at.map_or_else(Utc::now, |t| t.as_utc());
+        let started = self.model.started_at?.as_utc();
+        let ended = self.model.ended_at.map_or_else(Utc::now, |t| t.as_utc());
         Some((ended - started).num_microseconds()? as f64 / 1e6)
     }
 
@@ -157,12 +175,12 @@ impl Deployment {
 
     /// What went wrong, for failed deployments; empty otherwise.
     async fn error_summary(&self) -> &str {
-        &self.0.error_summary
+        &self.model.error_summary
     }
 
     /// Where the runner's log is stored on the server; empty until it has one.
     async fn logs_path(&self) -> &str {
-        &self.0.logs_path
+        &self.model.logs_path
     }
 
     /// The last `tail` lines of the deployment's log (default 100, at most 10,000), from at
@@ -211,11 +229,12 @@ impl Deployment {
         let allowed = (*remaining).min(MAX_LOG_BYTES_PER_FIELD);
         let logs = &api(ctx)?.runners.logs;
         let read = match after {
-            None => logs.tail(&self.0.logs_path, tail, allowed).await,
+            None => logs.tail(&self.model.logs_path, tail, allowed).await,
             Some(after) => {
                 let after = usize::try_from(after)
                     .map_err(|_| bad_input("after", "after must be 0 or more"))?;
-                logs.after(&self.0.logs_path, after, tail, allowed).await
+                logs.after(&self.model.logs_path, after, tail, allowed)
+                    .await
             }
         }
         .extend()?;
@@ -367,14 +386,33 @@ impl DeploymentQuery {
             .map(|id| decode_as(&id, NodeType::App, "appId"))
             .transpose()?;
         let filter = filter.unwrap_or_default().into_filter(app_id);
-        root_connection::<deployment::Entity, _, _>(
-            ctx,
-            page,
-            filter,
-            TotalCount::Deployments,
-            Deployment,
-        )
-        .await
+        if !node_fields(ctx).iter().any(|field| field.name() == "app") {
+            return root_connection::<deployment::Entity, _, _>(
+                ctx,
+                page,
+                filter,
+                TotalCount::Deployments,
+                Deployment::from,
+            )
+            .await;
+        }
+        // The nodes' apps are selected: read them in the page's statement.
+        let PageRows { rows, has_more } =
+            load_page_with::<deployment::Entity, app::Entity>(&api(ctx)?.db, &filter, &page)
+                .await
+                .or_internal()?;
+        let (rows, apps): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+        let apps: HashMap<i64, app::Model> =
+            apps.into_iter().flatten().map(|a| (a.id, a)).collect();
+        Ok(to_connection::<deployment::Entity, _, _>(
+            PageRows { rows, has_more },
+            &page,
+            TotalCount::Deployments(filter),
+            |model| Deployment {
+                app: apps.get(&model.app_id).cloned(),
+                model,
+            },
+        ))
     }
 
     /// One deployment by its ID.
@@ -390,7 +428,7 @@ impl DeploymentQuery {
             .await
             .or_internal()?
         {
-            Some(model) => Ok(Some(Deployment(model))),
+            Some(model) => Ok(Some(Deployment::from(model))),
             None => Err(not_found(
                 "id",
                 format!("deployment {database_id} does not exist"),
@@ -435,7 +473,7 @@ impl DeploymentMutation {
                 .await
                 .extend()?;
             Ok(CancelDeploymentPayload {
-                deployment: Deployment(deployment),
+                deployment: Deployment::from(deployment),
                 cancelled,
             })
         })

@@ -43,7 +43,7 @@ async fn load(ctx: &Context<'_>, id: &ID, field: &str) -> async_graphql::Result<
             .load_one(DeploymentId(n))
             .await
             .or_internal()?
-            .map(|m| Node::Deployment(Deployment(m))),
+            .map(|m| Node::Deployment(Deployment::from(m))),
         // Admin-only objects are not reachable through `node`, which viewers may call.
         (NodeType::ApiToken | NodeType::AuditEvent, _) => {
             return Err(bad_input(

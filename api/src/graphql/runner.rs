@@ -232,7 +232,7 @@ impl RunnerMutation {
                             }),
                             env,
                         }),
-                        deployment: Some(Deployment(claim.deployment)),
+                        deployment: Some(Deployment::from(claim.deployment)),
                     }
                 }
             })
@@ -257,7 +257,7 @@ impl RunnerMutation {
                 .await
                 .extend()?;
             Ok(HeartbeatDeploymentPayload {
-                deployment: Deployment(beat.deployment),
+                deployment: Deployment::from(beat.deployment),
                 lease_expires_at: beat.lease_expires_at.as_utc(),
                 cancel_requested: beat.cancel_requested,
             })
@@ -295,7 +295,7 @@ impl RunnerMutation {
             .await
             .extend()?;
             Ok(ReportDeploymentPayload {
-                deployment: Deployment(deployment),
+                deployment: Deployment::from(deployment),
                 app: app.into(),
             })
         })

@@ -38,7 +38,7 @@ impl LiveSubscription {
             .transpose()?;
         events(ctx, move |event| match event {
             Event::DeploymentUpdated(model) if app_id.is_none_or(|id| id == model.app_id) => {
-                Some(Deployment((*model).clone()))
+                Some(Deployment::from((*model).clone()))
             }
             _ => None,
         })

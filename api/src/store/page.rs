@@ -12,7 +12,7 @@ use entity::{api_token, app, audit_event, deployment, repository};
 use sea_orm::sea_query::Order as SqlOrder;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Value,
+    QuerySelect, Related, Select, Value,
 };
 use serde_json::json;
 
@@ -282,12 +282,9 @@ pub(super) fn finish<M>(mut rows: Vec<M>, page: &PageArgs) -> PageRows<M> {
     PageRows { rows, has_more }
 }
 
-/// One page of the rows of `E` that match `filter`.
-pub async fn load_page<E: Paged>(
-    db: &impl ConnectionTrait,
-    filter: &impl FilterCondition,
-    page: &PageArgs,
-) -> Result<PageRows<E::Model>, DbErr> {
+/// The statement for one page of the rows of `E` that match `filter` (one row more than
+/// the page, to tell whether more follow), in reading order.
+fn page_select<E: Paged>(filter: &impl FilterCondition, page: &PageArgs) -> Select<E> {
     let desc = page.read_desc();
     let mut select = E::find()
         .filter(filter.condition())
@@ -295,9 +292,33 @@ pub async fn load_page<E: Paged>(
     if let Some(sort) = E::sort_column(page.order.key) {
         select = select.order_by(sort, sql_order(desc));
     }
-    let rows = select
+    select
         .order_by(E::id_column(), sql_order(desc))
         .limit(page.limit + 1)
+}
+
+/// One page of the rows of `E` that match `filter`.
+pub async fn load_page<E: Paged>(
+    db: &impl ConnectionTrait,
+    filter: &impl FilterCondition,
+    page: &PageArgs,
+) -> Result<PageRows<E::Model>, DbErr> {
+    Ok(finish(page_select::<E>(filter, page).all(db).await?, page))
+}
+
+/// One page of the rows of `E` that match `filter`, each with the `R` it belongs to, read in
+/// the same statement (a join).
+pub async fn load_page_with<E, R>(
+    db: &impl ConnectionTrait,
+    filter: &impl FilterCondition,
+    page: &PageArgs,
+) -> Result<PageRows<(E::Model, Option<R::Model>)>, DbErr>
+where
+    E: Paged + Related<R>,
+    R: EntityTrait,
+{
+    let rows = page_select::<E>(filter, page)
+        .find_also_related(R::default())
         .all(db)
         .await?;
     Ok(finish(rows, page))
