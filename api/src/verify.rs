@@ -12,15 +12,16 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use entity::prelude::*;
-use entity::{app, deployment, deployment_status_count, repository};
+use entity::{app, deployment, repository};
 use migration::introspect::{
     self, ColumnShape, Compare, FkAction, ForeignKeyShape, SchemaShape, SqlType, TableShape,
 };
 use migration::{Migrator, MigratorTrait, connection, history};
-use sea_orm::sea_query::Expr;
+
+use crate::store;
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    IdenStatic, Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter, QuerySelect,
+    IdenStatic, Iterable, ModelTrait, PaginatorTrait, PrimaryKeyToColumn, QueryFilter,
     RelationTrait, RelationType, Set, TransactionTrait,
 };
 
@@ -224,25 +225,13 @@ fn table_shape<E: EntityTrait>(entity: E, backend: DbBackend) -> (String, TableS
 /// which `totalCount` reads, against the deployments themselves. They differ only when
 /// something bypassed the triggers: PostgreSQL's `TRUNCATE`, or triggers dropped by hand.
 async fn counts_agree(db: &DatabaseConnection) -> Outcome {
-    let kept: HashMap<DeploymentStatus, i64> = DeploymentStatusCount::find()
-        .select_only()
-        .column(deployment_status_count::Column::Status)
-        .column_as(Expr::cust("CAST(SUM(n) AS BIGINT)"), "n")
-        .group_by(deployment_status_count::Column::Status)
-        .into_tuple::<(DeploymentStatus, i64)>()
-        .all(db)
+    let kept: HashMap<DeploymentStatus, i64> = store::kept_deployment_counts(db, None)
         .await
         .map_err(failed)?
         .into_iter()
         .filter(|&(_, n)| n != 0)
         .collect();
-    let counted: HashMap<DeploymentStatus, i64> = Deployment::find()
-        .select_only()
-        .column(deployment::Column::Status)
-        .column_as(deployment::Column::Id.count(), "n")
-        .group_by(deployment::Column::Status)
-        .into_tuple::<(DeploymentStatus, i64)>()
-        .all(db)
+    let counted: HashMap<DeploymentStatus, i64> = store::deployments_by_status(db)
         .await
         .map_err(failed)?
         .into_iter()

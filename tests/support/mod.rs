@@ -265,6 +265,24 @@ impl TestDb {
         n
     }
 
+    /// Waits (at most 10 s) until some token's first use is recorded: the server writes
+    /// `lastUsedAt` in the background, and a test that counts statements must not count
+    /// that `UPDATE` as its query's.
+    pub async fn wait_for_token_use(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self
+            .count("SELECT COUNT(*) FROM api_token WHERE last_used_at IS NOT NULL")
+            .await
+            == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lastUsedAt never recorded"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Every table of the test database, sorted.
     pub async fn tables(&self) -> Vec<String> {
         let sql = match self.backend {

@@ -4,7 +4,6 @@
 
 use entity::deployment::DeploymentStatus;
 use entity::deployment_status_count::{self, Column, Entity as DeploymentStatusCount};
-use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
@@ -13,6 +12,7 @@ use sea_orm::{
 };
 
 use super::writer_turn;
+use crate::store::kept_deployment_counts;
 
 /// Folds the deltas into one row per status, when there are more rows than statuses;
 /// returns how many rows it folded (zero when it had nothing to do).
@@ -49,15 +49,7 @@ pub async fn compact(db: &DatabaseConnection) -> Result<u64, DbErr> {
     let Some(newest) = newest else {
         return Ok(0);
     };
-    let sums: Vec<(DeploymentStatus, i64)> = DeploymentStatusCount::find()
-        .select_only()
-        .column(Column::Status)
-        .expr(Expr::cust("CAST(SUM(n) AS BIGINT)"))
-        .filter(Column::Id.lte(newest))
-        .group_by(Column::Status)
-        .into_tuple()
-        .all(&txn)
-        .await?;
+    let sums = kept_deployment_counts(&txn, Some(newest)).await?;
     let folded = DeploymentStatusCount::delete_many()
         .filter(Column::Id.lte(newest))
         .exec(&txn)

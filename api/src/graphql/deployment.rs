@@ -46,7 +46,7 @@ pub enum DeploymentStatus {
 
 /// One attempt to build and run an app.
 pub struct Deployment {
-    pub model: deployment::Model,
+    model: deployment::Model,
     /// Its app, when it was read together with the deployment (saves a statement).
     app: Option<app::Model>,
 }

@@ -59,6 +59,39 @@ pub async fn count_deployments(
     Ok(sum.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
 }
 
+/// How many deployments are in each status, counted row by row (from the
+/// `(status, created_at, id)` index); statuses without deployments are left out.
+pub async fn deployments_by_status(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<(DeploymentStatus, i64)>, DbErr> {
+    deployment::Entity::find()
+        .select_only()
+        .column(deployment::Column::Status)
+        .column_as(deployment::Column::Id.count(), "count")
+        .group_by(deployment::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await
+}
+
+/// The counts kept per status (`api_deployment_status_count`): each status's sum of the
+/// deltas up to id `up_to` (all of them when `None`). A status whose deltas cancel out has a
+/// sum of zero.
+pub async fn kept_deployment_counts(
+    db: &impl ConnectionTrait,
+    up_to: Option<i64>,
+) -> Result<Vec<(DeploymentStatus, i64)>, DbErr> {
+    let mut query = deployment_status_count::Entity::find()
+        .select_only()
+        .column(deployment_status_count::Column::Status)
+        .expr(Expr::cust("CAST(SUM(n) AS BIGINT)"))
+        .group_by(deployment_status_count::Column::Status);
+    if let Some(id) = up_to {
+        query = query.filter(deployment_status_count::Column::Id.lte(id));
+    }
+    query.into_tuple().all(db).await
+}
+
 /// How an app is named in a lookup.
 pub enum AppKey<'a> {
     Id(i64),
@@ -88,14 +121,7 @@ pub async fn app(
 pub async fn deployment_queue(
     db: &impl ConnectionTrait,
 ) -> Result<(Vec<(DeploymentStatus, i64)>, std::time::Duration), DbErr> {
-    let counts: Vec<(DeploymentStatus, i64)> = deployment::Entity::find()
-        .select_only()
-        .column(deployment::Column::Status)
-        .column_as(deployment::Column::Id.count(), "count")
-        .group_by(deployment::Column::Status)
-        .into_tuple()
-        .all(db)
-        .await?;
+    let counts = deployments_by_status(db).await?;
     let oldest: Option<Timestamp> = deployment::Entity::find()
         .select_only()
         .column(deployment::Column::CreatedAt)
