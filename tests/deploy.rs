@@ -177,6 +177,8 @@ if VERSION == "broken":
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = (VERSION + os.environ.get("GREETING", "")).encode()
+        if self.path == "/env":
+            body = " ".join(sorted(os.environ)).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -399,6 +401,9 @@ impl RunnerProcess {
             .args(with_defaults(extra))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // The runner's own settings, which no app may see.
+            .env("DATABASE_URL", "postgres://runner:secret@127.0.0.1/runner")
+            .env("KEYSTONE_RUNNER_ONLY", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -505,7 +510,7 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     let range = format!("{port}-{port}");
     // Containers and images are shared by parallel tests: a name of its own.
     let name = format!("sample-{port}");
-    let server = Server::start(&db, &["--port-range", &range])
+    let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
         .await
         .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
@@ -790,9 +795,18 @@ async fn cancel_kill_and_retention(backend: Backend) {
     };
     let port = free_port();
     let range = format!("{port}-{port}");
-    let server = Server::start(&db, &["--port-range", &range, "--lease-secs", "3"])
-        .await
-        .expect("server starts");
+    let server = Server::start(
+        &db,
+        &[
+            "--allow-private-git-hosts",
+            "--port-range",
+            &range,
+            "--lease-secs",
+            "3",
+        ],
+    )
+    .await
+    .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
     // A build that puts a child in the background, then waits on another.
     let marker = format!("{}", 40_000 + u32::from(port % 1000));
@@ -958,9 +972,12 @@ async fn host_apps_are_routed_by_name(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let server = Server::start(&db, &["--apps-domain", "apps.test"])
-        .await
-        .expect("server starts");
+    let server = Server::start(
+        &db,
+        &["--allow-private-git-hosts", "--apps-domain", "apps.test"],
+    )
+    .await
+    .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
     git_server.push("v1", PROCFILE).await;
     let token_file = runner_token_file(&server, &db).await;
@@ -1016,7 +1033,7 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
     };
     let port = free_port();
     let range = format!("{port}-{port}");
-    let server = Server::start(&db, &["--port-range", &range])
+    let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
         .await
         .expect("server starts");
     let key = db.dir().join("keystone-secrets.key");
@@ -1029,7 +1046,7 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
     git_server
         .push(
             "v1",
-            "web: python3 app.py\nbuild: echo \"token is $API_TOKEN\"\n",
+            "web: python3 app.py\nbuild: echo \"token is $API_TOKEN\"; echo \"build env: $(env | cut -d= -f1 | sort | tr '\\n' ' ')\"\n",
         )
         .await;
     let token_file = runner_token_file(&server, &db).await;
@@ -1081,8 +1098,33 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
     let done = finished(&server, &deploy(&server, &app).await).await;
     assert_eq!(done["status"], "SUCCESS", "{done:#}");
     assert_eq!(answer(port).await.expect("answers"), "v1hello");
+    // Apps get their config vars, PORT and a few of the runner's variables; never the
+    // runner's own settings.
+    let names = http()
+        .get(format!("http://127.0.0.1:{port}/env"))
+        .send()
+        .await
+        .expect("GET /env")
+        .text()
+        .await
+        .expect("body");
+    let names: Vec<&str> = names.split(' ').collect();
+    for name in ["API_TOKEN", "GREETING", "PORT", "PATH"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    for name in ["DATABASE_URL", "KEYSTONE_RUNNER_ONLY", "RUST_LOG"] {
+        assert!(!names.contains(&name), "{name} in {names:?}");
+    }
     let log = done["logs"].to_string();
     assert!(log.contains("token is [REDACTED]"), "{log}");
+    assert!(
+        log.contains("build env: ") && log.contains("API_TOKEN"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("DATABASE_URL") && !log.contains("KEYSTONE_RUNNER_ONLY"),
+        "{log}"
+    );
     for place in [
         log,
         db.rows("SELECT arguments FROM api_audit_event")
@@ -1126,9 +1168,18 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     // One port: only the app that gets as far as serving is a PORT app.
     let port = free_port();
     let range = format!("{port}-{port}");
-    let server = Server::start(&db, &["--max-log-bytes", "100000", "--port-range", &range])
-        .await
-        .expect("server starts");
+    let server = Server::start(
+        &db,
+        &[
+            "--allow-private-git-hosts",
+            "--max-log-bytes",
+            "100000",
+            "--port-range",
+            &range,
+        ],
+    )
+    .await
+    .expect("server starts");
     let git_server = GitServer::start(db.dir()).await;
     let token_file = runner_token_file(&server, &db).await;
     let runner = RunnerProcess::start(&server, &token_file, &db.dir().join("work"), &[]).await;
@@ -1220,7 +1271,7 @@ impl BuildInProgress {
             return None;
         }
         let db = TestDb::new(backend).await?;
-        let server = Server::start(&db, &["--lease-secs", "3"])
+        let server = Server::start(&db, &["--allow-private-git-hosts", "--lease-secs", "3"])
             .await
             .expect("server starts");
         let git_server = GitServer::start(db.dir()).await;

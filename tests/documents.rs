@@ -16,13 +16,7 @@ const APPS: &str = "query Apps { apps(first: 5) { nodes { name } } }\n";
 const CLAIM: &str = "mutation Claim { claimDeployment { deployment { status } } }\n";
 const WATCH: &str = "subscription Watch { deploymentUpdated { status } }\n";
 
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::support::sha256_hex as sha256;
 
 fn persisted(hash: &str) -> Value {
     json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } })

@@ -886,7 +886,10 @@ async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     let log = std::fs::read_dir(&logs)
         .expect("logs dir")
         .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with("deployment-"))
+        .find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("deployment-") && name.ends_with(".log")
+        })
         .map(|e| std::fs::read_to_string(e.path()).expect("log"))
         .expect("the deployment's log");
     assert_eq!(

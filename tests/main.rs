@@ -12,6 +12,7 @@ mod documents;
 mod faults;
 mod fuzz;
 mod graphql;
+mod hardening;
 mod http_api;
 mod instances;
 mod lifecycle;

@@ -113,8 +113,9 @@ pub struct ServeArgs {
     /// (duplicates included).
     #[arg(long, env = "KEYSTONE_MAX_FIELDS", default_value_t = 1000)]
     pub max_fields: usize,
-    /// Seconds a query over HTTP may run before it is cancelled (`TIMEOUT`); mutations are
-    /// never cancelled halfway.
+    /// Seconds a query or mutation may take, over HTTP and WebSocket alike: a query is then
+    /// cancelled (`TIMEOUT`); a mutation is never cancelled halfway, its client is answered
+    /// `TIMEOUT` (outcome unknown) while it finishes.
     #[arg(long, env = "KEYSTONE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
     /// Run only trusted documents (stored with `keystone documents add`, sent by hash or in
@@ -171,6 +172,22 @@ pub struct ServeArgs {
     /// on a non-loopback address in clear text.
     #[arg(long, env = "KEYSTONE_BEHIND_TLS_PROXY")]
     pub behind_tls_proxy: bool,
+    /// Accept repositories on loopback and private hosts (`git://127.0.0.1/…`, `10.0.0.0/8`,
+    /// `localhost`): for a git server on this machine or its network. Off, such URLs are
+    /// refused: whoever may create a repository could otherwise make the runner reach
+    /// services that only this network can.
+    #[arg(long, env = "KEYSTONE_ALLOW_PRIVATE_GIT_HOSTS")]
+    pub allow_private_git_hosts: bool,
+    /// A proxy (address or CIDR block) whose `Forwarded` / `X-Forwarded-For` headers name
+    /// the client, for per-address limits and the audit trail (repeat, or comma-separate in
+    /// the environment); requests from any other peer are keyed on the peer.
+    #[arg(
+        long = "trusted-proxy",
+        env = "KEYSTONE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a WebSocket may stay open without a successful `connection_init` (then it is
     /// closed with 4408).
     #[arg(long, env = "KEYSTONE_WS_INIT_TIMEOUT_SECS", default_value_t = 10)]
@@ -210,6 +227,15 @@ pub struct ServeArgs {
     pub max_log_bytes: u64,
 }
 
+/// A CIDR block, or one address (a block of one).
+fn parse_network(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is neither an address nor a CIDR block (10.0.0.0/8)"))
+}
+
 /// Everything the server needs, resolved.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -226,7 +252,6 @@ pub struct Config {
     pub apps_domain: Option<String>,
     pub limits: Limits,
     pub max_body_bytes: usize,
-    pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
@@ -236,6 +261,8 @@ pub struct Config {
     pub graphiql: bool,
     pub cors_origins: Vec<String>,
     pub behind_tls_proxy: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub git_hosts: crate::domain::validation::GitHosts,
     pub ports: PortRange,
     pub runners: RunnerPolicy,
     pub websocket: WebSocketLimits,
@@ -264,9 +291,9 @@ impl Config {
                     fields: serve.max_fields,
                 },
                 introspection: !serve.no_introspection,
+                request_timeout: Duration::from_secs(serve.request_timeout_secs),
             },
             max_body_bytes: serve.max_body_bytes,
-            request_timeout: Duration::from_secs(serve.request_timeout_secs),
             shutdown_timeout: Duration::from_secs(serve.shutdown_timeout_secs),
             rate_limit_per_second: serve.rate_limit_per_second,
             rate_limit_burst: serve.rate_limit_burst,
@@ -276,6 +303,10 @@ impl Config {
             graphiql: !serve.no_graphiql,
             cors_origins: serve.cors_origins.clone(),
             behind_tls_proxy: serve.behind_tls_proxy,
+            trusted_proxies: serve.trusted_proxies.clone(),
+            git_hosts: crate::domain::validation::GitHosts {
+                allow_private: serve.allow_private_git_hosts,
+            },
             ports: serve.port_range,
             runners: RunnerPolicy {
                 lease: Duration::from_secs(serve.lease_secs.max(1)),

@@ -105,6 +105,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             ports: config.ports,
             runners: config.runners.clone(),
             documents: documents.clone(),
+            git_hosts: config.git_hosts,
         },
         config.limits,
     )
@@ -120,10 +121,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics_token,
         documents,
         admission,
-        request_timeout: config.request_timeout,
         websocket: config.websocket,
         sockets: Arc::default(),
         shutdown: stopping.subscribe(),
+        trusted_proxies: config.trusted_proxies.clone().into(),
     };
     let metrics_server = match config.metrics_bind {
         Some(address) => Some(serve_metrics(address, state.clone(), stopping.subscribe()).await?),

@@ -7,10 +7,14 @@
 //! protocol, admission), plus gauges read at scrape time ([`Scrape`]): the pool, WebSocket
 //! occupancy, and deployments by status from the database.
 //!
-//! Label values stay bounded: operation names are the first [`MAX_OPERATION_NAMES`] seen
-//! (later ones are `other`), an unnamed operation is `anonymous`, outcomes are the closed
-//! set of error codes, stages and statuses are enums, runners are token names (made by
-//! admins).
+//! Label values stay bounded whatever clients send, so a scrape stays under 1 MB: an
+//! operation is labelled with the name its document gives it (never the request's
+//! `operationName` alone), `anonymous` when it has none; a name longer than
+//! [`MAX_OPERATION_NAME_CHARS`], or new once [`MAX_OPERATION_NAMES`] names are kept (names of
+//! trusted documents, which operators store, do not count), is `other`; so is a new
+//! combination once a family holds its most series ([`MAX_REQUEST_SERIES`],
+//! [`MAX_DURATION_SERIES`]). Outcomes are the closed set of error codes, stages and
+//! statuses are enums, runners are token names (made by admins).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -25,8 +29,17 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sea_orm::ActiveEnum;
 
-/// Distinct operation names kept as label values; later names count as `other`.
-pub const MAX_OPERATION_NAMES: usize = 200;
+/// Distinct operation names from clients' documents kept as label values; later names
+/// count as `other`.
+pub const MAX_OPERATION_NAMES: usize = 100;
+/// The longest operation name used as a label value; longer ones count as `other`.
+pub const MAX_OPERATION_NAME_CHARS: usize = 64;
+/// Series of `keystone_graphql_requests_total` (operation, type, outcome) kept; a new
+/// combination beyond them counts under `other`.
+pub const MAX_REQUEST_SERIES: usize = 1000;
+/// Series of `keystone_graphql_request_duration_seconds` (operation, type) kept; beyond
+/// them, under `other`.
+pub const MAX_DURATION_SERIES: usize = 200;
 /// Deployments whose current stage is timed at once (beyond: not timed).
 const MAX_TIMED_DEPLOYMENTS: usize = 10_000;
 
@@ -94,6 +107,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<OperationLabels, Histogram, fn() -> Histogram>,
     operation_names: Mutex<HashSet<String>>,
+    /// The series of `requests` and `request_seconds`, counted against their caps.
+    series: Mutex<(HashSet<RequestLabels>, HashSet<OperationLabels>)>,
     statements: Counter,
     statement_seconds: Histogram,
     pool_connections: Family<StateLabel, Gauge>,
@@ -137,6 +152,22 @@ pub fn metrics() -> &'static Metrics {
 /// How an operation ended, for the `outcome` label: `ok`, or the first error's code.
 pub type Outcome = &'static str;
 
+/// The label of operations that cannot have their own (see the module's doc).
+const OTHER: &str = "other";
+
+/// Where an operation's name comes from, for its label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperationName {
+    /// The operation has no name.
+    Anonymous,
+    /// No operation was selected (the document did not parse, or has no such operation).
+    Unknown,
+    /// A name in a trusted document, stored by an operator.
+    Trusted(String),
+    /// A name in a document a client sent.
+    Client(String),
+}
+
 impl Metrics {
     fn new() -> Self {
         let metrics = Self {
@@ -144,6 +175,7 @@ impl Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency),
             operation_names: Mutex::default(),
+            series: Mutex::default(),
             statements: Counter::default(),
             statement_seconds: latency(),
             pool_connections: Family::default(),
@@ -261,11 +293,20 @@ impl Metrics {
         }
     }
 
-    /// The label value for an operation name.
-    fn operation_label(&self, name: Option<&str>) -> String {
-        let Some(name) = name else {
-            return "anonymous".to_owned();
+    /// The label value for an operation `name`: see the module's doc.
+    pub fn operation_label(&self, name: &OperationName) -> String {
+        let (name, counted) = match name {
+            OperationName::Anonymous => return "anonymous".to_owned(),
+            OperationName::Unknown => return OTHER.to_owned(),
+            OperationName::Trusted(name) => (name.as_str(), false),
+            OperationName::Client(name) => (name.as_str(), true),
         };
+        if name.chars().count() > MAX_OPERATION_NAME_CHARS {
+            return OTHER.to_owned();
+        }
+        if !counted {
+            return name.to_owned();
+        }
         let mut names = self
             .operation_names
             .lock()
@@ -277,34 +318,50 @@ impl Metrics {
             names.insert(name.to_owned());
             return name.to_owned();
         }
-        "other".to_owned()
+        OTHER.to_owned()
     }
 
-    /// An operation answered: `kind` is `query`, `mutation`, `subscription` or `unknown`;
-    /// `elapsed` is recorded for queries and mutations.
+    /// An operation answered: `operation` is its label ([`Metrics::operation_label`]),
+    /// `kind` is `query`, `mutation`, `subscription` or `unknown`; `elapsed` is recorded
+    /// for queries and mutations.
     pub fn operation(
         &self,
-        name: Option<&str>,
+        operation: String,
         kind: &'static str,
         outcome: Outcome,
         elapsed: Option<Duration>,
     ) {
-        let operation = self.operation_label(name);
+        let mut request = RequestLabels {
+            operation,
+            r#type: kind,
+            outcome,
+        };
+        let mut timed = OperationLabels {
+            operation: request.operation.clone(),
+            r#type: kind,
+        };
+        {
+            let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            let (requests, durations) = &mut *series;
+            if !requests.contains(&request) {
+                if requests.len() >= MAX_REQUEST_SERIES {
+                    request.operation = OTHER.to_owned();
+                }
+                requests.insert(request.clone());
+            }
+            if elapsed.is_some() && !durations.contains(&timed) {
+                if durations.len() >= MAX_DURATION_SERIES {
+                    timed.operation = OTHER.to_owned();
+                }
+                durations.insert(timed.clone());
+            }
+        }
         if let Some(elapsed) = elapsed {
             self.request_seconds
-                .get_or_create(&OperationLabels {
-                    operation: operation.clone(),
-                    r#type: kind,
-                })
+                .get_or_create(&timed)
                 .observe(elapsed.as_secs_f64());
         }
-        self.requests
-            .get_or_create(&RequestLabels {
-                operation,
-                r#type: kind,
-                outcome,
-            })
-            .inc();
+        self.requests.get_or_create(&request).inc();
     }
 
     /// A statement the pool ran; not counted inside [`unmeasured`].
@@ -461,18 +518,78 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 mod tests {
     use super::*;
 
+    fn client(name: &str) -> OperationName {
+        OperationName::Client(name.to_owned())
+    }
+
     #[test]
     fn operation_names_are_bounded() {
         let metrics = Metrics::new();
         for n in 0..MAX_OPERATION_NAMES {
             assert_eq!(
-                metrics.operation_label(Some(&format!("op{n}"))),
+                metrics.operation_label(&client(&format!("op{n}"))),
                 format!("op{n}")
             );
         }
-        assert_eq!(metrics.operation_label(Some("one_too_many")), "other");
-        assert_eq!(metrics.operation_label(Some("op0")), "op0");
-        assert_eq!(metrics.operation_label(None), "anonymous");
+        assert_eq!(metrics.operation_label(&client("one_too_many")), "other");
+        assert_eq!(metrics.operation_label(&client("op0")), "op0");
+        assert_eq!(
+            metrics.operation_label(&OperationName::Anonymous),
+            "anonymous"
+        );
+        assert_eq!(metrics.operation_label(&OperationName::Unknown), "other");
+        // Trusted documents' names do not count, and are kept beyond the cap.
+        let trusted = OperationName::Trusted("StoredByAnOperator".to_owned());
+        assert_eq!(metrics.operation_label(&trusted), "StoredByAnOperator");
+        let long = "x".repeat(MAX_OPERATION_NAME_CHARS + 1);
+        assert_eq!(metrics.operation_label(&client(&long)), "other");
+        assert_eq!(
+            metrics.operation_label(&OperationName::Trusted(long)),
+            "other"
+        );
+    }
+
+    fn empty_scrape() -> Scrape {
+        Scrape {
+            pool: Some((1, 1)),
+            websocket_connections: 0,
+            subscriptions: 0,
+            deployments: None,
+        }
+    }
+
+    /// Whatever names, types and outcomes clients cause, in whatever order, the scrape
+    /// stays under 1 MB. The worst case is every name as long as allowed, each with every
+    /// type and every outcome: the series caps hold it.
+    #[test]
+    fn the_scrape_stays_under_a_megabyte_whatever_clients_send() {
+        use strum::IntoEnumIterator;
+        let metrics = Metrics::new();
+        let kinds = ["query", "mutation", "subscription", "unknown"];
+        let outcomes: Vec<Outcome> = std::iter::once("ok")
+            .chain(crate::graphql::error::Code::iter().map(|code| code.as_str()))
+            .collect();
+        for n in 0..(MAX_OPERATION_NAMES * 3) {
+            let name = format!("{n:0>width$}", width = MAX_OPERATION_NAME_CHARS);
+            let trusted = n % 2 == 0;
+            let label = metrics.operation_label(&if trusted {
+                OperationName::Trusted(name)
+            } else {
+                client(&name)
+            });
+            for kind in kinds {
+                for outcome in &outcomes {
+                    metrics.operation(label.clone(), kind, outcome, Some(Duration::from_millis(3)));
+                }
+            }
+        }
+        let text = metrics.render(empty_scrape());
+        assert!(
+            text.len() < 1 << 20,
+            "{} bytes, {} lines",
+            text.len(),
+            text.lines().count()
+        );
     }
 
     #[test]
@@ -483,12 +600,7 @@ mod tests {
         metrics.heartbeat("r", 1, Some(Stage::Build));
         metrics.deployment_ended(1);
         metrics.deployment_ended(1);
-        let text = metrics.render(Scrape {
-            pool: None,
-            websocket_connections: 0,
-            subscriptions: 0,
-            deployments: None,
-        });
+        let text = metrics.render(empty_scrape());
         for stage in ["clone", "build"] {
             let line =
                 format!("keystone_deployment_stage_duration_seconds_count{{stage=\"{stage}\"}} 1");

@@ -490,6 +490,19 @@ impl Server {
         self.child.id().expect("the server is running")
     }
 
+    /// The CPU time the server's threads have run, to the nanosecond (Linux's schedstat).
+    pub fn cpu_time(&self) -> Duration {
+        let tasks = format!("/proc/{}/task", self.pid());
+        let nanos: u64 = std::fs::read_dir(tasks)
+            .expect("the server's threads")
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+                stat.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum();
+        Duration::from_nanos(nanos)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
@@ -665,6 +678,15 @@ impl Server {
 /// The global ID of object `n` of `kind` (`App`, `Deployment`, `ApiToken`, …).
 pub fn global_id(kind: &str, n: impl std::fmt::Display) -> String {
     base64_url(&format!("{kind}:{n}"))
+}
+
+/// The SHA-256 of `text`, in lowercase hex (as trusted documents are named).
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn base64_url(text: &str) -> String {

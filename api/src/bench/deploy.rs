@@ -90,6 +90,7 @@ async fn start_server(dir: &Path, port: u16) -> anyhow::Result<(Child, String)> 
     let range = format!("{port}-{port}");
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--bind", "127.0.0.1:0", "--port-range", &range])
+        .arg("--allow-private-git-hosts")
         .args(["--rate-limit-per-second", "0"])
         .env("DATABASE_URL", "sqlite://bench.sqlite3?mode=rwc")
         .current_dir(dir)

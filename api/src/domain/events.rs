@@ -12,7 +12,11 @@
 //! Notifications are signed: any role that can connect to the database can call
 //! `pg_notify` on Keystone's channel, so each payload carries an HMAC-SHA256 under a key
 //! only Keystone's servers hold ([`signing_key`], a file in the logs directory they share),
-//! and a payload that does not verify is dropped (and logged).
+//! and a payload that does not verify is dropped (and logged). The signature covers a stamp
+//! too: the sending instance's random id and a sequence number it increments for each
+//! notification. Each instance's notifications arrive in the order it sent them, so a
+//! receiver drops any whose number is not above the last it had from that instance: a
+//! captured notification sent again (by anyone) reaches no subscriber ([`Replays`]).
 //!
 //! Slow subscribers: each subscription may fall at most [`CAPACITY`] events behind. One
 //! that falls further loses the oldest events it has not read (memory stays bounded), is
@@ -94,24 +98,34 @@ fn signer(key: &[u8]) -> Signer {
     Signer::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
-/// `payload` with its signature in front: `<hex mac>.<payload>`.
-fn sign(key: &[u8], payload: &str) -> String {
+/// Who sent a notification, and its place in that sender's sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    /// The sending instance's random id, drawn when it starts.
+    sender: u64,
+    sequence: u64,
+}
+
+/// `payload` stamped and signed: `<hex mac>.<sender hex>.<sequence>.<payload>`, the mac over
+/// everything after its dot.
+fn sign(key: &[u8], stamp: Stamp, payload: &str) -> String {
     use hmac::Mac;
+    let stamped = format!("{:016x}.{}.{payload}", stamp.sender, stamp.sequence);
     let mut mac = signer(key);
-    mac.update(payload.as_bytes());
+    mac.update(stamped.as_bytes());
     let tag: String = mac
         .finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("{tag}.{payload}")
+    format!("{tag}.{stamped}")
 }
 
-/// The payload of a signed notification, when its signature verifies.
-fn verified<'a>(key: &[u8], signed: &'a str) -> Option<&'a str> {
+/// The stamp and payload of a signed notification, when its signature verifies.
+fn verified<'a>(key: &[u8], signed: &'a str) -> Option<(Stamp, &'a str)> {
     use hmac::Mac;
-    let (tag, payload) = signed.split_once('.')?;
+    let (tag, stamped) = signed.split_once('.')?;
     if tag.len() != 64 {
         return None;
     }
@@ -119,8 +133,56 @@ fn verified<'a>(key: &[u8], signed: &'a str) -> Option<&'a str> {
         .map(|i| u8::from_str_radix(tag.get(2 * i..2 * i + 2)?, 16).ok())
         .collect::<Option<_>>()?;
     let mut mac = signer(key);
-    mac.update(payload.as_bytes());
-    mac.verify_slice(&tag).ok().map(|()| payload)
+    mac.update(stamped.as_bytes());
+    mac.verify_slice(&tag).ok()?;
+    let (sender, rest) = stamped.split_once('.')?;
+    let (sequence, payload) = rest.split_once('.')?;
+    let stamp = Stamp {
+        sender: u64::from_str_radix(sender, 16).ok()?,
+        sequence: sequence.parse().ok()?,
+    };
+    Some((stamp, payload))
+}
+
+/// The last sequence number seen from each sender: a notification that is not newer is a
+/// replay. Bounded: the senders seen longest ago are forgotten first (each instance is one
+/// sender per start, so only a replay of a notification thousands of starts old could pass).
+struct Replays {
+    last: std::collections::HashMap<u64, u64>,
+    /// Senders, in the order first seen.
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Replays {
+    const SENDERS: usize = 4096;
+
+    fn new() -> Self {
+        Self {
+            last: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether `stamp` is newer than anything its sender sent before (and remembers it).
+    fn fresh(&mut self, stamp: Stamp) -> bool {
+        match self.last.get_mut(&stamp.sender) {
+            Some(last) if stamp.sequence <= *last => false,
+            Some(last) => {
+                *last = stamp.sequence;
+                true
+            }
+            None => {
+                if self.order.len() == Self::SENDERS
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.last.remove(&oldest);
+                }
+                self.order.push_back(stamp.sender);
+                self.last.insert(stamp.sender, stamp.sequence);
+                true
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -362,9 +424,19 @@ async fn send_notifications(
     key: Arc<[u8]>,
     mut pending: mpsc::Receiver<Event>,
 ) {
+    let mut sender = [0u8; 8];
+    if let Err(error) = getrandom::fill(&mut sender) {
+        tracing::error!(%error, "no randomness for the events sender id: events are not sent");
+        return;
+    }
+    let mut stamp = Stamp {
+        sender: u64::from_le_bytes(sender),
+        sequence: 0,
+    };
     while let Some(event) = pending.recv().await {
         for payload in encode(event) {
-            let payload = sign(&key, &payload);
+            stamp.sequence += 1;
+            let payload = sign(&key, stamp, &payload);
             let sent = db
                 .execute_raw(Statement::from_sql_and_values(
                     sea_orm::DbBackend::Postgres,
@@ -402,6 +474,7 @@ async fn receive_notifications(
     key: Arc<[u8]>,
     local: broadcast::Sender<Event>,
 ) {
+    let mut replays = Replays::new();
     loop {
         let notification = match listener.try_recv().await {
             Ok(Some(notification)) => notification,
@@ -418,13 +491,21 @@ async fn receive_notifications(
                 continue;
             }
         };
-        let Some(payload) = verified(&key, notification.payload()) else {
+        let Some((stamp, payload)) = verified(&key, notification.payload()) else {
             tracing::warn!(
                 "ignoring a notification on Keystone's channel whose signature does not verify \
                  (sent by something other than a Keystone server with this events key)"
             );
             continue;
         };
+        if !replays.fresh(stamp) {
+            tracing::warn!(
+                sender = format_args!("{:016x}", stamp.sender),
+                sequence = stamp.sequence,
+                "ignoring a notification sent again (a replay)"
+            );
+            continue;
+        }
         let event = match serde_json::from_str::<Wire>(payload) {
             Ok(Wire::Deployment { row }) => Event::DeploymentUpdated(Arc::new(row)),
             Ok(Wire::App { row }) => Event::AppUpdated(Arc::new(row)),
@@ -461,12 +542,39 @@ mod tests {
     #[test]
     fn only_signed_payloads_verify() {
         let key = b"k".repeat(64);
-        let signed = sign(&key, r#"{"k":"app_id","id":1}"#);
-        assert_eq!(verified(&key, &signed), Some(r#"{"k":"app_id","id":1}"#));
+        let stamp = Stamp {
+            sender: 0xfeed,
+            sequence: 7,
+        };
+        let signed = sign(&key, stamp, r#"{"k":"app_id","id":1}"#);
+        assert_eq!(
+            verified(&key, &signed),
+            Some((stamp, r#"{"k":"app_id","id":1}"#))
+        );
         assert_eq!(verified(b"another key", &signed), None);
         assert_eq!(verified(&key, r#"{"k":"app_id","id":1}"#), None);
         let forged = format!("{}.{}", "0".repeat(64), r#"{"k":"app_id","id":1}"#);
         assert_eq!(verified(&key, &forged), None);
+        // The stamp is signed: a renumbered payload does not verify.
+        let renumbered = signed.replace(".7.", ".8.");
+        assert_eq!(verified(&key, &renumbered), None);
+    }
+
+    #[test]
+    fn a_notification_is_accepted_once() {
+        let mut replays = Replays::new();
+        let stamp = |sender, sequence| Stamp { sender, sequence };
+        assert!(replays.fresh(stamp(1, 1)));
+        assert!(replays.fresh(stamp(2, 1)));
+        assert!(replays.fresh(stamp(1, 2)));
+        assert!(!replays.fresh(stamp(1, 2)));
+        assert!(!replays.fresh(stamp(1, 1)));
+        assert!(replays.fresh(stamp(2, 5)));
+        // Bounded: the oldest senders are forgotten.
+        for sender in 10..(10 + Replays::SENDERS as u64) {
+            replays.fresh(stamp(sender, 1));
+        }
+        assert_eq!(replays.last.len(), Replays::SENDERS);
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub fn sha256_hex(text: &str) -> String {
 /// Checks one input value, naming the field on failure.
 pub(crate) fn check(
     field: &'static str,
-    rule: fn(&str) -> Result<(), String>,
+    rule: impl FnOnce(&str) -> Result<(), String>,
     value: &str,
 ) -> Result<(), DomainError> {
     rule(value).map_err(|reason| DomainError::Invalid { field, reason })

@@ -10,6 +10,7 @@ use sea_orm::{
 
 use super::audit::{self, Object};
 use super::logs::LogStore;
+use super::validation::GitHosts;
 use super::{DomainError, begin_write, check, validation};
 
 pub struct NewRepository {
@@ -30,9 +31,14 @@ pub struct RepositoryChanges {
 pub async fn create(
     db: &DatabaseConnection,
     new: NewRepository,
+    hosts: GitHosts,
 ) -> Result<repository::Model, DomainError> {
     check("name", validation::repository_name, &new.name)?;
-    check("gitUrl", validation::git_url, &new.git_url)?;
+    check(
+        "gitUrl",
+        |url| validation::git_url(url, hosts),
+        &new.git_url,
+    )?;
     let branch = new.default_branch.unwrap_or_else(|| "main".to_owned());
     check("defaultBranch", validation::branch_name, &branch)?;
     let (_turn, txn) = begin_write(db).await?;
@@ -52,12 +58,13 @@ pub async fn update(
     db: &DatabaseConnection,
     id: i64,
     changes: RepositoryChanges,
+    hosts: GitHosts,
 ) -> Result<repository::Model, DomainError> {
     if let Some(name) = &changes.name {
         check("name", validation::repository_name, name)?;
     }
     if let Some(url) = &changes.git_url {
-        check("gitUrl", validation::git_url, url)?;
+        check("gitUrl", |url| validation::git_url(url, hosts), url)?;
     }
     if let Some(branch) = &changes.default_branch {
         check("defaultBranch", validation::branch_name, branch)?;

@@ -40,14 +40,23 @@ fn plain_words(name: &str) -> Result<(), String> {
     }
 }
 
+/// Which hosts a repository may name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GitHosts {
+    /// Loopback and private addresses (`127.0.0.1`, `10.0.0.0/8`, `localhost`, …) too
+    /// (`--allow-private-git-hosts`): for a git server on the same machine or network.
+    pub allow_private: bool,
+}
+
 /// Where a runner clones from. Only remote transports: `https://`, `ssh://`, `git://`, or
 /// scp-style `user@host:path`. Refused: `file://` and local paths (they would read the
 /// server's own disk), `ext::` and other remote helpers (they run commands), anything
-/// starting with `-` (git would read it as an option) — the user and host included, and
-/// their percent-encoded forms —, shell syntax (`$`, backquotes, `;`, …) anywhere,
-/// link-local and cloud metadata hosts (169.254.0.0/16, fe80::/10), whitespace and control
-/// characters.
-pub fn git_url(url: &str) -> Result<(), String> {
+/// starting with `-` (git would read it as an option) — the user and host included —,
+/// percent-encoding in the user or host (where it can only hide one), shell syntax (`$`,
+/// backquotes, `;`, …) anywhere, link-local and cloud metadata hosts (169.254.0.0/16,
+/// fe80::/10), whitespace and control characters; and loopback and private hosts unless
+/// `hosts` allows them.
+pub fn git_url(url: &str, hosts: GitHosts) -> Result<(), String> {
     not_blank(url)?;
     max_chars(url, 200)?;
     if url.starts_with('-') {
@@ -60,12 +69,12 @@ pub fn git_url(url: &str) -> Result<(), String> {
         return Err(format!("must not contain {c:?}"));
     }
     if let Some((scheme, _)) = url.split_once("://") {
-        return scheme_url(scheme, url);
+        return scheme_url(scheme, url, hosts);
     }
-    scp_style(url)
+    scp_style(url, hosts)
 }
 
-fn scheme_url(scheme: &str, url: &str) -> Result<(), String> {
+fn scheme_url(scheme: &str, url: &str, hosts: GitHosts) -> Result<(), String> {
     if !matches!(scheme, "https" | "ssh" | "git") {
         return Err(format!(
             "the {scheme}:// scheme is not allowed; use https://, ssh://, git:// or user@host:path"
@@ -77,7 +86,14 @@ fn scheme_url(scheme: &str, url: &str) -> Result<(), String> {
         _ => return Err("must name a host".into()),
     }
     if let Some(host) = parsed.host() {
-        allowed_host(&host)?;
+        if let url::Host::Domain(name) = &host
+            && !plain_host(name)
+        {
+            return Err(
+                "the host must be a name of letters, digits, '.' and '-', or an address".into(),
+            );
+        }
+        allowed_host(&host, hosts)?;
     }
     // `%2d` is a `-` once git decodes it; user names are plain words.
     let user = parsed.username();
@@ -101,7 +117,7 @@ fn scheme_url(scheme: &str, url: &str) -> Result<(), String> {
 
 /// `user@host:path`, as git reads it: no `::` (remote helpers such as `ext::`), a host of
 /// DNS characters, a path that does not start with `-`.
-fn scp_style(url: &str) -> Result<(), String> {
+fn scp_style(url: &str, hosts: GitHosts) -> Result<(), String> {
     const HINT: &str = "must be https://, ssh://, git:// or scp-style user@host:path";
     if url.contains("::") {
         return Err("remote helpers (such as ext::) are not allowed".into());
@@ -112,16 +128,11 @@ fn scp_style(url: &str) -> Result<(), String> {
     let Some((user, host)) = user_host.split_once('@') else {
         return Err(HINT.into());
     };
-    let host_ok = !host.is_empty()
-        && !host.starts_with('-')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
-    if !plain_user(user) || !host_ok {
+    if !plain_user(user) || !plain_host(host) {
         return Err(HINT.into());
     }
     if let Ok(host) = url::Host::parse(host) {
-        allowed_host(&host)?;
+        allowed_host(&host, hosts)?;
     }
     if path.is_empty() || path.trim_matches('/').is_empty() {
         return Err("must name a repository path after ':'".into());
@@ -137,6 +148,17 @@ fn scp_style(url: &str) -> Result<(), String> {
 const SHELL_CHARS: &[char] = &[
     '$', '`', ';', '|', '&', '<', '>', '\\', '"', '\'', '(', ')', '{', '}', '*', '?', '!', '^',
 ];
+
+/// A host name as DNS has them (or an address in brackets): never `%`, never a leading `-`.
+fn plain_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    !bare.is_empty()
+        && !bare.starts_with('-')
+        && (bare.parse::<std::net::IpAddr>().is_ok()
+            || bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+}
 
 /// A user name in a URL: letters, digits, `.`, `_`, `-`, not starting with `-`.
 fn plain_user(user: &str) -> bool {
@@ -162,34 +184,56 @@ fn percent_decoded(path: &str) -> Result<String, String> {
 
 /// Hosts a runner must never be pointed at: link-local addresses (cloud metadata services
 /// answer at 169.254.169.254 and fe80::/10), the unspecified address, and the metadata
-/// services' names.
-fn allowed_host<S: AsRef<str>>(host: &url::Host<S>) -> Result<(), String> {
-    let refused = match host {
-        url::Host::Ipv4(ip) => ip.is_link_local() || ip.is_unspecified(),
-        url::Host::Ipv6(ip) => {
-            (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip.is_unspecified()
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
-        }
-        url::Host::Domain(name) => {
-            let name = name.as_ref().trim_end_matches('.').to_ascii_lowercase();
-            // `ssh://` and `git://` hosts are opaque to the URL parser: an address stays text.
-            if let Ok(ip) = name.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-                return allowed_host(&match ip {
-                    std::net::IpAddr::V4(v4) => url::Host::<&str>::Ipv4(v4),
-                    std::net::IpAddr::V6(v6) => url::Host::Ipv6(v6),
-                });
-            }
-            name == "metadata" || name == "metadata.google.internal"
-        }
+/// services' names; and, unless `hosts` allows them, loopback and private addresses and
+/// `localhost` (the runner's own machine and network).
+fn allowed_host<S: AsRef<str>>(host: &url::Host<S>, hosts: GitHosts) -> Result<(), String> {
+    use std::net::IpAddr;
+    let address = match host {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(*ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(*ip)),
+        // `ssh://` and `git://` hosts are opaque to the URL parser: an address stays text.
+        url::Host::Domain(name) => name
+            .as_ref()
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .ok(),
     };
-    if refused {
-        Err("link-local and cloud metadata hosts are not allowed".into())
-    } else {
-        Ok(())
+    let address = address.map(|ip| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    });
+    let (metadata, private) = match (address, host) {
+        (Some(IpAddr::V4(ip)), _) => (
+            ip.is_link_local() || ip.is_unspecified(),
+            ip.is_loopback()
+                || ip.is_private()
+                // 100.64.0.0/10, carrier-grade NAT: another machine's private network.
+                || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64),
+        ),
+        (Some(IpAddr::V6(ip)), _) => (
+            ip.is_unicast_link_local() || ip.is_unspecified(),
+            ip.is_loopback() || ip.is_unique_local(),
+        ),
+        (None, url::Host::Domain(name)) => {
+            let name = name.as_ref().trim_end_matches('.').to_ascii_lowercase();
+            (
+                name == "metadata" || name == "metadata.google.internal",
+                name == "localhost" || name.ends_with(".localhost"),
+            )
+        }
+        (None, _) => (false, false),
+    };
+    if metadata {
+        return Err("link-local and cloud metadata hosts are not allowed".into());
     }
+    if private && !hosts.allow_private {
+        return Err(
+            "loopback and private hosts are not allowed (a server started with \
+                    --allow-private-git-hosts accepts them)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// A branch name valid by `git check-ref-format --branch`.
@@ -200,13 +244,18 @@ pub fn branch_name(branch: &str) -> Result<(), String> {
     if branch.starts_with('-') {
         return refuse("must not start with '-'");
     }
-    if branch == "@" {
-        return refuse("must not be '@'");
+    if branch == "@" || branch == "HEAD" {
+        return refuse("must not be '@' or 'HEAD'");
     }
-    if let Some(c) = branch.chars().find(|c| {
-        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-    }) {
-        return refuse(&format!("must not contain {c:?}"));
+    // Stricter than git: shell syntax (`$(id)`), quotes and non-ASCII never reach a command
+    // line or a log as a branch.
+    if let Some(c) = branch
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+' | '@')))
+    {
+        return refuse(&format!(
+            "must contain only letters, digits, '.', '_', '-', '/', '+' and '@' (found {c:?})"
+        ));
     }
     if branch.contains("..") || branch.contains("@{") || branch.contains("//") {
         return refuse("must not contain '..', '@{' or '//'");
@@ -442,7 +491,7 @@ mod tests {
             "git@github.com:acme/web.git",
             "deploy@git.internal:web",
         ] {
-            assert_eq!(git_url(ok), Ok(()), "{ok}");
+            assert_eq!(git_url(ok, GitHosts::default()), Ok(()), "{ok}");
         }
         for bad in [
             "",
@@ -476,10 +525,45 @@ mod tests {
             "ssh://git@169.254.1.1/x.git",
             "git@169.254.169.254:x.git",
             "https://metadata.google.internal/x.git",
+            "ssh://git@%2doProxyCommand=x/repo",
+            "ssh://%2D%2Dupload-pack=x@host/repo",
+            "git://%2dx/repo",
+            "git@%2dhost:repo",
         ] {
-            assert!(git_url(bad).is_err(), "{bad:?} was accepted");
+            let allowed = GitHosts {
+                allow_private: true,
+            };
+            assert!(git_url(bad, allowed).is_err(), "{bad:?} was accepted");
         }
-        assert!(git_url(&format!("https://example.com/{}", "a".repeat(200))).is_err());
+        assert!(
+            git_url(
+                &format!("https://example.com/{}", "a".repeat(200)),
+                GitHosts::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn private_git_hosts_need_the_setting() {
+        for private in [
+            "git://127.0.0.1:9418/app.git",
+            "https://localhost/x.git",
+            "https://build.localhost/x.git",
+            "ssh://git@10.1.2.3/x.git",
+            "git@192.168.1.10:x.git",
+            "git://[::1]/x.git",
+            "https://[fd00::1]/x.git",
+            "https://172.16.0.1/x.git",
+            "https://100.64.0.1/x.git",
+            "git://[::ffff:127.0.0.1]/x.git",
+        ] {
+            assert!(git_url(private, GitHosts::default()).is_err(), "{private}");
+            let allowed = GitHosts {
+                allow_private: true,
+            };
+            assert_eq!(git_url(private, allowed), Ok(()), "{private}");
+        }
     }
 
     #[test]
@@ -517,7 +601,8 @@ mod tests {
         }
         for bad in [
             "", "-x", "@", "a..b", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "/a", "a/",
-            "a.", "a//b", ".hidden", "a/.b", "x.lock", "a@{1}", "a\u{7f}",
+            "a.", "a//b", ".hidden", "a/.b", "x.lock", "a@{1}", "a\u{7f}", "$(id)", "HEAD", "..",
+            "a\"b", "a'b", "é",
         ] {
             assert!(branch_name(bad).is_err(), "{bad:?} was accepted");
         }

@@ -23,8 +23,11 @@ use crate::store::filters::DeploymentFilter;
 use crate::store::nested::Columns;
 use crate::store::page::load_page_with;
 
-/// The most log bytes one `logs` field reads.
+/// The most log bytes one `logs` field reads (finding where to start included).
 const MAX_LOG_BYTES_PER_FIELD: usize = 1 << 20;
+/// What a `logs` field costs towards the query's complexity before its lines: one per KiB
+/// it may read.
+const LOG_FIELD_COST: usize = MAX_LOG_BYTES_PER_FIELD / 1024;
 use crate::domain::access::Capability;
 use crate::domain::runs;
 
@@ -184,12 +187,13 @@ impl Deployment {
     }
 
     /// The last `tail` lines of the deployment's log (default 100, at most 10,000), from at
-    /// most its last 1 MiB; one response carries at most 4 MiB of log lines in all
-    /// (`RESPONSE_TOO_LARGE` past that). Each line counts towards the query's complexity.
+    /// most its last 1 MiB; one response reads at most 4 MiB of logs in all
+    /// (`RESPONSE_TOO_LARGE` past that). Towards the query's complexity, the field counts
+    /// 1,024 (a KiB of what it may read) and each line 1.
     ///
     /// With `after: N`, the lines after line N instead (numbered from 1), at most `tail` of
     /// them: a client that has read N lines resumes exactly there, without gap or duplicate.
-    #[graphql(complexity = "1 + tail.max(0) as usize")]
+    #[graphql(complexity = "LOG_FIELD_COST + tail.max(0) as usize")]
     async fn logs(
         &self,
         ctx: &Context<'_>,
@@ -243,8 +247,7 @@ impl Deployment {
             *remaining = 0;
             return Err(too_large());
         }
-        let used: usize = read.lines.iter().map(|l| l.len() + 1).sum();
-        *remaining = remaining.saturating_sub(used);
+        *remaining = remaining.saturating_sub(read.read);
         Ok(read.lines)
     }
 }

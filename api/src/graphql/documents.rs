@@ -33,6 +33,9 @@ pub struct DocumentPolicy {
 /// The SHA-256 (hex) of the document a request runs: recorded in the audit trail.
 pub struct DocumentHash(pub String);
 
+/// The document a request runs is a trusted one: it was sent by hash, or found stored.
+pub struct Trusted;
+
 pub struct TrustedDocuments {
     store: DocumentStore,
     policy: DocumentPolicy,
@@ -110,6 +113,9 @@ impl TrustedDocuments {
             ));
         }
         request.data.insert(DocumentHash(hash));
+        if trusted {
+            request.data.insert(Trusted);
+        }
         Ok(())
     }
 }

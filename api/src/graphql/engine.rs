@@ -22,29 +22,76 @@
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::parser::parse_query;
-use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::registry::Registry;
 use async_graphql::{Data, Executor, Request, Response, SchemaEnv, ServerError, ServerResult};
 use futures_util::StreamExt;
 
 use super::conformance::{self, Ordering, mark_abstract_selections, select_operation};
-use super::documents::DocumentHash;
+use super::documents::{DocumentHash, Trusted};
 use super::error::Code;
-use super::guardrails::{
-    ClientAddress, Credential, DocumentLimits, ResponseBudget, check_document, find,
-};
+use super::guardrails::{ClientAddress, Credential, ResponseBudget, check_document, find};
 use super::reach::check_reach;
 use super::telemetry::Recorder;
-use super::{ApiContext, KeystoneSchema};
+use super::{ApiContext, KeystoneSchema, Limits};
 use crate::domain::access::Principal;
 
 /// Parsed documents kept, at most.
 pub const KEPT_DOCUMENTS: usize = 128;
 /// The longest document kept parsed: longer ones are rare, and parsed again each time.
 pub const KEPT_DOCUMENT_BYTES: usize = 4096;
+
+/// Documents up to this size are parsed in place: parsing is linear in the length, so they
+/// take microseconds, less than handing them to another thread.
+const INLINE_PARSE_BYTES: usize = 1024;
+
+/// CPU time parsing and checking one document may take; past it, the document is refused.
+/// Every check is linear in the document's length (the expanded size is bounded before
+/// anything walks it), so only a document near the body limit comes close.
+pub const CHECK_CPU_BUDGET: Duration = Duration::from_millis(500);
+
+/// A budget of this thread's CPU time (not wall time: a busy machine does not refuse
+/// documents it has not spent time on).
+struct CpuBudget {
+    started: Duration,
+    budget: Duration,
+}
+
+impl CpuBudget {
+    fn start(budget: Duration) -> Self {
+        Self {
+            started: thread_cpu_time(),
+            budget,
+        }
+    }
+
+    /// `GRAPHQL_VALIDATION_FAILED` once the budget is spent.
+    fn check(&self) -> ServerResult<()> {
+        let spent = thread_cpu_time().saturating_sub(self.started);
+        if spent <= self.budget {
+            return Ok(());
+        }
+        Err(super::error::server_error(
+            Code::GraphqlValidationFailed,
+            format!(
+                "the document took more than {} ms of CPU time to check; send a smaller one",
+                self.budget.as_millis()
+            ),
+        ))
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or_default(),
+        u32::try_from(now.tv_nsec).unwrap_or_default(),
+    )
+}
 
 /// A document parsed, within the limits, its abstract selections marked (for the ordering).
 pub type Document = Arc<ExecutableDocument>;
@@ -55,13 +102,13 @@ pub struct Engine {
     schema: KeystoneSchema,
     /// The schema's types (async-graphql keeps its own to itself; see [`super::schema`]).
     types: SchemaEnv,
-    limits: DocumentLimits,
+    limits: Limits,
     /// Parsed documents by the SHA-256 of their text.
     kept: Arc<Mutex<lru::LruCache<String, Document>>>,
 }
 
 impl Engine {
-    pub(super) fn new(schema: KeystoneSchema, types: SchemaEnv, limits: DocumentLimits) -> Self {
+    pub(super) fn new(schema: KeystoneSchema, types: SchemaEnv, limits: Limits) -> Self {
         let capacity = NonZeroUsize::new(KEPT_DOCUMENTS).unwrap_or(NonZeroUsize::MIN);
         Self {
             schema,
@@ -76,17 +123,42 @@ impl Engine {
     }
 
     /// `request`'s document parsed (`GRAPHQL_PARSE_FAILED`) and within the document limits
-    /// (`GRAPHQL_VALIDATION_FAILED`): kept from an earlier request, or parsed now.
-    pub fn parse(&self, request: &Request) -> ServerResult<Document> {
-        if let Some(document) = self.kept(request) {
-            return Ok(document);
+    /// (`GRAPHQL_VALIDATION_FAILED`): kept from an earlier request, or parsed now; a long
+    /// document on a blocking thread, so that no document holds up the runtime's workers.
+    pub async fn parse(&self, request: Request) -> ServerResult<(Request, Document)> {
+        if let Some(document) = self.kept(&request) {
+            return Ok((request, document));
         }
+        if request.query.len() <= INLINE_PARSE_BYTES {
+            let document = self.parse_now(&request)?;
+            return Ok((request, document));
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let document = engine.parse_now(&request)?;
+            Ok((request, document))
+        })
+        .await
+        .unwrap_or_else(|error| {
+            Err(
+                super::error::internal(format!("parsing a request failed: {error}"))
+                    .into_server_error(Default::default()),
+            )
+        })
+    }
+
+    /// Parses and checks `request`'s document on this thread, within [`CHECK_CPU_BUDGET`]
+    /// of this thread's CPU time, measured after each step.
+    fn parse_now(&self, request: &Request) -> ServerResult<Document> {
+        let budget = CpuBudget::start(CHECK_CPU_BUDGET);
         let mut document = parse_query(&request.query).map_err(|error| {
             let mut error = ServerError::from(error);
             Code::GraphqlParseFailed.set(error.extensions.get_or_insert_with(Default::default));
             error
         })?;
-        check_document(&document, &self.limits)?;
+        budget.check()?;
+        check_document(&document, &self.limits.document)?;
+        budget.check()?;
         mark_abstract_selections(self.registry(), &mut document);
         let document = Arc::new(document);
         if let Some(hash) = find::<DocumentHash>(&request.data)
@@ -114,7 +186,12 @@ impl Engine {
             Ok(admitted) => admitted,
             Err(refusal) => return Response::from_errors(vec![refusal]),
         };
-        let response = match self.prepare(request, document, &mut recorder) {
+        let prepared = match document {
+            Some(document) => Ok((request, document)),
+            None => self.parse(request).await,
+        }
+        .and_then(|(request, document)| self.prepare(request, document, &mut recorder));
+        let response = match prepared {
             Ok((request, ordering)) => {
                 let mut response = self.schema.execute(request).await;
                 ordering.reorder(self.registry(), &mut response);
@@ -126,32 +203,113 @@ impl Engine {
         response
     }
 
-    /// Runs `request` (over WebSocket) to its stream of responses.
+    /// Runs `request` (over WebSocket) to its stream of responses: a subscription's events,
+    /// or a query's or mutation's one response, within the request timeout as over HTTP.
     fn stream(&self, request: Request, session: Arc<Data>) -> BoxStream<'static, Response> {
         let engine = self.clone();
+        let deadline = self.deadline();
         futures_util::stream::once(async move {
             let (request, mut recorder) = match engine.admit(request, &session).await {
                 Ok(admitted) => admitted,
                 Err(refusal) => return one(Response::from_errors(vec![refusal])),
             };
-            let responses = match engine.prepare(request, None, &mut recorder) {
-                Ok((request, ordering)) => {
-                    let types = engine.types.clone();
-                    engine
-                        .schema
-                        .execute_stream_with_session_data(request, session)
-                        .map(move |mut response| {
-                            ordering.reorder(&types.registry, &mut response);
-                            response
-                        })
-                        .boxed()
-                }
-                Err(error) => one(Response::from_errors(vec![error])),
+            let prepared =
+                match engine.parse(request).await {
+                    Ok((request, document)) => engine
+                        .prepare(request, document, &mut recorder)
+                        .map(|(request, ordering)| {
+                            let kind = select_operation(
+                                &ordering.document,
+                                ordering.operation_name.as_deref(),
+                            )
+                            .map(|operation| operation.ty);
+                            (request, ordering, kind)
+                        }),
+                    Err(error) => Err(error),
+                };
+            let (request, ordering, kind) = match prepared {
+                Ok(prepared) => prepared,
+                Err(error) => return recorder.watch(one(Response::from_errors(vec![error]))),
             };
-            recorder.watch(responses)
+            let types = engine.types.clone();
+            let responses = engine
+                .schema
+                .execute_stream_with_session_data(request, session)
+                .map(move |mut response| {
+                    ordering.reorder(&types.registry, &mut response);
+                    response
+                })
+                .boxed();
+            if kind == Some(OperationType::Subscription) {
+                return recorder.watch(responses);
+            }
+            let first = async move {
+                let mut responses = responses;
+                responses.next().await.unwrap_or_default()
+            };
+            let mutation = kind == Some(OperationType::Mutation);
+            let response = engine
+                .within_deadline(deadline, mutation, recorder.label(), first)
+                .await;
+            recorder.saw(&response);
+            one(response)
         })
         .flatten()
         .boxed()
+    }
+
+    /// When a request arriving now must be answered: the request timeout from now.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.limits.request_timeout
+    }
+
+    /// Runs `work`, one operation's execution, until `deadline`. A query is cancelled there
+    /// (`TIMEOUT`: it changes nothing). A mutation is never cancelled: a cancel could land
+    /// between its COMMIT and the answer. One still running at the deadline (the database
+    /// stalled) goes on in the background, and its client is answered `TIMEOUT`, its outcome
+    /// unknown, instead of waiting without bound. `operation` names it in the log.
+    /// `deadline` is [`Engine::deadline`]'s, taken when the request arrived.
+    pub async fn within_deadline<F>(
+        &self,
+        deadline: tokio::time::Instant,
+        mutation: bool,
+        operation: &str,
+        work: F,
+    ) -> Response
+    where
+        F: Future<Output = Response> + Send + 'static,
+    {
+        let seconds = self.limits.request_timeout.as_secs_f64();
+        let timed_out = |message: String| {
+            Response::from_errors(vec![super::error::server_error(Code::Timeout, message)])
+        };
+        if !mutation {
+            return match tokio::time::timeout_at(deadline, work).await {
+                Ok(response) => response,
+                Err(_) => {
+                    tracing::warn!(%operation, "graphql query timed out");
+                    timed_out(format!(
+                        "the query did not finish within {seconds} s and was \
+                         cancelled"
+                    ))
+                }
+            };
+        }
+        let mut running = tokio::spawn(work);
+        match tokio::time::timeout_at(deadline, &mut running).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => Response::from_errors(vec![
+                super::error::internal(format!("a mutation task failed: {error}"))
+                    .into_server_error(Default::default()),
+            ]),
+            Err(_) => {
+                tracing::warn!(%operation, "graphql mutation still running at the timeout; it goes on in the background");
+                timed_out(format!(
+                    "the mutation did not finish within {seconds} s; it goes \
+                     on, and its outcome is unknown: check before retrying"
+                ))
+            }
+        }
     }
 
     /// Step 1: the caller, unless the transport admitted it already (with `session`, the
@@ -177,7 +335,7 @@ impl Engine {
             request.data.insert(principal);
         }
         request.data.insert(ResponseBudget::default());
-        let recorder = Recorder::new(request.operation_name.clone());
+        let recorder = Recorder::default();
         Ok((request, recorder))
     }
 
@@ -186,14 +344,11 @@ impl Engine {
     fn prepare(
         &self,
         mut request: Request,
-        document: Option<Document>,
+        document: Document,
         recorder: &mut Recorder,
     ) -> ServerResult<(Request, Ordering)> {
-        let document = match document {
-            Some(document) => document,
-            None => self.parse(&request)?,
-        };
-        recorder.parsed(&document);
+        let trusted = find::<Trusted>(&request.data).is_some();
+        recorder.parsed(&document, request.operation_name.as_deref(), trusted);
         let registry = self.registry();
         if let Some(operation) = select_operation(&document, request.operation_name.as_deref()) {
             conformance::check_variables(registry, operation, &request.variables)?;
@@ -233,5 +388,10 @@ impl Executor for Engine {
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
         self.stream(request, session_data.unwrap_or_default())
+            .map(|mut response| {
+                super::error::bound_messages(&mut response.errors);
+                response
+            })
+            .boxed()
     }
 }

@@ -5,8 +5,12 @@
 
 use async_graphql::{Error, ErrorExtensions};
 
-/// Every `extensions.code` Keystone answers with. The HTTP layer picks statuses from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Every `extensions.code` Keystone answers with (`BAD_USER_INPUT` for `BadUserInput`). The
+/// HTTP layer picks statuses from it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr, strum::EnumString,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     /// An argument, input field or variable is invalid (`extensions.field` or
     /// `extensions.variable` says which).
@@ -48,68 +52,14 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 24] = [
-        Code::BadUserInput,
-        Code::NotFound,
-        Code::Conflict,
-        Code::Forbidden,
-        Code::Unauthenticated,
-        Code::RateLimited,
-        Code::ServiceUnavailable,
-        Code::Timeout,
-        Code::ResponseTooLarge,
-        Code::EventsDropped,
-        Code::Resync,
-        Code::GraphqlParseFailed,
-        Code::GraphqlValidationFailed,
-        Code::TooManyConnections,
-        Code::TooManySubscriptions,
-        Code::BadRequest,
-        Code::NotAcceptable,
-        Code::PayloadTooLarge,
-        Code::UnsupportedMediaType,
-        Code::MethodNotAllowed,
-        Code::InsufficientStorage,
-        Code::PersistedQueryNotFound,
-        Code::ForbiddenDocument,
-        Code::Internal,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Code::BadUserInput => "BAD_USER_INPUT",
-            Code::NotFound => "NOT_FOUND",
-            Code::Conflict => "CONFLICT",
-            Code::Forbidden => "FORBIDDEN",
-            Code::Unauthenticated => "UNAUTHENTICATED",
-            Code::RateLimited => "RATE_LIMITED",
-            Code::ServiceUnavailable => "SERVICE_UNAVAILABLE",
-            Code::Timeout => "TIMEOUT",
-            Code::ResponseTooLarge => "RESPONSE_TOO_LARGE",
-            Code::EventsDropped => "EVENTS_DROPPED",
-            Code::Resync => "RESYNC",
-            Code::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
-            Code::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
-            Code::TooManyConnections => "TOO_MANY_CONNECTIONS",
-            Code::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
-            Code::BadRequest => "BAD_REQUEST",
-            Code::NotAcceptable => "NOT_ACCEPTABLE",
-            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Code::InsufficientStorage => "INSUFFICIENT_STORAGE",
-            Code::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
-            Code::ForbiddenDocument => "FORBIDDEN_DOCUMENT",
-            Code::Internal => "INTERNAL",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// The code of an error's `extensions.code`, if it is one of ours.
     pub fn of(extensions: Option<&async_graphql::ErrorExtensionValues>) -> Option<Code> {
         match extensions?.get("code")? {
-            async_graphql::Value::String(code) => {
-                Code::ALL.into_iter().find(|c| c.as_str() == code)
-            }
+            async_graphql::Value::String(code) => code.parse().ok(),
             _ => None,
         }
     }
@@ -121,6 +71,26 @@ impl Code {
 }
 
 use crate::domain::DomainError;
+
+/// The longest error message sent: messages can echo what a client sent (a parse error
+/// quotes the document's line, an unknown operation its name), so each is cut here, once,
+/// for every transport.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts every message of `errors` to [`MAX_MESSAGE_BYTES`].
+pub fn bound_messages(errors: &mut [async_graphql::ServerError]) {
+    for error in errors {
+        if error.message.len() > MAX_MESSAGE_BYTES {
+            let mut cut = MAX_MESSAGE_BYTES;
+            while !error.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let left_out = error.message.len() - cut;
+            error.message.truncate(cut);
+            error.message.push_str(&format!("…({left_out} more bytes)"));
+        }
+    }
+}
 
 /// A field error with `extensions.code`.
 pub fn coded(code: Code, message: impl Into<String>) -> Error {

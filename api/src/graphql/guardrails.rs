@@ -34,6 +34,7 @@ use serde_json::json;
 use super::error::{Code, server_error};
 use crate::domain::access::{AuthError, Authenticator, Principal};
 use crate::domain::audit::{self, Entry};
+use crate::logging::Escaped;
 
 /// The `Authorization` value a request or WebSocket connection presented (may be empty).
 #[derive(Clone, Debug, Default)]
@@ -185,15 +186,15 @@ impl Admission {
     }
 }
 
-/// What one response may carry beyond what complexity counts: log text, which a field
-/// cannot size before reading it. One per operation.
+/// What one operation may read beyond what complexity counts: log files, which a field
+/// cannot size before reading them. One per operation.
 pub struct ResponseBudget {
-    /// Log bytes still allowed; reads take turns, so the budget is exact.
+    /// Log bytes still allowed to be read; reads take turns, so the budget is exact.
     pub log_bytes: tokio::sync::Mutex<usize>,
 }
 
 impl ResponseBudget {
-    /// Log bytes one response may carry.
+    /// Log bytes one operation may read.
     pub const LOG_BYTES: usize = 4 << 20;
 }
 
@@ -209,13 +210,21 @@ impl Default for ResponseBudget {
 #[derive(Clone, Copy, Debug)]
 pub struct DocumentLimits {
     pub aliases: usize,
-    /// Field selections after expanding every fragment spread.
+    /// Selections (fields, fragment spreads and inline fragments) after expanding every
+    /// fragment spread.
     pub fields: usize,
 }
 
 /// `Ok` when `document`, with every fragment spread expanded, stays within `limits`
-/// (`GRAPHQL_VALIDATION_FAILED` otherwise). Linear in the document's length: each
-/// fragment's expanded size is computed once.
+/// (`GRAPHQL_VALIDATION_FAILED` otherwise), spreads no unknown fragment and no fragment
+/// that spreads itself. Linear in the document's length: each fragment's expanded size is
+/// computed once.
+///
+/// This pass runs before anything else walks the document (the role's reach, async-graphql's
+/// validation, depth and complexity, the response ordering), and every one of those walks
+/// at most the expanded document: so what this pass accepts, they walk in time bounded by
+/// the limits. A spread costs one selection whatever it names, so a family of fragments
+/// that spread each other (or an unknown fragment) many times over cannot measure as small.
 pub fn check_document(document: &ExecutableDocument, limits: &DocumentLimits) -> ServerResult<()> {
     let invalid = |message: String| server_error(Code::GraphqlValidationFailed, message);
     let mut sizer = Sizer {
@@ -243,24 +252,28 @@ pub fn check_document(document: &ExecutableDocument, limits: &DocumentLimits) ->
     if total.aliases > limits.aliases {
         return Err(too_many("aliases", total.aliases, limits.aliases));
     }
-    if total.fields > limits.fields {
-        return Err(too_many("field selections", total.fields, limits.fields));
+    if total.selections > limits.fields {
+        return Err(too_many(
+            "selections (fields, fragment spreads and inline fragments)",
+            total.selections,
+            limits.fields,
+        ));
     }
     Ok(())
 }
 
-/// Aliases and field selections, saturating (an expanded size can exceed any integer).
+/// Aliases and selections, saturating (an expanded size can exceed any integer).
 #[derive(Clone, Copy, Default)]
 struct Count {
     aliases: usize,
-    fields: usize,
+    selections: usize,
 }
 
 impl Count {
     fn plus(self, other: Count) -> Count {
         Count {
             aliases: self.aliases.saturating_add(other.aliases),
-            fields: self.fields.saturating_add(other.fields),
+            selections: self.selections.saturating_add(other.selections),
         }
     }
 }
@@ -276,12 +289,11 @@ impl<'a> Sizer<'a> {
     fn fragment(&mut self, name: &'a str) -> Result<Count, String> {
         match self.memo.get(name) {
             Some(Some(count)) => return Ok(*count),
-            Some(None) => return Err(format!("fragment {name} spreads itself")),
+            Some(None) => return Err(format!("fragment {} spreads itself", Escaped(name))),
             None => {}
         }
-        // An unknown fragment is validation's to report.
         let Some((key, fragment)) = self.document.fragments.get_key_value(name) else {
-            return Ok(Count::default());
+            return Err(format!("unknown fragment {}", Escaped(name)));
         };
         let name = key.as_str();
         self.memo.insert(name, None);
@@ -294,19 +306,21 @@ impl<'a> Sizer<'a> {
         let mut count = Count::default();
         for selection in &set.items {
             let inner = match &selection.node {
-                Selection::Field(field) => {
-                    let own = Count {
-                        aliases: usize::from(field.node.alias.is_some()),
-                        fields: 1,
-                    };
-                    own.plus(self.selection_set(&field.node.selection_set.node)?)
+                Selection::Field(field) => Count {
+                    aliases: usize::from(field.node.alias.is_some()),
+                    selections: 1,
                 }
-                Selection::InlineFragment(fragment) => {
-                    self.selection_set(&fragment.node.selection_set.node)?
+                .plus(self.selection_set(&field.node.selection_set.node)?),
+                Selection::InlineFragment(fragment) => Count {
+                    aliases: 0,
+                    selections: 1,
                 }
-                Selection::FragmentSpread(spread) => {
-                    self.fragment(spread.node.fragment_name.node.as_str())?
+                .plus(self.selection_set(&fragment.node.selection_set.node)?),
+                Selection::FragmentSpread(spread) => Count {
+                    aliases: 0,
+                    selections: 1,
                 }
+                .plus(self.fragment(spread.node.fragment_name.node.as_str())?),
             };
             count = count.plus(inner);
         }

@@ -96,6 +96,8 @@ pub struct ApiContext {
     pub runners: RunnerPolicy,
     /// The stored documents, and whether only they run.
     pub documents: Arc<documents::TrustedDocuments>,
+    /// Which hosts repositories may name.
+    pub git_hosts: crate::domain::validation::GitHosts,
 }
 
 /// What a query document may cost.
@@ -106,6 +108,8 @@ pub struct Limits {
     pub document: DocumentLimits,
     /// Whether `__schema` and `__type` answer (GraphiQL needs them).
     pub introspection: bool,
+    /// Longest a query or mutation may take, on every transport ([`Engine::within_deadline`]).
+    pub request_timeout: std::time::Duration,
 }
 
 /// The schema without data: enough to print the SDL.
@@ -135,7 +139,7 @@ pub async fn schema(context: ApiContext, limits: Limits) -> Engine {
     if !limits.introspection {
         builder = builder.disable_introspection();
     }
-    Engine::new(builder.finish(), types().await, limits.document)
+    Engine::new(builder.finish(), types().await, limits)
 }
 
 /// The schema's types. async-graphql hands its registry to extensions only, and any

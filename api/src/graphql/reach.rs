@@ -8,8 +8,11 @@
 //! execution carries no per-field hook. A field selected on an interface (or in a fragment
 //! on one) is checked against every object type the value may have there. `@skip` and
 //! `@include` are honoured; introspection fields are not checked. The document has passed
-//! [`super::guardrails::check_document`]: no fragment spreads itself, and its expanded size
-//! is bounded, so a walk through it is too.
+//! [`super::guardrails::check_document`]: every fragment spread names a known fragment, none
+//! spreads itself, and its expanded size is bounded, so a walk through it is too; besides,
+//! each fragment is walked once per set of object types it applies to.
+
+use std::collections::HashSet;
 
 use async_graphql::parser::types::{
     ExecutableDocument, Field, OperationDefinition, Selection, SelectionSet,
@@ -42,6 +45,7 @@ pub fn check_reach(
         document,
         variables,
         role,
+        checked: HashSet::new(),
     }
     .selection_set(&[root], &operation.selection_set.node)
 }
@@ -51,11 +55,14 @@ struct Walk<'a> {
     document: &'a ExecutableDocument,
     variables: &'a Variables,
     role: Role,
+    /// Fragments already found within reach, with the object types they were checked on:
+    /// a fragment spread many times over is walked once per set of types.
+    checked: HashSet<(&'a str, Vec<&'a str>)>,
 }
 
 impl<'a> Walk<'a> {
     /// `set`, selected on an object whose type is one of `types` (all object types).
-    fn selection_set(&self, types: &[&'a str], set: &'a SelectionSet) -> ServerResult<()> {
+    fn selection_set(&mut self, types: &[&'a str], set: &'a SelectionSet) -> ServerResult<()> {
         for item in &set.items {
             if skipped(item.node.directives(), self.variables) {
                 continue;
@@ -71,12 +78,15 @@ impl<'a> Walk<'a> {
                     self.selection_set(&types, &fragment.selection_set.node)?;
                 }
                 Selection::FragmentSpread(spread) => {
-                    // An unknown fragment is validation's to report.
-                    if let Some(fragment) =
-                        self.document.fragments.get(&spread.node.fragment_name.node)
-                    {
+                    // Unknown fragments were refused by `check_document`.
+                    let name = &spread.node.fragment_name.node;
+                    if let Some((name, fragment)) = self.document.fragments.get_key_value(name) {
                         let types = self.narrow(types, &fragment.node.type_condition.node.on.node);
-                        self.selection_set(&types, &fragment.node.selection_set.node)?;
+                        let key = (name.as_str(), types);
+                        if !self.checked.contains(&key) {
+                            self.selection_set(&key.1, &fragment.node.selection_set.node)?;
+                            self.checked.insert(key);
+                        }
                     }
                 }
             }
@@ -84,7 +94,7 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn field(&self, types: &[&'a str], field: &'a Field) -> ServerResult<()> {
+    fn field(&mut self, types: &[&'a str], field: &'a Field) -> ServerResult<()> {
         let name = field.name.node.as_str();
         if name.starts_with("__") {
             return Ok(());

@@ -280,13 +280,15 @@ impl RepositoryMutation {
         #[graphql(desc = "What to change (see the input type).")] input: CreateRepositoryInput,
     ) -> async_graphql::Result<CreateRepositoryPayload> {
         audited(ctx, Capability::Write, async {
+            let api = api(ctx)?;
             let created = repositories::create(
-                &api(ctx)?.db,
+                &api.db,
                 NewRepository {
                     name: input.name,
                     git_url: input.git_url,
                     default_branch: input.default_branch,
                 },
+                api.git_hosts,
             )
             .await
             .extend()?;
@@ -305,14 +307,16 @@ impl RepositoryMutation {
     ) -> async_graphql::Result<UpdateRepositoryPayload> {
         audited(ctx, Capability::Write, async {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;
+            let api = api(ctx)?;
             let updated = repositories::update(
-                &api(ctx)?.db,
+                &api.db,
                 id,
                 RepositoryChanges {
                     name: input.name,
                     git_url: input.git_url,
                     default_branch: input.default_branch,
                 },
+                api.git_hosts,
             )
             .await
             .extend()?;

@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::conformance::select_operation;
 use super::error::Code;
-use crate::telemetry::{Outcome, metrics};
+use crate::telemetry::{OperationName, Outcome, metrics};
 
 fn kind_name(kind: OperationType) -> &'static str {
     match kind {
@@ -43,7 +43,8 @@ fn outcome(response: &Response) -> Outcome {
 /// Records the operation once: when answered, or when dropped unanswered (a query
 /// cancelled at the timeout, a subscription that ended).
 pub struct Recorder {
-    name: Option<String>,
+    /// The operation's label ([`crate::telemetry::Metrics::operation_label`]).
+    name: String,
     kind: Option<&'static str>,
     started: Instant,
     /// The first error's code a subscription carried.
@@ -51,30 +52,46 @@ pub struct Recorder {
     recorded: bool,
 }
 
-impl Recorder {
-    /// For a request that names `operation_name` (or none).
-    pub fn new(operation_name: Option<String>) -> Self {
+impl Default for Recorder {
+    /// For a request whose document is not parsed yet.
+    fn default() -> Self {
         Self {
-            name: operation_name,
+            name: metrics().operation_label(&OperationName::Unknown),
             kind: None,
             started: Instant::now(),
             outcome: "ok",
             recorded: false,
         }
     }
+}
 
-    /// The request's document is parsed: its operation's type is known, and a document's
-    /// only operation by its name even when the request does not repeat it.
-    pub fn parsed(&mut self, document: &ExecutableDocument) {
-        if let Some(selected) = select_operation(document, self.name.as_deref()) {
-            self.kind = Some(kind_name(selected.ty));
-        }
-        if self.name.is_none()
-            && let DocumentOperations::Multiple(operations) = &document.operations
-            && operations.len() == 1
-        {
-            self.name = operations.keys().next().map(ToString::to_string);
-        }
+impl Recorder {
+    /// The request's document is parsed: the operation `requested` selects (a document's
+    /// only one when it names none) gives the type and the name, which is the document's,
+    /// never the request's alone. `trusted`: the document is a trusted one.
+    pub fn parsed(
+        &mut self,
+        document: &ExecutableDocument,
+        requested: Option<&str>,
+        trusted: bool,
+    ) {
+        let Some(selected) = select_operation(document, requested) else {
+            return;
+        };
+        self.kind = Some(kind_name(selected.ty));
+        let name = match &document.operations {
+            DocumentOperations::Single(_) => None,
+            DocumentOperations::Multiple(operations) => operations
+                .iter()
+                .find(|(_, operation)| std::ptr::eq(&operation.node, selected))
+                .map(|(name, _)| name.to_string()),
+        };
+        let name = match name {
+            None => OperationName::Anonymous,
+            Some(name) if trusted => OperationName::Trusted(name),
+            Some(name) => OperationName::Client(name),
+        };
+        self.name = metrics().operation_label(&name);
     }
 
     fn record(&mut self, outcome: Outcome) {
@@ -84,7 +101,12 @@ impl Recorder {
         self.recorded = true;
         let kind = self.kind.unwrap_or("unknown");
         let elapsed = (kind != "subscription").then(|| self.started.elapsed());
-        metrics().operation(self.name.as_deref(), kind, outcome, elapsed);
+        metrics().operation(std::mem::take(&mut self.name), kind, outcome, elapsed);
+    }
+
+    /// The operation's label, to name it in the log.
+    pub fn label(&self) -> &str {
+        &self.name
     }
 
     /// One response of the operation (a query's or mutation's only one).

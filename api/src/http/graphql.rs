@@ -18,25 +18,25 @@
 //! key order). A document asking for a field the role may not read is a request error:
 //! 403 under `application/graphql-response+json`.
 //!
-//! Every operation is logged with its name (control characters escaped), duration and
-//! outcome.
+//! Every operation is logged with its duration and outcome, and, once its token is checked,
+//! its name (cut and escaped: [`Escaped`]); nothing else a client sends is logged.
 
 use std::time::Instant;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use async_graphql::ServerError;
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use super::client::Client;
 use crate::graphql::conformance::select_operation;
-use crate::graphql::engine::Document;
 use crate::graphql::error::Code;
 use crate::graphql::guardrails::{ClientAddress, Credential};
 use crate::graphql::loaders::with_request_loaders;
@@ -130,7 +130,7 @@ fn credential(headers: &HeaderMap) -> Credential {
 
 pub async fn post(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -177,7 +177,7 @@ pub async fn post(
                 request,
                 document_id,
                 &headers,
-                peer,
+                client,
                 media,
                 Method::Post,
             )
@@ -193,7 +193,7 @@ pub async fn post(
 
 pub async fn get(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(client): Client,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -219,7 +219,7 @@ pub async fn get(
         request,
         document_id,
         &headers,
-        peer,
+        client,
         media,
         Method::Get,
     )
@@ -265,62 +265,28 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
             .all(|e: &ServerError| e.path.is_empty())
 }
 
-/// Documents up to this size are parsed in place: parsing is linear in the length, so they
-/// take microseconds, less than handing them to another thread.
-const INLINE_PARSE_BYTES: usize = 1024;
-
-/// `request`'s document, parsed (on a blocking thread when it is large and not kept parsed
-/// already) and within the size limits: `Err` is the request error (`GRAPHQL_PARSE_FAILED`
-/// or `GRAPHQL_VALIDATION_FAILED`) to answer with.
-async fn parse(
-    state: &AppState,
-    request: async_graphql::Request,
-) -> Result<(async_graphql::Request, Document), ServerError> {
-    if request.query.len() <= INLINE_PARSE_BYTES {
-        let document = state.engine.parse(&request)?;
-        return Ok((request, document));
-    }
-    if let Some(document) = state.engine.kept(&request) {
-        return Ok((request, document));
-    }
-    let engine = state.engine.clone();
-    let parsed = tokio::task::spawn_blocking(move || {
-        let document = engine.parse(&request)?;
-        Ok((request, document))
-    })
-    .await;
-    parsed.unwrap_or_else(|error| {
-        Err(
-            crate::graphql::error::internal(format!("parsing a request failed: {error}"))
-                .into_server_error(Default::default()),
-        )
-    })
-}
-
 async fn execute(
     state: &AppState,
     mut request: async_graphql::Request,
     document_id: Option<String>,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    client: IpAddr,
     media: MediaType,
     method: Method,
 ) -> Response {
     let started = Instant::now();
-    let operation = request
-        .operation_name
-        .clone()
-        .unwrap_or_else(|| "-".to_owned());
+    // Nothing a client sends is logged before its token is checked.
+    let mut operation = "-".to_owned();
     let credential = credential(headers);
     // One deadline for the whole request, admission included: a stalled database cannot
     // hold a client past the request timeout.
-    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    let deadline = state.engine.deadline();
     let admitted = tokio::time::timeout_at(
         deadline,
         state.admission.admit(
             &state.db,
             credential.0.as_deref(),
-            ClientAddress(Some(peer.ip())),
+            ClientAddress(Some(client)),
         ),
     )
     .await
@@ -330,7 +296,12 @@ async fn execute(
         ))
     });
     let principal = match admitted {
-        Ok(principal) => principal,
+        Ok(principal) => {
+            if let Some(name) = &request.operation_name {
+                operation = Escaped(name).to_string();
+            }
+            principal
+        }
         Err(refusal) => {
             return respond(
                 async_graphql::Response::from_errors(vec![refusal]),
@@ -352,7 +323,7 @@ async fn execute(
             started,
         );
     }
-    let (request, document) = match parse(state, request).await {
+    let (request, document) = match state.engine.parse(request).await {
         Ok(parsed) => parsed,
         Err(error) => {
             return respond(
@@ -380,48 +351,10 @@ async fn execute(
     let run = with_request_loaders(state.db.clone(), move |loaders| {
         Box::pin(async move { engine.run(request.data(loaders), Some(document)).await })
     });
-    // Queries are cancelled at the timeout (they change nothing). Mutations are never
-    // cancelled: cancelling one could land between its COMMIT and the answer. One still
-    // running at the timeout (the database stalled) goes on in the background, and the
-    // client is told its outcome is unknown instead of waiting without bound.
-    let seconds = state.request_timeout.as_secs_f64();
-    let response = if mutation {
-        let mut running = tokio::spawn(run);
-        match tokio::time::timeout_at(deadline, &mut running).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                return plain_error(
-                    Code::Internal,
-                    media,
-                    &crate::graphql::error::internal(format!("a mutation task failed: {error}"))
-                        .message,
-                );
-            }
-            Err(_) => {
-                tracing::warn!(operation = %Escaped(&operation), timeout_s = seconds, "graphql mutation still running at the timeout; it goes on in the background");
-                return plain_error(
-                    Code::Timeout,
-                    media,
-                    &format!(
-                        "the mutation did not finish within {seconds} s; it goes on, and its \
-                         outcome is unknown: check before retrying"
-                    ),
-                );
-            }
-        }
-    } else {
-        match tokio::time::timeout_at(deadline, run).await {
-            Ok(response) => response,
-            Err(_) => {
-                tracing::warn!(operation = %Escaped(&operation), timeout_s = seconds, "graphql query timed out");
-                return plain_error(
-                    Code::Timeout,
-                    media,
-                    &format!("the query did not finish within {seconds} s and was cancelled"),
-                );
-            }
-        }
-    };
+    let response = state
+        .engine
+        .within_deadline(deadline, mutation, &operation, run)
+        .await;
     respond(response, media, &operation, started)
 }
 
@@ -433,7 +366,7 @@ fn respond(
     operation: &str,
     started: Instant,
 ) -> Response {
-    let operation = Escaped(operation);
+    crate::graphql::error::bound_messages(&mut response.errors);
     let request_error = is_request_error(&response);
     if request_error {
         // Parse errors were labelled when parsing; what is left failed validation.
@@ -477,6 +410,7 @@ fn respond(
             code @ (Code::Unauthenticated
             | Code::RateLimited
             | Code::ServiceUnavailable
+            | Code::Timeout
             | Code::ForbiddenDocument),
         ) if request_error => status_of(code),
         _ if unavailable => StatusCode::SERVICE_UNAVAILABLE,

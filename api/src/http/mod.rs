@@ -2,6 +2,7 @@
 //! GraphiQL ([`graphiql`]), and the process-level endpoints (`/health`, `/ready`,
 //! `/metrics`). One [`AppState`] is handed to every handler.
 
+mod client;
 mod graphiql;
 mod graphql;
 mod websocket;
@@ -39,13 +40,13 @@ pub struct AppState {
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<Arc<str>>,
     pub admission: Arc<Admission>,
-    /// Longest a query over HTTP may run (mutations always finish).
-    pub request_timeout: Duration,
     pub websocket: WebSocketLimits,
     /// Connections and subscriptions open, for the WebSocket limits.
     pub sockets: Arc<Sockets>,
     /// Turns `true` when the server shuts down: WebSocket connections close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Proxies whose forwarding headers name the client ([`client`]).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// What the router serves besides the API.

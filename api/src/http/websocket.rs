@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, ClientMessage};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -35,6 +35,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::AppState;
+use super::client::Client;
 use super::graphql::status_of;
 use crate::domain::access::Principal;
 use crate::graphql::error::Code;
@@ -148,19 +149,15 @@ struct Session {
 
 pub async fn websocket(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(client): Client,
     headers: HeaderMap,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let limits = state.websocket;
-    let Some(address_slot) = state
-        .sockets
-        .by_address
-        .acquire(peer.ip(), limits.per_address)
-    else {
+    let Some(address_slot) = state.sockets.by_address.acquire(client, limits.per_address) else {
         let body = json!({ "errors": [{
-            "message": format!("too many WebSocket connections from {} (at most {})", peer.ip(), limits.per_address),
+            "message": format!("too many WebSocket connections from {client} (at most {})", limits.per_address),
             "extensions": { "code": Code::TooManyConnections.as_str() },
         }] });
         return (status_of(Code::TooManyConnections), axum::Json(body)).into_response();
@@ -174,7 +171,7 @@ pub async fn websocket(
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| async move {
-            supervise(state, socket, protocol, header_credential, peer.ip()).await;
+            supervise(state, socket, protocol, header_credential, client).await;
             drop(address_slot);
         })
 }
@@ -328,7 +325,7 @@ async fn supervise(
                     }
                     Message::Text(text) => {
                         if let Some(id) = finished_operation(text.as_str()) {
-                            running.remove(id);
+                            running.remove(id.as_ref());
                         }
                         if let Some(budget) = &budget {
                             budget.spend(text.len()).await;
@@ -408,16 +405,20 @@ impl Budget {
 }
 
 /// The id of an operation the engine has finished (`complete`, or `error` for it).
-fn finished_operation(text: &str) -> Option<&str> {
+fn finished_operation(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    /// An id with `"` or `\` in it is escaped in JSON, so it cannot be borrowed from the
+    /// text: `Cow` takes it either way (a `&str` would fail, and the slot would never be
+    /// given back).
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
         #[serde(rename = "type")]
-        kind: &'a str,
-        id: Option<&'a str>,
+        kind: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
     }
     // Only the envelope's fields are read; `next` payloads are skipped over.
     let envelope: Envelope = serde_json::from_str(text).ok()?;
-    matches!(envelope.kind, "complete" | "error")
+    matches!(envelope.kind.as_ref(), "complete" | "error")
         .then_some(envelope.id)
         .flatten()
 }
@@ -454,4 +455,21 @@ fn init_credential(payload: &serde_json::Value) -> Option<String> {
                 .as_str()
                 .map(|token| format!("Bearer {token}"))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finished_operation;
+
+    #[test]
+    fn finished_operations_are_found_whatever_their_id() {
+        for id in ["1", "a\"b", "back\\slash", "\u{1F600}\n"] {
+            for kind in ["complete", "error"] {
+                let text = serde_json::json!({ "type": kind, "id": id, "payload": [] }).to_string();
+                assert_eq!(finished_operation(&text).as_deref(), Some(id), "{text}");
+            }
+            let next = serde_json::json!({ "type": "next", "id": id, "payload": {} }).to_string();
+            assert_eq!(finished_operation(&next), None);
+        }
+    }
 }

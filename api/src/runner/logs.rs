@@ -36,6 +36,37 @@ impl LogSender {
 /// Values shorter than this are not redacted (they would blank out ordinary words).
 const MIN_SECRET: usize = 4;
 
+/// Replaces config var values in log lines by `[REDACTED]`. The log travels line by line,
+/// so a value of several lines (a PEM key) is redacted line by line.
+pub struct Redactor {
+    /// Longest first, so that a value containing another is replaced whole.
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(values: Vec<String>) -> Self {
+        let mut secrets: Vec<String> = values
+            .iter()
+            .flat_map(|value| value.lines())
+            .map(|line| line.trim().to_owned())
+            .filter(|line| line.len() >= MIN_SECRET)
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Self { secrets }
+    }
+
+    /// `line` with every value replaced.
+    pub fn redact(&self, mut line: String) -> String {
+        for secret in &self.secrets {
+            if line.contains(secret.as_str()) {
+                line = line.replace(secret.as_str(), "[REDACTED]");
+            }
+        }
+        line
+    }
+}
+
 /// Starts sending `deployment`'s log, with every occurrence of a value in `secrets` replaced
 /// by `[REDACTED]`; the task ends, having sent everything, once every [`LogSender`] is
 /// dropped.
@@ -45,12 +76,7 @@ pub fn spool(
     secrets: Vec<String>,
     last_sequence: i64,
 ) -> (LogSender, JoinHandle<()>) {
-    let mut secrets: Vec<String> = secrets
-        .into_iter()
-        .filter(|s| s.len() >= MIN_SECRET)
-        .collect();
-    // Longest first, so that a secret containing another is replaced whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let redactor = Redactor::new(secrets);
     let (sender, mut lines) = mpsc::channel::<String>(QUEUE_LINES);
     let task = tokio::spawn(async move {
         let mut sequence = last_sequence;
@@ -68,16 +94,11 @@ pub fn spool(
                     }
                 }
             };
-            let Some(mut line) = next else { break };
+            let Some(line) = next else { break };
             if full {
                 continue;
             }
-            for secret in &secrets {
-                if line.contains(secret.as_str()) {
-                    line = line.replace(secret.as_str(), "[REDACTED]");
-                }
-            }
-            batch.push_str(&line);
+            batch.push_str(&redactor.redact(line));
             batch.push('\n');
             if batch.len() >= BATCH_BYTES {
                 full = send(&client, &deployment, &mut sequence, &mut batch).await;
@@ -129,4 +150,27 @@ async fn send(client: &Client, deployment: &str, sequence: &mut i64, batch: &mut
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Redactor;
+
+    #[test]
+    fn values_of_several_lines_are_redacted_line_by_line() {
+        let pem = "-----BEGIN PRIVATE KEY-----\r\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n";
+        let redactor = Redactor::new(vec![
+            pem.to_owned(),
+            "abc".to_owned(),
+            "hunter22".to_owned(),
+        ]);
+        for line in pem.lines() {
+            let shown = redactor.redact(format!("echo {line} done"));
+            assert_eq!(shown, "echo [REDACTED] done", "{line}");
+        }
+        assert_eq!(
+            redactor.redact("pw=hunter22 abc".to_owned()),
+            "pw=[REDACTED] abc"
+        );
+    }
 }

@@ -335,8 +335,20 @@ impl Runtime {
     }
 }
 
+/// What an app's processes (build, release, web) inherit from the runner's environment;
+/// everything else they get is their config vars and `PORT`. The runner's own settings
+/// (`DATABASE_URL`, tokens, cloud credentials) never reach an app.
+pub const INHERITED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// `command` run by `sh -c` in `dir`, with only [`INHERITED_ENV`] of the runner's
+/// environment.
 fn shell(command: &str, dir: &Path) -> Command {
     let mut shell = Command::new("sh");
-    shell.arg("-c").arg(command).current_dir(dir);
+    shell.arg("-c").arg(command).current_dir(dir).env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            shell.env(name, value);
+        }
+    }
     shell
 }

@@ -1,0 +1,246 @@
+//! A document's cost is bounded by its size: whatever fragments it spreads (unknown ones,
+//! diamonds, cycles, under directives and inline fragments), it is answered within a small
+//! multiple of a plain query's CPU time, and the server stays responsive and stoppable.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::json;
+
+use crate::support::{Backend, Server, TestDb, http, only_error};
+
+/// What a release build may spend on any document of up to 2 KB: 50 ms, as a multiple of a
+/// plain small query (`{ viewer { name } }`, about a quarter of a millisecond of the server's
+/// CPU in a release build) measured on the same server in the same run.
+const MAX_RATIO_TO_A_PLAIN_QUERY: f64 = 200.0;
+
+/// The server's CPU time for `send`'s request, the median of `times` runs of it.
+async fn cpu_for<F, Fut>(server: &Server, times: usize, send: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(times);
+    for _ in 0..times {
+        let before = server.cpu_time();
+        send().await;
+        samples.push(server.cpu_time().saturating_sub(before));
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// The body of fragment `index` of `fragments`: fields, spreads of earlier fragments (the
+/// graph is then acyclic, and runs), now and then of a later one, of itself or of an unknown
+/// one, inline fragments, with and without directives.
+fn body(index: usize, fragments: usize) -> BoxedStrategy<String> {
+    let earlier = if index == 0 {
+        Just("__typename".to_owned()).boxed()
+    } else {
+        (0..index).prop_map(|n| format!("...F{n}")).boxed()
+    };
+    let leaf = prop_oneof![
+        10 => Just("__typename".to_owned()),
+        10 => Just("viewer { name }".to_owned()),
+        5 => Just("viewer { name @skip(if: $v) role }".to_owned()),
+        60 => earlier.clone(),
+        10 => earlier.prop_map(|spread| format!("{spread} @include(if: $v)")),
+        1 => (0..fragments + 1).prop_map(|n| format!("...F{n}")),
+        1 => Just("...Nope".to_owned()),
+    ];
+    let selection = leaf.prop_recursive(3, 12, 4, |inner| {
+        prop::collection::vec(inner, 1..4).prop_map(|items| {
+            let directive = if items.len() % 2 == 0 {
+                " @skip(if: $v)"
+            } else {
+                ""
+            };
+            format!("... on Query{directive} {{ {} }}", items.join(" "))
+        })
+    });
+    prop::collection::vec(selection, 1..5)
+        .prop_map(|items| items.join(" "))
+        .boxed()
+}
+
+/// A document of up to 2 KB: an operation spreading its fragments, and a graph of
+/// fragments on `Query` that spread each other.
+fn fragment_graph() -> impl Strategy<Value = String> {
+    (1usize..12).prop_flat_map(|fragments| {
+        (
+            (0..fragments)
+                .map(|index| body(index, fragments))
+                .collect::<Vec<_>>(),
+            prop::collection::vec(0..fragments, 0..4),
+        )
+            .prop_map(move |(bodies, again)| {
+                // Every fragment is used (an unused one fails validation), some twice.
+                let spreads: Vec<String> = (0..fragments)
+                    .chain(again)
+                    .map(|n| format!("...F{n}"))
+                    .collect();
+                let mut document = format!(
+                    "query Q($v: Boolean = false) {{ __typename @skip(if: $v) {} }}\n",
+                    spreads.join(" ")
+                );
+                for (n, body) in bodies.iter().enumerate() {
+                    document.push_str(&format!("fragment F{n} on Query {{ {body} }}\n"));
+                }
+                document
+            })
+            .prop_filter("at most 2 KB", |document| document.len() <= 2048)
+    })
+}
+
+/// The finding: a family whose leaf spreads an unknown fragment measured as no fields, and
+/// then every walk after the size check went through all 2^22 spreads (2.3 s of CPU for 900
+/// bytes; two such requests froze the server). Now it is refused as soon as it is parsed.
+fn unknown_fragment_family(depth: usize) -> String {
+    let mut document = format!("query {{ ...F{depth} }}\nfragment F0 on Query {{ ...Nope }}\n");
+    for level in 1..=depth {
+        let previous = level - 1;
+        document.push_str(&format!(
+            "fragment F{level} on Query {{ ...F{previous} ...F{previous} }}\n"
+        ));
+    }
+    document
+}
+
+async fn documents_cost_at_most_a_multiple_of_a_plain_query(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let viewer = server.create_token("reader", "VIEWER").await;
+    let plain = cpu_for(&server, 21, || async {
+        let (status, body) = server
+            .graphql_as(&viewer, "{ viewer { name } }", json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+    let budget = plain.mul_f64(MAX_RATIO_TO_A_PLAIN_QUERY);
+
+    for depth in [22, 30] {
+        let document = unknown_fragment_family(depth);
+        let (_, body) = server.graphql_as(&viewer, &document, json!({})).await;
+        assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown fragment Nope")),
+            "{body}"
+        );
+    }
+
+    let cases = std::env::var("KEYSTONE_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .map_or(300, |n| n.min(1000));
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let handle = tokio::runtime::Handle::current();
+    let heaviest = std::cell::Cell::new(Duration::ZERO);
+    let executed = std::cell::Cell::new(0u32);
+    let result = runner.run(&fragment_graph(), |document| {
+        let spent = tokio::task::block_in_place(|| {
+            handle.block_on(cpu_for(&server, 3, || async {
+                let (status, body) = server.graphql_as(&viewer, &document, json!({})).await;
+                assert_eq!(status, 200, "{document}\n{body}");
+                assert!(
+                    body["errors"].is_array() || body["data"].is_object(),
+                    "{body}"
+                );
+                if body["data"].is_object() {
+                    executed.set(executed.get() + 1);
+                }
+            }))
+        });
+        heaviest.set(heaviest.get().max(spent));
+        prop_assert!(
+            spent <= budget,
+            "{spent:?} of CPU, over {MAX_RATIO_TO_A_PLAIN_QUERY} times a plain query's \
+             ({plain:?}), for\n{document}"
+        );
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+    let heaviest = heaviest.get();
+    eprintln!(
+        "a plain query: {plain:?} of CPU; the heaviest of {cases} fragment graphs: {heaviest:?} \
+         ({:.1}×); {} requests executed",
+        heaviest.as_secs_f64() / plain.as_secs_f64().max(1e-9),
+        executed.get()
+    );
+    // The graphs are not all refused: the property covers documents that run.
+    assert!(executed.get() >= cases / 2, "{} executed", executed.get());
+    server.stop().await;
+    db.cleanup().await;
+}
+
+/// While clients send the costliest documents they can, `/health` answers and SIGTERM
+/// stops the server: no document's checks hold the runtime's workers.
+async fn hostile_documents_leave_the_server_responsive_and_stoppable(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let viewer = server.create_token("reader", "VIEWER").await;
+    let stop = tokio::sync::watch::channel(false);
+    let attackers: Vec<_> = (0..4)
+        .map(|n| {
+            let url = server.url("/graphql");
+            let client = crate::support::http_as(&viewer);
+            let document = unknown_fragment_family(24 + n);
+            let mut stop = stop.1.clone();
+            tokio::spawn(async move {
+                let mut sent = 0u32;
+                while !*stop.borrow_and_update() {
+                    let _ = client
+                        .post(&url)
+                        .json(&json!({ "query": document }))
+                        .send()
+                        .await;
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let response = http()
+            .get(server.url("/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .expect("/health answers within 2 s under attack");
+        assert_eq!(response.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    server.signal("TERM").await;
+    let (status, log) = server.exited().await;
+    let _ = stop.0.send(true);
+    for attacker in attackers {
+        assert!(attacker.await.expect("attacker") > 0);
+    }
+    assert!(status.success(), "{log}");
+    db.cleanup().await;
+}
+
+// No database is involved beyond the token check: SQLite is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_cost_at_most_a_multiple_of_a_plain_query_sqlite() {
+    documents_cost_at_most_a_multiple_of_a_plain_query(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_documents_leave_the_server_responsive_and_stoppable_sqlite() {
+    hostile_documents_leave_the_server_responsive_and_stoppable(Backend::Sqlite).await;
+}

@@ -1,0 +1,117 @@
+//! Nothing a client sends is logged or echoed unbounded: before its token is checked nothing
+//! of the request body reaches the log; after, operation names are cut and escaped
+//! (bidirectional controls and line separators too), and every error message is cut, over
+//! HTTP and WebSocket.
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Backend, Server, TestDb, http, ws_connect, ws_next};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_and_error_messages_stay_bounded() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let huge_name = format!("Op{}", "n".repeat(100_000));
+    let huge_query = format!("query {huge_name} {{ __typename }}");
+
+    // 100 unauthenticated requests, each with 200 KB of names: refused, and not logged.
+    for n in 0..100 {
+        let response = http()
+            .post(server.url("/graphql"))
+            .header(
+                "authorization",
+                if n % 2 == 0 { "Bearer kst_nope" } else { "" },
+            )
+            .json(&json!({ "query": huge_query, "operationName": huge_name }))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status(), 401);
+    }
+
+    // Authenticated: the name is logged cut, with its disguising characters escaped.
+    let disguised = format!("Op\u{202e}gol\u{2028}FORGED{}", "z".repeat(100_000));
+    let (_, body) = server
+        .graphql_as(
+            &server.admin_token,
+            &format!("query {huge_name} {{ __typename }}"),
+            json!({}),
+        )
+        .await;
+    assert!(body["data"].is_object(), "{body}");
+    let response = server
+        .admin()
+        .post(server.url("/graphql"))
+        .json(&json!({ "query": "{ __typename }", "operationName": disguised }))
+        .send()
+        .await
+        .expect("POST");
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    // async-graphql echoes the unknown name; the message is cut.
+    let message = body["errors"][0]["message"].as_str().expect("a message");
+    assert!(message.len() <= 1100, "{} bytes", message.len());
+
+    // Error messages that echo values are cut: a parse error quoting a 100 KB line, a name
+    // that is not found, over HTTP and WebSocket.
+    for query in [
+        format!("{{ app(name: \"{}\") {{ id }} }}", "a".repeat(100_000)),
+        format!("{{ viewer {{ name }} }} {}", "!".repeat(100_000)),
+    ] {
+        let (_, body) = server
+            .graphql_as(&server.admin_token, &query, json!({}))
+            .await;
+        for error in body["errors"].as_array().expect("errors") {
+            let message = error["message"].as_str().expect("a message");
+            assert!(
+                message.len() <= 1100,
+                "{} bytes: {}",
+                message.len(),
+                &message[..200]
+            );
+        }
+        let mut socket = ws_connect(&server, &server.admin_token).await;
+        socket
+            .send(Message::Text(
+                json!({ "type": "subscribe", "id": "1", "payload": { "query": query } })
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .expect("send");
+        let payload = loop {
+            let message = ws_next(&mut socket).await.expect("open");
+            if message["id"] == "1" && matches!(message["type"].as_str(), Some("next" | "error")) {
+                break message["payload"].clone();
+            }
+        };
+        let errors = payload["errors"].as_array().or(payload.as_array()).cloned();
+        for error in errors.expect("errors") {
+            let message = error["message"].as_str().expect("a message");
+            assert!(
+                message.len() <= 1100,
+                "{} bytes over WebSocket",
+                message.len()
+            );
+        }
+    }
+
+    let (status, log) = server.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(
+        log.len() < 100 * 1024,
+        "the log grew to {} bytes; its longest line: {}",
+        log.len(),
+        log.lines().map(str::len).max().unwrap_or_default()
+    );
+    assert!(
+        !log.contains('\u{202e}') && !log.contains('\u{2028}'),
+        "{log}"
+    );
+    assert!(log.contains("Op\\u{202e}gol\\u{2028}FORGED"), "{log}");
+    assert!(!log.contains("kst_nope"), "{log}");
+    db.cleanup().await;
+}
