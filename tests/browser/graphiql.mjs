@@ -87,14 +87,20 @@ try {
 
   if (screenshot) await page.screenshot({ path: screenshot });
 
-  // A reload keeps the session (localStorage); signing out forgets it.
+  // The token lives in this tab's sessionStorage, never in localStorage (which every later
+  // page of the origin could read); a reload keeps the session, signing out forgets it.
+  const stored = await page.evaluate(() => [
+    window.sessionStorage.getItem("keystone.token"),
+    window.localStorage.getItem("keystone.token"),
+  ]);
+  if (!stored[0] || stored[1]) fail(`token storage: session ${!!stored[0]}, local ${!!stored[1]}`);
   await page.reload({ waitUntil: "load" });
   await page.waitForFunction(
     () => document.querySelector("#keystone-auth-status")?.innerText.startsWith("Signed in"),
     undefined, { timeout: 20000 });
   await page.click("#keystone-sign-out");
   await page.waitForSelector("#keystone-token", { timeout: 20000 });
-  const kept = await page.evaluate(() => window.localStorage.getItem("keystone.token"));
+  const kept = await page.evaluate(() => window.sessionStorage.getItem("keystone.token"));
   if (kept) fail("the token was kept after signing out");
   console.log("signed out");
   if (external.length) fail(`requests left the server: ${external.join(", ")}`);

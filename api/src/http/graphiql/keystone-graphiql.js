@@ -2,7 +2,8 @@
 // over the graphql-transport-ws WebSocket. Everything is served by Keystone itself.
 //
 // Signing in: every operation needs an API token. The bar above GraphiQL takes one and
-// keeps it in this browser's localStorage; a link ending in `#token=<secret>` (printed by
+// keeps it in this tab's sessionStorage (a reload keeps it; closing the tab forgets it,
+// and no other page or tab of this origin can read it later); a link ending in `#token=<secret>` (printed by
 // the server's first start) signs in directly. The fragment is never sent to the server and
 // is removed from the address bar at once.
 (function () {
@@ -34,7 +35,7 @@
 
   function storedToken() {
     try {
-      return window.localStorage.getItem(STORAGE_KEY) || "";
+      return window.sessionStorage.getItem(STORAGE_KEY) || "";
     } catch (e) {
       return "";
     }
@@ -43,9 +44,9 @@
   function storeToken(token) {
     try {
       if (token) {
-        window.localStorage.setItem(STORAGE_KEY, token);
+        window.sessionStorage.setItem(STORAGE_KEY, token);
       } else {
-        window.localStorage.removeItem(STORAGE_KEY);
+        window.sessionStorage.removeItem(STORAGE_KEY);
       }
     } catch (e) {
       // Private mode without storage: the token lives until the page is closed.
