@@ -667,7 +667,7 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     assert_eq!(rolled["status"], "SUCCESS", "{rolled:#}");
     assert_eq!(rolled["commitSha"], v1.as_str());
     let log = rolled["logs"].to_string();
-    assert!(log.contains("reusing the release"), "{log}");
+    assert!(log.contains("again, where it was built (no rebuild)"), "{log}");
     assert!(
         !log.contains("==> clone") && !log.contains("==> build"),
         "{log}"
@@ -1205,6 +1205,8 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
         summary.starts_with("clone: exited with status"),
         "{summary}"
     );
+    // The summary carries the failing step's last output: git's own message.
+    assert!(summary.contains("fatal:"), "{summary}");
 
     git_server.push("v1", "release: echo no web here\n").await;
     let webless = app_for(git_server.url(), "webless", "HOST").await;
@@ -1214,7 +1216,7 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
         ended["errorSummary"]
             .as_str()
             .unwrap_or_default()
-            .contains("no `web:` process"),
+            .contains("add a Procfile with a `web:` process"),
         "{ended:#}"
     );
 

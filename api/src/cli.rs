@@ -40,6 +40,11 @@ pub enum Command {
     /// Execute deployments: claim, clone, build, run and switch traffic (a client of the
     /// API, with a `runner` token).
     Runner(crate::runner::RunnerArgs),
+    /// Serve the apps' public ports and host names, routing to their instances (started by
+    /// the runner when none runs; outlives it).
+    Proxy(crate::proxy::ProxyArgs),
+    /// Serve a directory of files on `$PORT` (how the runner serves static sites).
+    Static(crate::static_site::StaticArgs),
     /// Measure throughput against the database floor (run a release build; needs `wrk`).
     Bench(crate::bench::BenchArgs),
     /// Measure a deployment: time per stage, and the longest gap clients see during a switch
@@ -164,6 +169,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Runner(args) => {
             crate::runner::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Proxy(args) => {
+            crate::proxy::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Static(args) => {
+            crate::static_site::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchDeploy(args) => {

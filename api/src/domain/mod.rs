@@ -118,13 +118,7 @@ pub(crate) async fn begin_write(
 /// Lowercase hex SHA-256 of `text`'s UTF-8 bytes (token hashes, document names).
 pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for byte in Sha256::digest(text.as_bytes()) {
-        hex.push(char::from(HEX[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    hex
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Checks one input value, naming the field on failure.

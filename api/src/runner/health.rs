@@ -1,10 +1,12 @@
 //! Is a new instance ready for traffic? Probed from the host, never from inside it (no tool
-//! is needed in the app): `GET <path>` on its private port — after 100 ms, then twice as long
+//! is needed in the app): `GET <path>` on the address it serves on — after 100 ms, then twice as long
 //! each time up to the interval — each probe with a timeout, until a deadline. 200–399 is healthy (redirects are not followed); a refused
 //! connection means "not yet". Without a path: the process still runs after 10 s and
 //! accepts TCP connections.
 
 use std::time::Duration;
+
+use std::net::SocketAddr;
 
 use super::runtime::{Handle, Runtime};
 
@@ -21,8 +23,8 @@ pub struct HealthCheck {
 /// `errorSummary`.
 pub async fn wait_healthy(
     check: &HealthCheck,
-    port: u16,
-    runtime: &Runtime,
+    address: SocketAddr,
+    runtime: &dyn Runtime,
     instance: &Handle,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
@@ -32,14 +34,14 @@ pub async fn wait_healthy(
         if !runtime.alive(instance).await {
             return Err("health check: the web process exited within 10 s".to_owned());
         }
-        return match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        return match tokio::net::TcpStream::connect(address).await {
             Ok(_) => Ok(()),
             Err(error) => Err(format!(
                 "health check: the web process runs but does not accept connections on its port ({error})"
             )),
         };
     };
-    let url = format!("http://127.0.0.1:{port}{path}");
+    let url = format!("http://{address}{path}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(check.timeout)

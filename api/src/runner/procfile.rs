@@ -1,12 +1,13 @@
 //! The repository's `Procfile` (Heroku and Piku conventions): `name: command` per line.
-//! `web` is required (the process that serves); `release` runs before traffic moves (its
-//! failure leaves traffic untouched); `build` is a Keystone extension that runs once per
-//! release, before `release`. Other entries are ignored.
+//! `web` is the process that serves (a stack Keystone builds may supply one, see
+//! [`super::buildpack`]); `release` runs before traffic moves (its failure leaves traffic
+//! untouched); `build` is a Keystone extension that runs once per release, after the stack's
+//! build and before `release`. Other entries are ignored.
 
 /// The commands Keystone runs.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Procfile {
-    pub web: String,
+    pub web: Option<String>,
     pub release: Option<String>,
     pub build: Option<String>,
 }
@@ -50,7 +51,6 @@ pub fn parse(text: &str) -> Result<Procfile, String> {
         }
         *slot = Some(command.to_owned());
     }
-    let web = web.ok_or("the Procfile has no `web:` process (the one that serves the app)")?;
     Ok(Procfile {
         web,
         release,
@@ -67,10 +67,10 @@ mod tests {
         let procfile =
             parse("# app\nweb: python3 app.py\nrelease: ./migrate\nworker: x\nbuild: make\n")
                 .unwrap();
-        assert_eq!(procfile.web, "python3 app.py");
+        assert_eq!(procfile.web.as_deref(), Some("python3 app.py"));
         assert_eq!(procfile.release.as_deref(), Some("./migrate"));
         assert_eq!(procfile.build.as_deref(), Some("make"));
-        assert!(parse("worker: x\n").unwrap_err().contains("no `web:`"));
+        assert_eq!(parse("worker: x\n").unwrap().web, None);
         assert!(parse("web x\n").is_err());
         assert!(parse("web: a\nweb: b\n").unwrap_err().contains("twice"));
     }

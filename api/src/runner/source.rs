@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::process::{StepContext, StepError, run_step};
+use super::steps::{StepContext, StepError, run_step};
 
 /// A `git` command with the hardened environment.
 fn git(home: &Path) -> Command {

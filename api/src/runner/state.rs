@@ -3,11 +3,13 @@
 //! rename) after every switch and stop; a missing or unreadable file means nothing runs.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::runtime::Handle;
+use crate::proxy::routes::RouteKey;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
@@ -27,12 +29,34 @@ pub struct Instance {
     /// The image it runs (docker runtime).
     #[serde(default)]
     pub image: Option<String>,
+    /// Where it serves (the proxy's upstream).
+    #[serde(default)]
+    pub upstream: Option<SocketAddr>,
+    /// Where it served on loopback, as runners before the proxy recorded it.
+    #[serde(default)]
     pub private_port: u16,
     /// The app's public port (PORT apps).
     pub public_port: Option<u16>,
     /// Served by host name through the HOST router (HOST apps).
     #[serde(default)]
     pub host_routed: bool,
+}
+
+impl Instance {
+    /// Where it serves.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.private_port)))
+    }
+
+    /// The proxy's route to it: its app's public port, or its host name.
+    pub fn route(&self) -> Option<RouteKey> {
+        match self.public_port {
+            Some(port) => Some(RouteKey::Port(port)),
+            None if self.host_routed => Some(RouteKey::Host(self.app_name.clone())),
+            None => None,
+        }
+    }
 }
 
 impl State {
@@ -51,21 +75,10 @@ impl State {
     }
 
     pub fn save(&self, work: &Path) {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = Self::path(work);
-        let draft = work.join("state.json.tmp");
-        let written = (|| -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&draft)?;
-            file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-            file.sync_all()?;
-            std::fs::rename(&draft, &path)
-        })();
+        let written = serde_json::to_vec_pretty(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::files::write_owner_only(&path, &bytes));
         if let Err(error) = written {
             tracing::error!(%error, path = %path.display(), "cannot save the runner's state");
         }

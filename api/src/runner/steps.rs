@@ -7,9 +7,14 @@
 //!   two cases its group is killed.
 //! - [`spawn_web`]: a web process in the background, its output appended to a file.
 //! - [`stop_group`]: SIGTERM to a group, SIGKILL after a grace period.
+//!
+//! A failing step's error carries its last lines of output (git's message for a failed
+//! clone, the compiler's for a failed build), for the deployment's `errorSummary`.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -21,6 +26,9 @@ use super::logs::LogSender;
 /// Longest output line kept whole; longer ones are cut into pieces of this size (a build
 /// printing without newlines cannot grow the runner's memory).
 const MAX_LINE: usize = 4096;
+
+/// Lines of a failing step's output its error carries.
+const ERROR_LINES: usize = 12;
 
 /// How a step ended when it did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,35 @@ pub struct StepContext<'a> {
     pub group_file: PathBuf,
 }
 
+/// The last lines a step printed.
+#[derive(Clone, Default)]
+struct Recent(Arc<Mutex<VecDeque<String>>>);
+
+impl Recent {
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == ERROR_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.chars().take(300).collect());
+    }
+
+    /// `why`, followed by the lines.
+    fn explain(&self, why: String) -> String {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.is_empty() {
+            return why;
+        }
+        let mut text = why;
+        text.push_str("; its last output:");
+        for line in lines.iter() {
+            text.push('\n');
+            text.push_str(line);
+        }
+        text
+    }
+}
+
 /// Kills the step recorded in `group_file`, if one still runs (a runner that was killed left
 /// it behind).
 pub fn kill_orphaned_step(group_file: &Path) {
@@ -54,7 +91,7 @@ pub fn kill_orphaned_step(group_file: &Path) {
             group,
             "killing a step left behind by a previous run of the runner"
         );
-        signal_group(group, libc::SIGKILL);
+        signal_group(group, rustix::process::Signal::KILL);
     }
 }
 
@@ -80,14 +117,15 @@ pub async fn run_step(
     if let Some(group) = group {
         let _ = std::fs::write(&context.group_file, group.to_string());
     }
+    let recent = Recent::default();
     let stdout = child
         .stdout
         .take()
-        .map(|out| forward_output(out, log.clone()));
+        .map(|out| forward_output(out, log.clone(), recent.clone()));
     let stderr = child
         .stderr
         .take()
-        .map(|err| forward_output(err, log.clone()));
+        .map(|err| forward_output(err, log.clone(), recent.clone()));
     let output = async {
         if let Some(stdout) = stdout {
             stdout.await;
@@ -110,7 +148,7 @@ pub async fn run_step(
     let outcome = tokio::select! {
         status = finished => match status {
             Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(StepError::Failed(describe(status))),
+            Ok(status) => Err(StepError::Failed(recent.explain(describe(status)))),
             Err(error) => Err(StepError::Failed(error.to_string())),
         },
         () = tokio::time::sleep(timeout) => Err(StepError::TimedOut(timeout)),
@@ -118,7 +156,7 @@ pub async fn run_step(
     };
     // Whatever the step left behind in its group goes too (a daemonized child included).
     if let Some(group) = group {
-        signal_group(group, libc::SIGKILL);
+        signal_group(group, rustix::process::Signal::KILL);
     }
     let _ = std::fs::remove_file(&context.group_file);
     outcome
@@ -133,8 +171,9 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Sends the output of `reader` to `log` line by line (lines cut at [`MAX_LINE`]).
-async fn forward_output(mut reader: impl AsyncRead + Unpin, log: LogSender) {
+/// Sends the output of `reader` to `log` line by line (lines cut at [`MAX_LINE`]), keeping
+/// the last ones in `recent`.
+async fn forward_output(mut reader: impl AsyncRead + Unpin, log: LogSender, recent: Recent) {
     let mut buffer = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
     loop {
@@ -144,7 +183,9 @@ async fn forward_output(mut reader: impl AsyncRead + Unpin, log: LogSender) {
         };
         for &byte in &buffer[..read] {
             if byte == b'\n' || line.len() >= MAX_LINE {
-                log.line(String::from_utf8_lossy(&line).into_owned()).await;
+                let text = String::from_utf8_lossy(&line).into_owned();
+                recent.push(&text);
+                log.line(text).await;
                 line.clear();
                 if byte == b'\n' {
                     continue;
@@ -154,7 +195,9 @@ async fn forward_output(mut reader: impl AsyncRead + Unpin, log: LogSender) {
         }
     }
     if !line.is_empty() {
-        log.line(String::from_utf8_lossy(&line).into_owned()).await;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        recent.push(&text);
+        log.line(text).await;
     }
 }
 
@@ -185,28 +228,27 @@ pub fn spawn_web(mut command: Command, port: u16, output: &Path) -> std::io::Res
 
 /// Whether any process of `group` is alive.
 pub fn group_alive(group: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    unsafe { libc::kill(-group, 0) == 0 }
+    rustix::process::Pid::from_raw(group)
+        .is_some_and(|group| rustix::process::test_kill_process_group(group).is_ok())
 }
 
-fn signal_group(group: i32, signal: i32) {
-    if group > 1 {
-        // SAFETY: signals a process group by id; no memory is involved.
-        unsafe {
-            libc::kill(-group, signal);
-        }
+fn signal_group(group: i32, signal: rustix::process::Signal) {
+    if group > 1
+        && let Some(group) = rustix::process::Pid::from_raw(group)
+    {
+        let _ = rustix::process::kill_process_group(group, signal);
     }
 }
 
 /// SIGTERM to `group`, then SIGKILL once `grace` has passed while any of it lives.
 pub async fn stop_group(group: i32, grace: Duration) {
-    signal_group(group, libc::SIGTERM);
+    signal_group(group, rustix::process::Signal::TERM);
     let deadline = tokio::time::Instant::now() + grace;
     while group_alive(group) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if group_alive(group) {
-        signal_group(group, libc::SIGKILL);
+        signal_group(group, rustix::process::Signal::KILL);
     }
 }
 

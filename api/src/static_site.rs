@@ -1,0 +1,44 @@
+//! `keystone static DIR`: the file server of static sites the runner deploys (a repository
+//! with an `index.html` and no other stack, see [`crate::runner::buildpack`]). It serves the
+//! directory on `$PORT` (on loopback: the proxy is in front), an `index.html` for a
+//! directory, never a file outside it, with the content type of each file's extension.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tower_http::services::ServeDir;
+
+/// `keystone static` settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StaticArgs {
+    /// The directory to serve.
+    pub dir: PathBuf,
+    /// Where to listen (default: 127.0.0.1 on `$PORT`).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+}
+
+pub async fn serve(args: StaticArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let bind = match args.bind {
+        Some(bind) => bind,
+        None => {
+            let port: u16 = std::env::var("PORT")
+                .context("PORT is not set (or pass --bind)")?
+                .parse()
+                .context("PORT is not a port number")?;
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
+    anyhow::ensure!(args.dir.is_dir(), "{} is not a directory", args.dir.display());
+    let files = ServeDir::new(&args.dir).append_index_html_on_directories(true);
+    let app = axum::Router::new().fallback_service(files);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    tracing::info!(dir = %args.dir.display(), %bind, "serving files");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await?;
+    Ok(())
+}
