@@ -7,7 +7,6 @@ mod access;
 mod adoption;
 mod backup;
 mod browser;
-mod deploy;
 mod documents;
 mod faults;
 mod fuzz;

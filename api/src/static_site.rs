@@ -30,7 +30,11 @@ pub async fn serve(args: StaticArgs) -> anyhow::Result<()> {
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     };
-    anyhow::ensure!(args.dir.is_dir(), "{} is not a directory", args.dir.display());
+    anyhow::ensure!(
+        args.dir.is_dir(),
+        "{} is not a directory",
+        args.dir.display()
+    );
     let files = ServeDir::new(&args.dir).append_index_html_on_directories(true);
     let app = axum::Router::new().fallback_service(files);
     let listener = tokio::net::TcpListener::bind(bind)

@@ -9,8 +9,9 @@ use entity::deployment::DeploymentStatus;
 use entity::prelude::*;
 use entity::{app, app_placement, app_settings, deployment, deployment_run};
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 
 use super::audit::{self, Object};
@@ -189,8 +190,42 @@ pub async fn deploy(
 ) -> Result<(deployment::Model, app::Model), DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
+    let queued = queue(&txn, ports, app, source).await?;
+    audit::commit(txn, Object::App(app_id)).await?;
+    queued.publish(events);
+    Ok((queued.created, queued.app))
+}
+
+/// A deployment queued in a transaction: what to publish once it commits.
+pub(crate) struct Queued {
+    pub created: deployment::Model,
+    pub app: app::Model,
+    superseded: Vec<deployment::Model>,
+    app_changed: bool,
+}
+
+impl Queued {
+    pub(crate) fn publish(&self, events: &EventBus) {
+        for deployment in &self.superseded {
+            events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
+        }
+        events.publish(Event::DeploymentUpdated(Arc::new(self.created.clone())));
+        if self.app_changed {
+            events.publish(Event::AppUpdated(Arc::new(self.app.clone())));
+        }
+    }
+}
+
+/// [`deploy`]'s work inside `txn`, for `app` (read for update).
+pub(crate) async fn queue(
+    txn: &DatabaseTransaction,
+    ports: PortRange,
+    app: app::Model,
+    source: Option<i64>,
+) -> Result<Queued, DomainError> {
+    let app_id = app.id;
     if let Some(source) = source {
-        let earlier = Deployment::find_by_id(source).one(&txn).await?;
+        let earlier = Deployment::find_by_id(source).one(txn).await?;
         match earlier {
             Some(d) if d.app_id == app_id && d.status == DeploymentStatus::Success => {}
             Some(d) if d.app_id == app_id => {
@@ -220,7 +255,7 @@ pub async fn deploy(
         // A runner claiming one of them right now finishes first; we then see it running.
         pending = pending.lock_exclusive();
     }
-    let pending = pending.all(&txn).await?;
+    let pending = pending.all(txn).await?;
     if let Some(running) = pending
         .iter()
         .find(|d| d.status == DeploymentStatus::Running)
@@ -242,7 +277,7 @@ pub async fn deploy(
         DeploymentRun::find()
             .filter(deployment_run::Column::DeploymentId.is_in(queued_ids.clone()))
             .order_by_asc(deployment_run::Column::DeploymentId)
-            .one(&txn)
+            .one(txn)
             .await?
     };
     let previous_status = match oldest_run.map_or(app.status, |run| run.previous_app_status) {
@@ -250,7 +285,7 @@ pub async fn deploy(
         status => status,
     };
     let allocated = match (app.access_mode, app.current_port) {
-        (AccessMode::Port, None) => Some(ports::allocate(&txn, ports).await?),
+        (AccessMode::Port, None) => Some(ports::allocate(txn, ports).await?),
         _ => None,
     };
     let port = match app.access_mode {
@@ -270,7 +305,7 @@ pub async fn deploy(
         logs_path: Set(String::new()),
         ..Default::default()
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
     DeploymentRun::insert(deployment_run::ActiveModel {
         deployment_id: Set(created.id),
@@ -286,7 +321,7 @@ pub async fn deploy(
         log_sequence: Set(0),
         log_lines: Set(0),
     })
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn)
     .await?;
     // Every superseded deployment in one statement (they are locked; their new state is
     // known without reading them back).
@@ -300,15 +335,18 @@ pub async fn deploy(
                 ..Default::default()
             })
             .filter(deployment::Column::Id.is_in(queued_ids))
-            .exec(&txn)
+            .exec(txn)
             .await?;
     }
-    let superseded = pending.into_iter().map(|mut queued| {
-        queued.status = DeploymentStatus::Cancelled;
-        queued.ended_at = Some(now);
-        queued.error_summary = summary.clone();
-        queued
-    });
+    let superseded = pending
+        .into_iter()
+        .map(|mut queued| {
+            queued.status = DeploymentStatus::Cancelled;
+            queued.ended_at = Some(now);
+            queued.error_summary = summary.clone();
+            queued
+        })
+        .collect();
     // A redeploy over a queued deployment leaves the app as it is (still deploying).
     let app_changed = app.status != AppStatus::Deploying || allocated.is_some();
     let app = if app_changed {
@@ -317,19 +355,41 @@ pub async fn deploy(
         if allocated.is_some() {
             active.current_port = Set(allocated);
         }
-        active.update(&txn).await?
+        active.update(txn).await?
     } else {
         app
     };
-    audit::commit(txn, Object::App(app.id)).await?;
-    for deployment in superseded {
-        events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
+    Ok(Queued {
+        created,
+        app,
+        superseded,
+        app_changed,
+    })
+}
+
+/// For a config change on `app` (read for update in `txn`): queues a restart — a deployment
+/// that runs the current release again, with the new config, through the same health check
+/// and switch as a deploy — when the app is running. `None` otherwise: the change reaches
+/// the app at its next deployment.
+pub(crate) async fn queue_restart(
+    txn: &DatabaseTransaction,
+    ports: PortRange,
+    app: app::Model,
+) -> Result<Option<Queued>, DomainError> {
+    if app.status != AppStatus::Running {
+        return Ok(None);
     }
-    events.publish(Event::DeploymentUpdated(Arc::new(created.clone())));
-    if app_changed {
-        events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    let current = Deployment::find()
+        .filter(deployment::Column::AppId.eq(app.id))
+        .filter(deployment::Column::Status.eq(DeploymentStatus::Success))
+        .order_by_desc(deployment::Column::CreatedAt)
+        .order_by_desc(deployment::Column::Id)
+        .one(txn)
+        .await?;
+    match current {
+        Some(current) => Ok(Some(queue(txn, ports, app, Some(current.id)).await?)),
+        None => Ok(None),
     }
-    Ok((created, app))
 }
 
 /// Stops a running app (`running → stopped`); any other state is a `CONFLICT` naming it.
@@ -361,7 +421,7 @@ pub async fn stop(
 
 /// The app `id`, locked against concurrent changes until the transaction ends
 /// (PostgreSQL `FOR UPDATE`; SQLite serializes writers anyway).
-async fn find_for_update(
+pub(crate) async fn find_for_update(
     txn: &impl ConnectionTrait,
     id: i64,
     field: &'static str,

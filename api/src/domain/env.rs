@@ -1,8 +1,11 @@
 //! Config vars: per-app environment variables that reach the app's build, release and web
 //! processes. Values are write-only: they are sealed before they are stored
 //! ([`super::secrets`]), the API lists only names and when they changed, and only a runner
-//! receives values, in the job of a deployment it claimed. A change takes effect at the
-//! app's next deployment.
+//! receives values, in the job of a deployment it claimed. A change restarts a running app
+//! with the new values (as Dokku's `config:set` does): a deployment that runs its current
+//! release again, with the same health check and zero-downtime switch as a deploy, queued in
+//! the change's transaction; without a restart (or when the app is not running), the change
+//! reaches the app at its next deployment.
 
 use entity::Timestamp;
 use entity::app_env;
@@ -11,36 +14,52 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 
+use entity::deployment;
+use sea_orm::DatabaseTransaction;
+
+use super::apps;
 use super::audit::{self, Object};
+use super::events::EventBus;
+use super::ports::PortRange;
 use super::secrets::SecretBox;
 use super::{DomainError, begin_write, check, validation};
 
-async fn app_exists(db: &impl ConnectionTrait, app_id: i64) -> Result<(), DomainError> {
-    App::find_by_id(app_id)
-        .one(db)
-        .await?
-        .map(|_| ())
-        .ok_or(DomainError::NotFound {
-            entity: "app",
-            field: "appId",
-            id: app_id,
-        })
+/// What a config change restarts.
+#[derive(Clone, Copy)]
+pub struct Restart<'a> {
+    /// Restart a running app (the default).
+    pub wanted: bool,
+    pub events: &'a EventBus,
+    pub ports: PortRange,
 }
 
-/// Sets `name` to `value` for the app; returns when it was set.
+/// Queues the restart `restart` asks for, in `txn`, once the change is written.
+async fn restart_in(
+    txn: &DatabaseTransaction,
+    restart: Restart<'_>,
+    app: entity::app::Model,
+) -> Result<Option<apps::Queued>, DomainError> {
+    if !restart.wanted {
+        return Ok(None);
+    }
+    apps::queue_restart(txn, restart.ports, app).await
+}
+
+/// Sets `name` to `value` for the app; returns when it was set, and the restart queued.
 pub async fn set(
     db: &sea_orm::DatabaseConnection,
     secrets: &SecretBox,
     app_id: i64,
     name: &str,
     value: &str,
-) -> Result<Timestamp, DomainError> {
+    restart: Restart<'_>,
+) -> Result<(Timestamp, Option<deployment::Model>), DomainError> {
     check("name", validation::env_name, name)?;
     check("value", validation::env_value, value)?;
     let sealed = secrets.seal(app_id, name, value)?;
     let now = Timestamp::now();
     let (_turn, txn) = begin_write(db).await?;
-    app_exists(&txn, app_id).await?;
+    let app = apps::find_for_update(&txn, app_id, "appId").await?;
     let existing = AppEnv::find_by_id((app_id, name.to_owned()))
         .one(&txn)
         .await?;
@@ -62,25 +81,41 @@ pub async fn set(
             .await?;
         }
     }
+    let queued = restart_in(&txn, restart, app).await?;
     audit::commit(txn, Object::App(app_id)).await?;
-    Ok(now)
+    Ok((now, published(queued, restart.events)))
 }
 
-/// Removes `name` from the app; whether it was set.
+/// Removes `name` from the app; whether it was set, and the restart queued (only when it
+/// was).
 pub async fn unset(
     db: &sea_orm::DatabaseConnection,
     app_id: i64,
     name: &str,
-) -> Result<bool, DomainError> {
+    restart: Restart<'_>,
+) -> Result<(bool, Option<deployment::Model>), DomainError> {
     let (_turn, txn) = begin_write(db).await?;
-    app_exists(&txn, app_id).await?;
+    let app = apps::find_for_update(&txn, app_id, "appId").await?;
     let removed = AppEnv::delete_by_id((app_id, name.to_owned()))
         .exec(&txn)
         .await?
         .rows_affected
         > 0;
+    let queued = if removed {
+        restart_in(&txn, restart, app).await?
+    } else {
+        None
+    };
     audit::commit(txn, Object::App(app_id)).await?;
-    Ok(removed)
+    Ok((removed, published(queued, restart.events)))
+}
+
+/// Publishes what `queued` changed (after its transaction committed); its deployment.
+fn published(queued: Option<apps::Queued>, events: &EventBus) -> Option<deployment::Model> {
+    queued.map(|queued| {
+        queued.publish(events);
+        queued.created
+    })
 }
 
 /// The app's variable names and when each was set, by name.

@@ -13,7 +13,9 @@ use super::connection::{
 use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder, columns_for};
 use super::error::{OrInternal, bad_input, not_found};
 use super::ids::{NodeType, decode_as};
-use super::loaders::{DeploymentCount, DeploymentsOfApp, PlacementOfApp, RepositoryId};
+use super::loaders::{
+    DeploymentCount, DeploymentsOfApp, PlacementOfApp, RepositoryId, ServedOfApp,
+};
 use super::repository::Repository;
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
@@ -153,9 +155,22 @@ impl App {
     }
 
     /// Where the app is reached: `http://<public host>:<port>` for PORT apps with a port,
-    /// `http://<name>.<apps domain>` for HOST apps when an apps domain is configured.
+    /// `http://<name>.<apps domain>` for HOST apps when an apps domain is configured; `null`
+    /// until one of its deployments has become healthy (nothing answers there before).
     async fn url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
         let config = api(ctx)?;
+        let served = match self.model.status {
+            app::AppStatus::Running | app::AppStatus::Stopped => true,
+            app::AppStatus::Draft => false,
+            app::AppStatus::Deploying | app::AppStatus::Failed => loaders(ctx)?
+                .load_one(ServedOfApp(self.model.id))
+                .await
+                .or_internal()?
+                .unwrap_or(false),
+        };
+        if !served {
+            return Ok(None);
+        }
         Ok(
             match (
                 self.model.access_mode,
@@ -478,6 +493,11 @@ pub struct SetAppEnvInput {
     name: String,
     /// At most 32 KiB.
     value: String,
+    /// Restart the app with the new value when it is running: a deployment that runs its
+    /// current release again, switched without downtime like a deploy (default). `false`:
+    /// the value reaches the app at its next deployment.
+    #[graphql(default = true)]
+    restart: bool,
 }
 
 /// A config var, as the API shows it: never its value.
@@ -496,6 +516,9 @@ pub struct SetAppEnvPayload {
     app_id: ID,
     /// The variable as set (its value is never shown).
     variable: AppEnvVar,
+    /// The restart queued to apply it, when the app was running and `restart` was not
+    /// `false`.
+    restart: Option<Deployment>,
 }
 
 /// A config var to remove from an app.
@@ -505,6 +528,10 @@ pub struct UnsetAppEnvInput {
     app_id: ID,
     /// The variable's name.
     name: String,
+    /// Restart the app without the variable when it is running (default); `false`: from its
+    /// next deployment on.
+    #[graphql(default = true)]
+    restart: bool,
 }
 
 /// Whether the config var existed before it was removed.
@@ -514,6 +541,9 @@ pub struct UnsetAppEnvPayload {
     app_id: ID,
     /// Whether the variable was set.
     removed: bool,
+    /// The restart queued to apply it, when the variable was set, the app was running and
+    /// `restart` was not `false`.
+    restart: Option<Deployment>,
 }
 
 /// Which app to roll back, and to which of its successful deployments.
@@ -639,7 +669,8 @@ impl AppMutation {
 
     /// Sets a config var of the app (admin only). The value is write-only: it is stored
     /// sealed, never returned, redacted in the audit trail, and reaches the app's build,
-    /// release and web processes from its next deployment on.
+    /// release and web processes: at once when the app is running (it restarts, without
+    /// downtime, unless `restart: false`), else from its next deployment on.
     async fn set_app_env(
         &self,
         ctx: &Context<'_>,
@@ -648,21 +679,35 @@ impl AppMutation {
         audited(ctx, Capability::Administer, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let updated_at = env::set(&api.db, &api.secrets, id, &input.name, &input.value)
-                .await
-                .extend()?;
+            let restart = env::Restart {
+                wanted: input.restart,
+                events: &api.events,
+                ports: api.ports,
+            };
+            let (updated_at, restart) = env::set(
+                &api.db,
+                &api.secrets,
+                id,
+                &input.name,
+                &input.value,
+                restart,
+            )
+            .await
+            .extend()?;
             Ok(SetAppEnvPayload {
                 app_id: input.app_id,
                 variable: AppEnvVar {
                     name: input.name,
                     updated_at: updated_at.as_utc(),
                 },
+                restart: restart.map(Deployment::from),
             })
         })
         .await
     }
 
-    /// Removes a config var of the app (admin only), from its next deployment on.
+    /// Removes a config var of the app (admin only); a running app restarts without it
+    /// (unless `restart: false`).
     async fn unset_app_env(
         &self,
         ctx: &Context<'_>,
@@ -670,10 +715,19 @@ impl AppMutation {
     ) -> async_graphql::Result<UnsetAppEnvPayload> {
         audited(ctx, Capability::Administer, async {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
-            let removed = env::unset(&api(ctx)?.db, id, &input.name).await.extend()?;
+            let api = api(ctx)?;
+            let restart = env::Restart {
+                wanted: input.restart,
+                events: &api.events,
+                ports: api.ports,
+            };
+            let (removed, restart) = env::unset(&api.db, id, &input.name, restart)
+                .await
+                .extend()?;
             Ok(UnsetAppEnvPayload {
                 app_id: input.app_id,
                 removed,
+                restart: restart.map(Deployment::from),
             })
         })
         .await

@@ -12,7 +12,7 @@ use crate::store::loaders::{BatchLoad, Store};
 
 pub use crate::store::loaders::{
     AppCount, AppId, AppsOfRepository, DeploymentCount, DeploymentId, DeploymentsOfApp,
-    PlacementOfApp, RepositoryId, RunOfDeployment,
+    PlacementOfApp, RepositoryId, RunOfDeployment, ServedOfApp,
 };
 
 pub type Loaders = DataLoader<Reader>;

@@ -154,9 +154,7 @@ impl ProxyClient {
 }
 
 /// Reads one request line from a connection of the control socket.
-pub async fn read_request(
-    stream: &mut tokio::net::UnixStream,
-) -> std::io::Result<Option<Request>> {
+pub async fn read_request(stream: &mut tokio::net::UnixStream) -> std::io::Result<Option<Request>> {
     let mut reader = BufReader::new(stream).take(MAX_LINE as u64);
     let mut line = String::new();
     if reader.read_line(&mut line).await? == 0 {
@@ -255,7 +253,9 @@ pub fn take_over(socket: &Path) -> std::io::Result<TakenOver> {
             RecvFlags::CMSG_CLOEXEC,
         )?;
         if received.bytes == 0 {
-            return Err(std::io::Error::other("the old proxy closed during the handover"));
+            return Err(std::io::Error::other(
+                "the old proxy closed during the handover",
+            ));
         }
         for message in ancillary.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = message {

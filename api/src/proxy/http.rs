@@ -194,7 +194,11 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 impl HostRouter {
-    async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let host = match host_of(&request) {
             Ok(host) => host,
             Err(why) => return plain(StatusCode::BAD_REQUEST, why),
@@ -202,7 +206,8 @@ impl HostRouter {
         let app = host
             .strip_suffix(&self.suffix)
             .filter(|app| crate::runner::dns_label(app));
-        let Some(in_flight) = app.and_then(|app| self.routes.enter(&RouteKey::Host(app.to_owned())))
+        let Some(in_flight) =
+            app.and_then(|app| self.routes.enter(&RouteKey::Host(app.to_owned())))
         else {
             return plain(StatusCode::NOT_FOUND, "no app is served at this host name");
         };
@@ -264,7 +269,12 @@ impl HostRouter {
                 drop(in_flight);
             });
             let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+            return Response::from_parts(
+                parts,
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
         }
         let (mut parts, body) = response.into_parts();
         parts.headers = end_to_end(&parts.headers);

@@ -34,7 +34,11 @@ use self::routes::{RouteKey, Routes};
 #[derive(Clone, Debug, clap::Args)]
 pub struct ProxyArgs {
     /// Where the control socket, the saved routes, the pid and the log live (mode 0700).
-    #[arg(long, env = "KEYSTONE_PROXY_DIR", default_value = "keystone-runner/proxy")]
+    #[arg(
+        long,
+        env = "KEYSTONE_PROXY_DIR",
+        default_value = "keystone-runner/proxy"
+    )]
     pub dir: PathBuf,
     /// Where `HOST` apps are served, by host name (put the TLS proxy in front of it).
     #[arg(long, env = "KEYSTONE_HOST_BIND", default_value = "127.0.0.1:8080")]
@@ -127,7 +131,8 @@ impl Proxy {
             self.limits,
             receiver,
         ));
-        self.lock_ports().insert(port, Listening { socket, accepting });
+        self.lock_ports()
+            .insert(port, Listening { socket, accepting });
         Ok(())
     }
 
@@ -268,9 +273,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let (mut inherited, old) = match taken {
         Some(taken) => {
             for (key, upstream) in &taken.routes {
-                routes
-                    .set(key.clone(), *upstream)
-                    .map_err(dir_error)?;
+                routes.set(key.clone(), *upstream).map_err(dir_error)?;
             }
             let sockets: Vec<(Option<u16>, std::net::TcpListener)> = taken
                 .listeners
@@ -374,7 +377,9 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 if !socket_path.exists() {
-                    tracing::warn!("the control socket is gone (its directory was removed): stopping");
+                    tracing::warn!(
+                        "the control socket is gone (its directory was removed): stopping"
+                    );
                     proxy.stopping.send_replace(true);
                     return;
                 }

@@ -249,10 +249,7 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:4001".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:4002".parse().unwrap();
         assert_eq!(routes.set(RouteKey::Port(9000), a).unwrap(), None);
-        assert_eq!(
-            routes.set(RouteKey::Host("web".into()), b).unwrap(),
-            None
-        );
+        assert_eq!(routes.set(RouteKey::Host("web".into()), b).unwrap(), None);
         let held = routes.enter(&RouteKey::Port(9000)).unwrap();
         assert_eq!(held.target().address, a);
         assert_eq!(routes.set(RouteKey::Port(9000), b).unwrap(), Some(a));
@@ -266,7 +263,10 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join("routes.json"))
             .unwrap()
             .permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         assert_eq!(routes.remove(&RouteKey::Port(9000)).unwrap(), Some(b));
         assert!(routes.enter(&RouteKey::Port(9000)).is_none());
     }

@@ -258,7 +258,10 @@ impl Deployment<'_, '_> {
             None if source.new.is_none() => None,
             None => {
                 let image = self
-                    .build(&source.dir, procfile.as_ref().and_then(|p| p.build.as_deref()))
+                    .build(
+                        &source.dir,
+                        procfile.as_ref().and_then(|p| p.build.as_deref()),
+                    )
                     .await?;
                 if let Some(command) = procfile.as_ref().and_then(|p| p.release.as_deref()) {
                     self.release_phase(&source.dir, command, image.as_deref())
@@ -372,7 +375,12 @@ impl Deployment<'_, '_> {
     /// Builds the release; returns the image built, if any.
     async fn build(&mut self, dir: &Path, build: Option<&str>) -> Result<Option<String>, Ending> {
         self.stage("BUILD", "build").await;
-        let commit = self.progress.borrow().commit_sha.clone().unwrap_or_default();
+        let commit = self
+            .progress
+            .borrow()
+            .commit_sha
+            .clone()
+            .unwrap_or_default();
         let release = Release {
             app: &self.job.app_name,
             deployment: self.id,
@@ -458,7 +466,10 @@ impl Deployment<'_, '_> {
             .await
             .map_err(|why| Ending::Failed(format!("start: {why}")))?;
         self.stage("HEALTH_CHECK", "health check").await;
-        let check = self.runner.args.health(self.job.health_check_path.as_deref());
+        let check = self
+            .runner
+            .args
+            .health(self.job.health_check_path.as_deref());
         let healthy = tokio::select! {
             result = super::health::wait_healthy(&check, upstream, runtime.as_ref(), &handle) => result,
             () = wait_for(&mut self.context.cancel) => Err(String::new()),

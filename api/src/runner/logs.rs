@@ -380,7 +380,11 @@ pub async fn send_leftovers(client: &Client, spooling: &Spooling) {
         let (done, length) = watch::channel(length);
         drop(done);
         let delivered = send_spool(client, &spool, from, length, spooling.batch).await;
-        tracing::info!(deployment = id, ?delivered, "sent the log lines left by an earlier run");
+        tracing::info!(
+            deployment = id,
+            ?delivered,
+            "sent the log lines left by an earlier run"
+        );
     }
 }
 
@@ -391,12 +395,19 @@ mod tests {
     #[test]
     fn values_of_several_lines_are_redacted_line_by_line() {
         let pem = "-----BEGIN PRIVATE KEY-----\r\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n";
-        let redactor = Redactor::new(vec![pem.to_owned(), "abc".to_owned(), "hunter22".to_owned()]);
+        let redactor = Redactor::new(vec![
+            pem.to_owned(),
+            "abc".to_owned(),
+            "hunter22".to_owned(),
+        ]);
         for line in pem.lines() {
             let shown = redactor.redact(format!("echo {line} done"));
             assert_eq!(shown, "echo [REDACTED] done", "{line}");
         }
-        assert_eq!(redactor.redact("pw=hunter22 abc".to_owned()), "pw=[REDACTED] abc");
+        assert_eq!(
+            redactor.redact("pw=hunter22 abc".to_owned()),
+            "pw=[REDACTED] abc"
+        );
     }
 
     #[test]
@@ -412,10 +423,16 @@ mod tests {
         spool.write_sent(&sent).unwrap();
         // The server applied 5 before the runner died: resume after it.
         let resumed = spool.resume("RGVwbG95bWVudDo3", 5);
-        assert_eq!((resumed.offset, resumed.sequence, resumed.pending), (180, 5, None));
+        assert_eq!(
+            (resumed.offset, resumed.sequence, resumed.pending),
+            (180, 5, None)
+        );
         // It never arrived: those bytes go again, as number 5.
         let resumed = spool.resume("RGVwbG95bWVudDo3", 4);
-        assert_eq!((resumed.offset, resumed.sequence, resumed.pending), (100, 4, None));
+        assert_eq!(
+            (resumed.offset, resumed.sequence, resumed.pending),
+            (100, 4, None)
+        );
     }
 
     #[test]

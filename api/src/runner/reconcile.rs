@@ -115,9 +115,9 @@ pub async fn pass(runner: &Arc<Runner>) {
         if let Ok(entries) = std::fs::read_dir(runner.work.join(parent)) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let running = local
-                    .iter()
-                    .any(|(id, i)| i.app_name == name && (busy.contains(id) || listed.contains(id)));
+                let running = local.iter().any(|(id, i)| {
+                    i.app_name == name && (busy.contains(id) || listed.contains(id))
+                });
                 if !names.contains(name.as_str()) && !running {
                     forget_app(runner, &name).await;
                 }
@@ -189,12 +189,19 @@ async fn adopt(runner: &Runner, instance: &Instance) {
     };
     let routes = runner.routing.routes().await.unwrap_or_default();
     let upstream = instance.upstream();
-    if routes.iter().any(|(key, to)| *key == route && *to == upstream) {
+    if routes
+        .iter()
+        .any(|(key, to)| *key == route && *to == upstream)
+    {
         return;
     }
     match runner.routing.set(route, upstream).await {
-        Ok(_) => tracing::info!(app = %instance.app_name, %upstream, "re-adopted a running instance"),
-        Err(error) => tracing::warn!(app = %instance.app_name, %error, "cannot route to a running instance"),
+        Ok(_) => {
+            tracing::info!(app = %instance.app_name, %upstream, "re-adopted a running instance")
+        }
+        Err(error) => {
+            tracing::warn!(app = %instance.app_name, %error, "cannot route to a running instance")
+        }
     }
 }
 

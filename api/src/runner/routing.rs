@@ -73,8 +73,13 @@ impl Routing {
                 let mut known = self.host_address.lock().unwrap_or_else(|e| e.into_inner());
                 if *known != host_address || known.is_none() {
                     match host_address {
-                        Some(address) => tracing::info!(%address, pid, "HOST apps are served by the proxy on {address}"),
-                        None => tracing::warn!(pid, "the proxy does not serve HOST apps (its --host-bind could not be bound)"),
+                        Some(address) => {
+                            tracing::info!(%address, pid, "HOST apps are served by the proxy on {address}")
+                        }
+                        None => tracing::warn!(
+                            pid,
+                            "the proxy does not serve HOST apps (its --host-bind could not be bound)"
+                        ),
                     }
                 }
                 *known = host_address;

@@ -43,6 +43,9 @@ pub struct DeploymentId(pub i64);
 /// Where an app is placed (which runner), by app id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PlacementOfApp(pub i64);
+/// Whether an app ever became healthy (has a successful deployment), by app id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServedOfApp(pub i64);
 /// The runner bookkeeping of a deployment (`api_deployment_run`), by deployment id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RunOfDeployment(pub i64);
@@ -130,6 +133,27 @@ by_column!(
     DeploymentId,
     deployment_id
 );
+
+impl BatchLoad<ServedOfApp> for Store {
+    type Value = bool;
+    async fn load(&self, keys: &[ServedOfApp]) -> LoadResult<ServedOfApp, bool> {
+        use sea_orm::QuerySelect;
+        let served: Vec<i64> = Deployment::find()
+            .select_only()
+            .column(deployment::Column::AppId)
+            .distinct()
+            .filter(deployment::Column::AppId.is_in(keys.iter().map(|k| k.0)))
+            .filter(deployment::Column::Status.eq(deployment::DeploymentStatus::Success))
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(Arc::new)?;
+        Ok(keys
+            .iter()
+            .map(|key| (*key, served.contains(&key.0)))
+            .collect())
+    }
+}
 
 /// Groups keys that differ only by parent, so that each group is one statement.
 fn groups<K, G: Hash + Eq>(keys: &[K], group_of: impl Fn(&K) -> G) -> HashMap<G, Vec<&K>> {

@@ -66,7 +66,10 @@ impl BuildPlan {
     fn write(&self, release: &Path) -> std::io::Result<()> {
         let file = Self::file(release);
         std::fs::create_dir_all(file.parent().expect("a parent"))?;
-        std::fs::write(file, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
+        std::fs::write(
+            file,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )
     }
 
     /// The environment of the app's processes: the runner's [`INHERITED_ENV`] with the
@@ -227,7 +230,7 @@ fn keep_recent(dir: &Path, keep: usize) {
         .flatten()
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     for (_, path) in entries.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(&path);
     }

@@ -57,7 +57,10 @@ fn in_range(range: &str, version: &semver::Version) -> Option<bool> {
                 let mut comparators: Vec<String> = Vec::new();
                 let mut pending_operator = String::new();
                 for token in alternative.split_whitespace() {
-                    if token.chars().all(|c| matches!(c, '<' | '>' | '=' | '~' | '^')) {
+                    if token
+                        .chars()
+                        .all(|c| matches!(c, '<' | '>' | '=' | '~' | '^'))
+                    {
                         pending_operator.push_str(token);
                         continue;
                     }
@@ -78,7 +81,11 @@ fn in_range(range: &str, version: &semver::Version) -> Option<bool> {
 }
 
 impl Node {
-    pub async fn build(&self, build: &mut Build<'_, '_>, plan: &mut BuildPlan) -> Result<(), StepError> {
+    pub async fn build(
+        &self,
+        build: &mut Build<'_, '_>,
+        plan: &mut BuildPlan,
+    ) -> Result<(), StepError> {
         let version = node_version().await.ok_or_else(|| {
             StepError::Failed("package.json found, but this host has no `node` on PATH".into())
         })?;
@@ -126,7 +133,8 @@ impl Node {
             let command = build.command("npm", &["run", "build"], plan, &npm_env);
             build.run(command).await?;
         }
-        plan.env.push(("NODE_ENV".to_owned(), "production".to_owned()));
+        plan.env
+            .push(("NODE_ENV".to_owned(), "production".to_owned()));
         if self.start && plan.web.is_none() {
             plan.web = Some("npm start".to_owned());
         }

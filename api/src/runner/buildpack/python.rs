@@ -43,8 +43,7 @@ pub struct Python {
 
 /// `Some` when `release` holds a Python app; `Err` when its files are unreadable.
 pub fn detect(release: &Path) -> Result<Option<Python>, String> {
-    let requirements = if let Some(text) = read_small(&release.join("requirements.txt"), 1 << 20)
-    {
+    let requirements = if let Some(text) = read_small(&release.join("requirements.txt"), 1 << 20) {
         Requirements::File(text)
     } else if let Some(text) = read_small(&release.join("Pipfile.lock"), 4 << 20) {
         Requirements::Pipfile(pipfile_requirements(&text)?)
@@ -63,8 +62,8 @@ pub fn detect(release: &Path) -> Result<Option<Python>, String> {
 
 /// `Pipfile.lock`'s `default` packages as pinned requirement lines.
 fn pipfile_requirements(lock: &str) -> Result<String, String> {
-    let lock: serde_json::Value = serde_json::from_str(lock)
-        .map_err(|e| format!("Pipfile.lock is not JSON: {e}"))?;
+    let lock: serde_json::Value =
+        serde_json::from_str(lock).map_err(|e| format!("Pipfile.lock is not JSON: {e}"))?;
     let packages = lock["default"]
         .as_object()
         .ok_or("Pipfile.lock has no \"default\" packages")?;
@@ -78,9 +77,10 @@ fn pipfile_requirements(lock: &str) -> Result<String, String> {
             return Err(format!("Pipfile.lock names an odd package {name:?}"));
         }
         let pin = package["version"].as_str().unwrap_or_default();
-        let pin_valid = pin
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '=' | '.' | '*' | '+' | '!' | '<' | '>' | '~' | ','));
+        let pin_valid = pin.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '=' | '.' | '*' | '+' | '!' | '<' | '>' | '~' | ',')
+        });
         if !pin_valid {
             return Err(format!("Pipfile.lock pins {name} oddly: {pin:?}"));
         }
@@ -131,10 +131,14 @@ async fn installed() -> Vec<(PathBuf, String)> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let is_interpreter = name == "python3"
-                || name
-                    .strip_prefix("python3.")
-                    .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()));
-            if !is_interpreter || found.iter().any(|(p, _)| p.file_name() == Some(entry.file_name().as_os_str())) {
+                || name.strip_prefix("python3.").is_some_and(|minor| {
+                    !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit())
+                });
+            if !is_interpreter
+                || found
+                    .iter()
+                    .any(|(p, _)| p.file_name() == Some(entry.file_name().as_os_str()))
+            {
                 continue;
             }
             if let Some(version) = version_of(&entry.path()).await {
@@ -150,9 +154,11 @@ async fn version_of(interpreter: &Path) -> Option<String> {
     let output = tokio::process::Command::new(interpreter)
         .arg("--version")
         .env_clear()
-        .envs(crate::runner::runtime::INHERITED_ENV.iter().filter_map(|name| {
-            Some((*name, std::env::var_os(name)?))
-        }))
+        .envs(
+            crate::runner::runtime::INHERITED_ENV
+                .iter()
+                .filter_map(|name| Some((*name, std::env::var_os(name)?))),
+        )
         .output()
         .await
         .ok()?;
@@ -193,7 +199,11 @@ async fn interpreter(wanted: Option<&(String, &'static str)>) -> Result<(PathBuf
 }
 
 impl Python {
-    pub async fn build(&self, build: &mut Build<'_, '_>, plan: &mut BuildPlan) -> Result<(), StepError> {
+    pub async fn build(
+        &self,
+        build: &mut Build<'_, '_>,
+        plan: &mut BuildPlan,
+    ) -> Result<(), StepError> {
         let (python, version) = interpreter(self.wanted.as_ref())
             .await
             .map_err(StepError::Failed)?;
@@ -204,7 +214,11 @@ impl Python {
         let venv = build.release.join(".venv");
         let pip_cache = build.cache.join("pip");
         let pip_cache_arg = pip_cache.to_string_lossy().into_owned();
-        let venv_python = venv.join("bin").join("python").to_string_lossy().into_owned();
+        let venv_python = venv
+            .join("bin")
+            .join("python")
+            .to_string_lossy()
+            .into_owned();
         let quiet = [
             ("PIP_DISABLE_PIP_VERSION_CHECK", "1".to_owned()),
             ("PIP_NO_INPUT", "1".to_owned()),
@@ -221,42 +235,64 @@ impl Python {
                 let file = build.release.join(".keystone").join("requirements.txt");
                 std::fs::create_dir_all(file.parent().expect("a parent"))
                     .and_then(|()| std::fs::write(&file, text))
-                    .map_err(|e| StepError::Failed(format!("cannot write the requirements: {e}")))?;
+                    .map_err(|e| {
+                        StepError::Failed(format!("cannot write the requirements: {e}"))
+                    })?;
                 let file = file.to_string_lossy().into_owned();
                 let wheels_root = build.cache.join("wheels");
                 let wheels = wheels_root.join(digest(&[version.as_bytes(), text.as_bytes()]));
                 if wheels.is_dir() {
                     build
-                        .say("       dependencies unchanged: installing from this app's wheel cache")
+                        .say(
+                            "       dependencies unchanged: installing from this app's wheel cache",
+                        )
                         .await;
                     // Marks it recently used.
                     let _ = filetime_touch(&wheels);
                 } else {
-                    build.say("       downloading and building dependencies").await;
+                    build
+                        .say("       downloading and building dependencies")
+                        .await;
                     let draft = wheels_root.join(format!(".draft-{}", std::process::id()));
                     let _ = std::fs::remove_dir_all(&draft);
                     let draft_arg = draft.to_string_lossy().into_owned();
                     let command = build.command(
                         &python,
                         &[
-                            "-m", "pip", "wheel", "--quiet", "--cache-dir", &pip_cache_arg,
-                            "--wheel-dir", &draft_arg, "-r", &file,
+                            "-m",
+                            "pip",
+                            "wheel",
+                            "--quiet",
+                            "--cache-dir",
+                            &pip_cache_arg,
+                            "--wheel-dir",
+                            &draft_arg,
+                            "-r",
+                            &file,
                         ],
                         plan,
                         &quiet,
                     );
                     build.run(command).await?;
-                    std::fs::rename(&draft, &wheels).map_err(|e| {
-                        StepError::Failed(format!("cannot keep the wheels: {e}"))
-                    })?;
+                    std::fs::rename(&draft, &wheels)
+                        .map_err(|e| StepError::Failed(format!("cannot keep the wheels: {e}")))?;
                     keep_recent(&wheels_root, 3);
                 }
                 let wheels_arg = wheels.to_string_lossy().into_owned();
                 let command = build.command(
                     &python,
                     &[
-                        "-m", "pip", "--python", &venv_python, "install", "--quiet",
-                        "--no-index", "--find-links", &wheels_arg, "-r", &file,
+                        "-m",
+                        "pip",
+                        "--python",
+                        &venv_python,
+                        "install",
+                        "--quiet",
+                        "--no-index",
+                        "--find-links",
+                        &wheels_arg,
+                        "-r",
+                        &file,
                     ],
                     plan,
                     &quiet,
@@ -264,12 +300,21 @@ impl Python {
                 build.run(command).await?;
             }
             Requirements::Project => {
-                build.say("       installing the project (pyproject.toml)").await;
+                build
+                    .say("       installing the project (pyproject.toml)")
+                    .await;
                 let command = build.command(
                     &python,
                     &[
-                        "-m", "pip", "--python", &venv_python, "install", "--quiet",
-                        "--cache-dir", &pip_cache_arg, ".",
+                        "-m",
+                        "pip",
+                        "--python",
+                        &venv_python,
+                        "install",
+                        "--quiet",
+                        "--cache-dir",
+                        &pip_cache_arg,
+                        ".",
                     ],
                     plan,
                     &quiet,
@@ -278,14 +323,23 @@ impl Python {
             }
         }
         plan.path.insert(0, venv.join("bin"));
-        plan.env.push(("VIRTUAL_ENV".to_owned(), venv.to_string_lossy().into_owned()));
-        plan.env.push(("PYTHONUNBUFFERED".to_owned(), "1".to_owned()));
+        plan.env.push((
+            "VIRTUAL_ENV".to_owned(),
+            venv.to_string_lossy().into_owned(),
+        ));
+        plan.env
+            .push(("PYTHONUNBUFFERED".to_owned(), "1".to_owned()));
         self.django(build, plan, &venv_python).await
     }
 
     /// `collectstatic` when the app is a Django project with a `STATIC_ROOT`; a default
     /// `web` when gunicorn is installed.
-    async fn django(&self, build: &mut Build<'_, '_>, plan: &mut BuildPlan, venv_python: &str) -> Result<(), StepError> {
+    async fn django(
+        &self,
+        build: &mut Build<'_, '_>,
+        plan: &mut BuildPlan,
+        venv_python: &str,
+    ) -> Result<(), StepError> {
         if !build.release.join("manage.py").is_file() {
             return Ok(());
         }
@@ -361,8 +415,15 @@ mod tests {
         assert!(detect(dir.path()).unwrap().is_none());
         std::fs::write(dir.path().join("pyproject.toml"), "[tool.black]\n").unwrap();
         assert!(detect(dir.path()).unwrap().is_none(), "not pip-installable");
-        std::fs::write(dir.path().join("pyproject.toml"), "[project]\nname = \"x\"\n").unwrap();
-        assert_eq!(detect(dir.path()).unwrap().unwrap().requirements, Requirements::Project);
+        std::fs::write(
+            dir.path().join("pyproject.toml"),
+            "[project]\nname = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            detect(dir.path()).unwrap().unwrap().requirements,
+            Requirements::Project
+        );
         std::fs::write(
             dir.path().join("Pipfile.lock"),
             r#"{"default": {"flask": {"version": "==3.0.0"}, "gunicorn": {"version": "==21.2.0"}}}"#,
@@ -375,11 +436,21 @@ mod tests {
         std::fs::write(dir.path().join("requirements.txt"), "flask\n").unwrap();
         std::fs::write(dir.path().join("runtime.txt"), "python-3.11.7\n").unwrap();
         let python = detect(dir.path()).unwrap().unwrap();
-        assert_eq!(python.requirements, Requirements::File("flask\n".to_owned()));
+        assert_eq!(
+            python.requirements,
+            Requirements::File("flask\n".to_owned())
+        );
         assert_eq!(python.wanted, Some(("3.11.7".to_owned(), "runtime.txt")));
         std::fs::write(dir.path().join(".python-version"), "3.12\n").unwrap();
-        assert_eq!(detect(dir.path()).unwrap().unwrap().wanted, Some(("3.12".to_owned(), ".python-version")));
-        std::fs::write(dir.path().join("Pipfile.lock"), r#"{"default": {"x; rm -rf /": {}}}"#).unwrap();
+        assert_eq!(
+            detect(dir.path()).unwrap().unwrap().wanted,
+            Some(("3.12".to_owned(), ".python-version"))
+        );
+        std::fs::write(
+            dir.path().join("Pipfile.lock"),
+            r#"{"default": {"x; rm -rf /": {}}}"#,
+        )
+        .unwrap();
         std::fs::remove_file(dir.path().join("requirements.txt")).unwrap();
         assert!(detect(dir.path()).is_err());
     }
@@ -399,7 +470,10 @@ mod tests {
         let error = interpreter(Some(&("2.6".to_owned(), ".python-version")))
             .await
             .unwrap_err();
-        assert!(error.contains(".python-version asks for Python 2.6"), "{error}");
+        assert!(
+            error.contains(".python-version asks for Python 2.6"),
+            "{error}"
+        );
         assert!(error.contains("it has"), "{error}");
     }
 }

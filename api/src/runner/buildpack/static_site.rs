@@ -34,7 +34,11 @@ impl StaticSite {
         let keystone = std::env::current_exe()
             .map_err(|e| format!("cannot find the keystone binary to serve the site: {e}"))?;
         let quote = |path: &Path| format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"));
-        plan.web = Some(format!("exec {} static {}", quote(&keystone), quote(&self.root)));
+        plan.web = Some(format!(
+            "exec {} static {}",
+            quote(&keystone),
+            quote(&self.root)
+        ));
         Ok(())
     }
 }
@@ -52,7 +56,10 @@ mod tests {
         let site = detect(dir.path()).unwrap();
         assert_eq!(site.root_name(), "public/");
         std::fs::write(dir.path().join("index.html"), "<h1>hi</h1>").unwrap();
-        assert_eq!(detect(dir.path()).unwrap().root_name(), "the repository's root");
+        assert_eq!(
+            detect(dir.path()).unwrap().root_name(),
+            "the repository's root"
+        );
         let mut plan = BuildPlan::default();
         site.plan(&mut plan).unwrap();
         assert!(plan.web.unwrap().contains(" static '"));
