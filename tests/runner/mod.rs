@@ -3,6 +3,7 @@
 //! what the runner's tests share (the git server, the runner process, deploying and
 //! waiting); each submodule is one concern.
 
+mod data_plane;
 mod docker;
 mod lifecycle;
 mod protocol;
@@ -168,6 +169,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = (VERSION + os.environ.get("GREETING", "")).encode()
         if self.path == "/env":
             body = " ".join(sorted(os.environ)).encode()
+        if self.path == "/headers":
+            body = "\n".join(f"{k.lower()}={v}" for k, v in self.headers.items()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
