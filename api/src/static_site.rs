@@ -2,6 +2,8 @@
 //! with an `index.html` and no other stack, see [`crate::runner::buildpack`]). It serves the
 //! directory on `$PORT` (on loopback: the proxy is in front), an `index.html` for a
 //! directory, never a file outside it, with the content type of each file's extension.
+//! Hidden files and directories (a name starting with `.`: `.env`, `.git`, Keystone's own
+//! `.keystone`) are never served.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +38,9 @@ pub async fn serve(args: StaticArgs) -> anyhow::Result<()> {
         args.dir.display()
     );
     let files = ServeDir::new(&args.dir).append_index_html_on_directories(true);
-    let app = axum::Router::new().fallback_service(files);
+    let app = axum::Router::new()
+        .fallback_service(files)
+        .layer(axum::middleware::from_fn(no_hidden_files));
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
@@ -45,4 +49,21 @@ pub async fn serve(args: StaticArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(crate::shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// 404 for a path with a hidden component.
+async fn no_hidden_files(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let hidden = request
+        .uri()
+        .path()
+        .split('/')
+        .any(|part| part.starts_with('.') || part.to_ascii_lowercase().starts_with("%2e"));
+    if hidden {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    }
+    next.run(request).await
 }

@@ -82,8 +82,12 @@ fn proxy_pid(work: &Path) -> i32 {
 
 fn running(pid: i32) -> bool {
     // A zombie (reaped by nobody yet) has stopped serving.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z'))
+    })
 }
 
 async fn apps_keep_serving_while_the_runner_is_down(backend: Backend) {
@@ -123,7 +127,10 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
     let load = Load::start(port);
     runner.kill().await;
     let (sent, failed) = load.run_for(Duration::from_secs(10)).await;
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed while the runner was down");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed while the runner was down"
+    );
     assert!(sent > 50, "the load ran: {sent} requests");
 
     // Started again, the runner re-adopts the app, and a redeploy switches without a gap.
@@ -137,7 +144,10 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
     })
     .await;
     let (sent, failed) = load.finish().await;
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed during the redeploy");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the redeploy"
+    );
     let removed = server
         .graphql(
             "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
@@ -207,22 +217,31 @@ async fn a_new_proxy_takes_over_and_a_killed_one_comes_back(backend: Backend) {
         )
         .spawn()
         .expect("keystone proxy");
-    eventually("the new proxy to take over", Duration::from_secs(20), || async {
-        std::fs::read_to_string(work.join("proxy/proxy.pid"))
-            .is_ok_and(|pid| pid.trim() == newer.id().to_string())
-    })
+    eventually(
+        "the new proxy to take over",
+        Duration::from_secs(20),
+        || async {
+            std::fs::read_to_string(work.join("proxy/proxy.pid"))
+                .is_ok_and(|pid| pid.trim() == newer.id().to_string())
+        },
+    )
     .await;
     eventually("the old proxy to exit", Duration::from_secs(40), || async {
         !running(old)
     })
     .await;
     let before = Instant::now();
-    eventually("requests through the new proxy", Duration::from_secs(10), || async {
-        answer(port).await.is_ok() && before.elapsed() > Duration::from_millis(500)
-    })
+    eventually(
+        "requests through the new proxy",
+        Duration::from_secs(10),
+        || async { answer(port).await.is_ok() && before.elapsed() > Duration::from_millis(500) },
+    )
     .await;
     let (sent, failed) = load.finish().await;
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed during the handover");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the handover"
+    );
 
     // kill -9: the port closes until the runner (its reconciliation, every second here)
     // starts a proxy again, which reopens it from the saved routes.
@@ -234,9 +253,11 @@ async fn a_new_proxy_takes_over_and_a_killed_one_comes_back(backend: Backend) {
         load.failed() > 0
     })
     .await;
-    eventually("the app to answer again", Duration::from_secs(30), || async {
-        answer(port).await.is_ok()
-    })
+    eventually(
+        "the app to answer again",
+        Duration::from_secs(30),
+        || async { answer(port).await.is_ok() },
+    )
     .await;
     let gap = killed.elapsed();
     let (sent, failed) = load.finish().await;
@@ -244,7 +265,11 @@ async fn a_new_proxy_takes_over_and_a_killed_one_comes_back(backend: Backend) {
         "proxy killed: {failed} of {sent} requests failed; serving again after {:.1} s",
         gap.as_secs_f64()
     );
-    assert_ne!(proxy_pid(&work), newer.id() as i32, "the runner started another proxy");
+    assert_ne!(
+        proxy_pid(&work),
+        newer.id() as i32,
+        "the runner started another proxy"
+    );
     runner.stop().await;
     stop_proxy(&work);
     server.stop().await;
@@ -257,7 +282,11 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let read = stream.read(&mut byte).await.expect("read");
-        assert!(read > 0, "the connection closed: {}", String::from_utf8_lossy(&head));
+        assert!(
+            read > 0,
+            "the connection closed: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
@@ -312,7 +341,9 @@ async fn each_request_is_routed_by_its_own_host(backend: Backend) {
     }
 
     // One kept-alive connection, one request for each app, in turn: each reaches its own.
-    let mut connection = TcpStream::connect(("127.0.0.1", router)).await.expect("connect");
+    let mut connection = TcpStream::connect(("127.0.0.1", router))
+        .await
+        .expect("connect");
     for (host, version) in [(&hosts[0], "one"), (&hosts[1], "two"), (&hosts[0], "one")] {
         connection
             .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nCookie: s=1\r\n\r\n").as_bytes())
@@ -320,14 +351,20 @@ async fn each_request_is_routed_by_its_own_host(backend: Backend) {
             .expect("write");
         let (status, text) = read_response(&mut connection).await;
         assert_eq!(status, 200, "{text}");
-        assert!(text.ends_with(version), "{host} on a kept-alive connection: {text}");
+        assert!(
+            text.ends_with(version),
+            "{host} on a kept-alive connection: {text}"
+        );
     }
 
     // The app is told who asked, and under which name.
     connection
         .write_all(
-            format!("GET /headers HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n", hosts[1])
-                .as_bytes(),
+            format!(
+                "GET /headers HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+                hosts[1]
+            )
+            .as_bytes(),
         )
         .await
         .expect("write");
@@ -339,16 +376,24 @@ async fn each_request_is_routed_by_its_own_host(backend: Backend) {
         format!("x-forwarded-host={}", hosts[1]),
         format!("host={}", hosts[1]),
     ] {
-        assert!(text.to_lowercase().contains(&expected), "{expected} in {text}");
+        assert!(
+            text.to_lowercase().contains(&expected),
+            "{expected} in {text}"
+        );
     }
 
     // Two Host headers, or a malformed one, are refused.
     for head in [
-        format!("GET / HTTP/1.1\r\nHost: {}\r\nHost: {}\r\n\r\n", hosts[0], hosts[1]),
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nHost: {}\r\n\r\n",
+            hosts[0], hosts[1]
+        ),
         "GET / HTTP/1.1\r\nHost: bad host!\r\n\r\n".to_owned(),
         "GET / HTTP/1.1\r\n\r\n".to_owned(),
     ] {
-        let mut fresh = TcpStream::connect(("127.0.0.1", router)).await.expect("connect");
+        let mut fresh = TcpStream::connect(("127.0.0.1", router))
+            .await
+            .expect("connect");
         fresh.write_all(head.as_bytes()).await.expect("write");
         let (status, text) = read_response(&mut fresh).await;
         assert_eq!(status, 400, "{head:?}: {text}");

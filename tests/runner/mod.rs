@@ -7,6 +7,7 @@ mod data_plane;
 mod docker;
 mod lifecycle;
 mod protocol;
+mod stacks;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
