@@ -165,15 +165,6 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
     db.cleanup().await;
 }
 
-/// Stops the proxy of `work` (it outlives the runner by design).
-fn stop_proxy(work: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(work.join("proxy/proxy.pid")) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", pid.trim()])
-            .status();
-    }
-}
-
 /// A second `keystone proxy` on the same directory takes the listening sockets over from the
 /// running one while clients request back to back: not one request fails. Then the proxy is
 /// killed: requests fail until the runner starts it again with its saved routes (the

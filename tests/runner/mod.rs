@@ -4,8 +4,10 @@
 //! waiting); each submodule is one concern.
 
 mod data_plane;
+mod desired_state;
 mod docker;
 mod lifecycle;
+mod logs;
 mod protocol;
 mod stacks;
 
@@ -539,4 +541,13 @@ async fn answer_as(router: u16, host: &str) -> Option<(u16, String)> {
         .ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?.trim().to_owned()))
+}
+
+/// Stops the proxy of `work` (it outlives the runner by design).
+fn stop_proxy(work: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(work.join("proxy/proxy.pid")) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", pid.trim()])
+            .status();
+    }
 }

@@ -77,11 +77,7 @@ impl Setup {
 
     async fn stop(self) {
         self.runner.stop().await;
-        if let Ok(pid) = std::fs::read_to_string(self.work.join("proxy/proxy.pid")) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", pid.trim()])
-                .status();
-        }
+        stop_proxy(&self.work);
         self.server.stop().await;
         self.db.cleanup().await;
     }
