@@ -10,7 +10,11 @@
 //!    longest interval in which no request succeeded, and how many failed;
 //! 3. measures the baseline in the same run: the same two versions restarted in place on
 //!    one port (stop v1, start v2: what Piku does, and Dokku with raw host ports), with the
-//!    same client; and prints the ratio.
+//!    same client; and prints the ratio;
+//! 4. deploys a Flask app (gunicorn, from PyPI) and an Express app (from npm) as pushed,
+//!    then deploys each again without a change: the redeploy finds its dependencies in the
+//!    app's caches. Prints both times and their ratio (`--no-stacks` skips this part, which
+//!    needs the package registries).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -44,6 +48,103 @@ pub struct DeployBenchArgs {
     /// Redeploys measured (the longest gap over all is reported).
     #[arg(long, default_value_t = 3)]
     pub redeploys: u32,
+    /// Skip the Flask and Express apps (they download from PyPI and npm).
+    #[arg(long)]
+    pub no_stacks: bool,
+}
+
+const FLASK_APP: &str = "from flask import Flask\napp = Flask(__name__)\n\n@app.route(\"/\")\ndef index():\n    return \"flask\"\n";
+const EXPRESS_PACKAGE: &str = r#"{"name": "bench-express", "version": "1.0.0", "private": true, "scripts": {"start": "node server.js"}, "dependencies": {"express": "^4.21.0"}}"#;
+const EXPRESS_SERVER: &str = "const app = require('express')();\napp.get('/', (req, res) => res.send('express'));\napp.listen(Number(process.env.PORT), '127.0.0.1');\n";
+
+/// A repository served by the bench's git daemon, and a work tree to push to it from.
+struct Repo {
+    work: std::path::PathBuf,
+}
+
+impl Repo {
+    async fn create(root: &Path, name: &str) -> anyhow::Result<Self> {
+        let bare = root.join("git").join(format!("{name}.git"));
+        std::fs::create_dir_all(&bare)?;
+        run_ok(git(&bare).args(["init", "-q", "--bare", "--initial-branch=main"])).await?;
+        let work = root.join("src").join(name);
+        std::fs::create_dir_all(&work)?;
+        run_ok(git(&work).args(["init", "-q", "--initial-branch=main"])).await?;
+        run_ok(git(&work).args(["remote", "add", "origin"]).arg(&bare)).await?;
+        Ok(Self { work })
+    }
+
+    async fn push(&self, files: &[(&str, &str)], message: &str) -> anyhow::Result<()> {
+        for (name, text) in files {
+            std::fs::write(self.work.join(name), text)?;
+        }
+        run_ok(git(&self.work).args(["add", "-A"])).await?;
+        run_ok(git(&self.work).args(["commit", "-q", "--allow-empty", "-m", message])).await?;
+        run_ok(git(&self.work).args(["push", "-q", "origin", "main"])).await?;
+        Ok(())
+    }
+}
+
+/// Creates a HOST app named `name` from `git://127.0.0.1:<git_port>/<name>.git`.
+async fn create_app(admin: &Client, git_port: u16, name: &str, access: &str) -> anyhow::Result<String> {
+    let body: Value = admin
+        .call(
+            "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
+            json!({ "n": name, "u": format!("git://127.0.0.1:{git_port}/{name}.git") }),
+        )
+        .await?;
+    let repository = body["createRepository"]["repository"]["id"].clone();
+    let body: Value = admin
+        .call(
+            &format!("mutation($n: String!, $r: ID!) {{ createApp(input: {{ name: $n, repositoryId: $r, accessMode: {access} }}) {{ app {{ id }} }} }}"),
+            json!({ "n": name, "r": repository }),
+        )
+        .await?;
+    Ok(body["createApp"]["app"]["id"]
+        .as_str()
+        .context("app id")?
+        .to_owned())
+}
+
+/// A Flask and an Express app: first deployment, then a redeploy without a change.
+async fn measure_stacks(admin: &Client, root: &Path, git_port: u16) -> anyhow::Result<()> {
+    let flask = Repo::create(root, "flask").await?;
+    flask
+        .push(
+            &[
+                ("app.py", FLASK_APP),
+                ("requirements.txt", "flask\ngunicorn\n"),
+                ("Procfile", "web: gunicorn app:app --bind 127.0.0.1:$PORT --workers 1\n"),
+            ],
+            "flask",
+        )
+        .await?;
+    let express = Repo::create(root, "express").await?;
+    std::fs::write(express.work.join("package.json"), EXPRESS_PACKAGE)?;
+    run_ok(
+        Command::new("npm")
+            .args(["install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(&express.work),
+    )
+    .await
+    .context("npm, to write the Express app's lockfile")?;
+    express
+        .push(&[("server.js", EXPRESS_SERVER)], "express")
+        .await?;
+    println!();
+    println!("Stacks as pushed: first deployment, then a redeploy without a change:");
+    for name in ["flask", "express"] {
+        let app = create_app(admin, git_port, name, "HOST").await?;
+        let first: Duration = deploy(admin, &app).await?.iter().map(|(_, d)| *d).sum();
+        let again: Duration = deploy(admin, &app).await?.iter().map(|(_, d)| *d).sum();
+        println!(
+            "  {name:<8} first {:>7.3} s   no-change redeploy {:>7.3} s   ratio {:.3}",
+            first.as_secs_f64(),
+            again.as_secs_f64(),
+            again.as_secs_f64() / first.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -224,14 +325,8 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
     .await?;
     std::fs::write(root.join("runner.token"), runner_token)?;
     // The repository.
-    let bare = root.join("git/app.git");
-    std::fs::create_dir_all(&bare)?;
-    run_ok(git(&bare).args(["init", "-q", "--bare", "--initial-branch=main"])).await?;
-    let work = root.join("src");
-    std::fs::create_dir_all(&work)?;
-    run_ok(git(&work).args(["init", "-q", "--initial-branch=main"])).await?;
-    run_ok(git(&work).args(["remote", "add", "origin"]).arg(&bare)).await?;
-    push(&work, "v1").await?;
+    let sample = Repo::create(root, "sample").await?;
+    push(&sample.work, "v1").await?;
     let git_port = free_port()?;
     // `git-daemon` itself: `git daemon` runs it as a child of its own, which killing `git`
     // would leave running.
@@ -262,29 +357,15 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
             "1",
             "--min-free-mib",
             "1",
+            "--host-bind",
+            "127.0.0.1:0",
         ])
         .current_dir(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let body: Value = admin
-        .call(
-            "mutation($u: String!) { createRepository(input: { name: \"bench\", gitUrl: $u }) { repository { id } } }",
-            json!({ "u": format!("git://127.0.0.1:{git_port}/app.git") }),
-        )
-        .await?;
-    let repository = body["createRepository"]["repository"]["id"].clone();
-    let body: Value = admin
-        .call(
-            "mutation($r: ID!) { createApp(input: { name: \"bench\", repositoryId: $r }) { app { id } } }",
-            json!({ "r": repository }),
-        )
-        .await?;
-    let app = body["createApp"]["app"]["id"]
-        .as_str()
-        .context("app id")?
-        .to_owned();
+    let app = create_app(&admin, git_port, "sample", "PORT").await?;
 
     let first = deploy(&admin, &app).await?;
     println!("First deployment of the sample app (process runtime), per stage:");
@@ -298,7 +379,7 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
     let mut keystone_failed = 0;
     for round in 0..args.redeploys {
         let version = format!("v{}", round + 2);
-        push(&work, &version).await?;
+        push(&sample.work, &version).await?;
         let (gap, failed) =
             measure_gap(port, async { deploy(&admin, &app).await.map(|_| ()) }).await?;
         keystone_gap = keystone_gap.max(gap);
@@ -371,6 +452,9 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
             "  ratio keystone / baseline: {:.3}",
             keystone_gap.as_secs_f64() / baseline_gap.as_secs_f64()
         );
+    }
+    if !args.no_stacks {
+        measure_stacks(&admin, root, git_port).await?;
     }
     Ok(())
 }
