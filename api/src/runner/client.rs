@@ -1,15 +1,79 @@
 //! The runner's only way to the server: GraphQL over HTTP with a `runner` token. Each
-//! operation is a `.graphql` document in `operations/` (a test validates them against the
-//! schema), sent with its variables; the response's `data` is deserialized into the type the
-//! caller names.
+//! operation is a `.graphql` document in `operations/`; its variables and response types are
+//! generated from it and `schema.graphql` at compile time (`graphql_client`), so stages,
+//! outcomes, access modes and the fields read are the schema's: a renamed field or value
+//! fails the build, not a deployment. A test also validates the documents against the
+//! schema the server builds.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-/// The operations the runner sends.
+/// The operations the runner sends, and their generated types.
 pub mod operations {
+    use graphql_client::GraphQLQuery;
+
+    /// The schema's `DateTime` scalar.
+    pub type DateTime = chrono::DateTime<chrono::Utc>;
+    /// The schema's `ID` scalar.
+    #[allow(clippy::upper_case_acronyms)]
+    pub type ID = String;
+
+    #[derive(GraphQLQuery)]
+    #[graphql(
+        schema_path = "../schema.graphql",
+        query_path = "src/runner/operations/claim.graphql",
+        response_derives = "Debug, Clone, PartialEq",
+        variables_derives = "Debug, Clone"
+    )]
+    pub struct Claim;
+
+    #[derive(GraphQLQuery)]
+    #[graphql(
+        schema_path = "../schema.graphql",
+        query_path = "src/runner/operations/heartbeat.graphql",
+        response_derives = "Debug, Clone, PartialEq",
+        variables_derives = "Debug, Clone"
+    )]
+    pub struct Heartbeat;
+
+    #[derive(GraphQLQuery)]
+    #[graphql(
+        schema_path = "../schema.graphql",
+        query_path = "src/runner/operations/report.graphql",
+        response_derives = "Debug, Clone, PartialEq",
+        variables_derives = "Debug, Clone"
+    )]
+    pub struct Report;
+
+    #[derive(GraphQLQuery)]
+    #[graphql(
+        schema_path = "../schema.graphql",
+        query_path = "src/runner/operations/append_log.graphql",
+        response_derives = "Debug, Clone, PartialEq",
+        variables_derives = "Debug, Clone"
+    )]
+    pub struct AppendLog;
+
+    #[derive(GraphQLQuery)]
+    #[graphql(
+        schema_path = "../schema.graphql",
+        query_path = "src/runner/operations/runner_apps.graphql",
+        response_derives = "Debug, Clone, PartialEq",
+        variables_derives = "Debug, Clone"
+    )]
+    pub struct RunnerApps;
+
+    #[derive(GraphQLQuery)]
+    #[graphql(
+        schema_path = "../schema.graphql",
+        query_path = "src/runner/operations/runner_signals.graphql",
+        response_derives = "Debug, Clone, PartialEq",
+        variables_derives = "Debug, Clone"
+    )]
+    pub struct RunnerSignals;
+
     pub const CLAIM: &str = include_str!("operations/claim.graphql");
     pub const HEARTBEAT: &str = include_str!("operations/heartbeat.graphql");
     pub const REPORT: &str = include_str!("operations/report.graphql");
@@ -81,6 +145,17 @@ impl Client {
         })
     }
 
+    /// Runs operation `Q` with `variables`; `Ok(data)` when the server reported no error.
+    pub async fn run<Q: graphql_client::GraphQLQuery>(
+        &self,
+        variables: Q::Variables,
+    ) -> Result<Q::ResponseData, ClientError> {
+        let body = Q::build_query(variables);
+        let variables = serde_json::to_value(&body.variables)
+            .map_err(|e| ClientError::Transport(format!("cannot encode variables: {e}")))?;
+        self.call(body.query, variables).await
+    }
+
     /// Runs `document` with `variables`; `Ok(data)` when the server reported no error.
     pub async fn call<T: DeserializeOwned>(
         &self,
@@ -111,5 +186,28 @@ impl Client {
         }
         serde_json::from_value(body["data"].clone())
             .map_err(|e| ClientError::Transport(format!("unexpected response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use graphql_client::GraphQLQuery;
+
+    use super::operations::*;
+
+    /// The text sent is the file's, byte for byte: servers trust the runner's documents by
+    /// the SHA-256 of that text.
+    #[test]
+    fn the_generated_operations_send_the_files() {
+        for (sent, file) in [
+            (Claim::build_query(claim::Variables { public_host: None }).query, CLAIM),
+            (RunnerApps::build_query(runner_apps::Variables).query, RUNNER_APPS),
+            (RunnerSignals::build_query(runner_signals::Variables).query, RUNNER_SIGNALS),
+            (heartbeat::QUERY, HEARTBEAT),
+            (report::QUERY, REPORT),
+            (append_log::QUERY, APPEND_LOG),
+        ] {
+            assert_eq!(sent, file);
+        }
     }
 }

@@ -10,16 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::watch;
 
-use super::client::{Client, operations};
+use super::client::Client;
+use super::client::operations::{Heartbeat, Report, heartbeat, report};
 use super::logs::{self, Delivered, LogSender, Redactor};
 use super::runtime::{Handle, Release};
 use super::state::Instance;
 use super::steps::{StepContext, StepError};
-use super::{ClaimedDeployment, Job, Runner, dns_label, read_procfile, source};
+use super::{ClaimedDeployment, Job, Runner, by_port, dns_label, read_procfile, source};
 
 /// How a deployment ended on this runner.
 pub enum Ending {
@@ -31,7 +30,7 @@ pub enum Ending {
 /// What the heartbeat reports: the stage reached and the commit.
 #[derive(Clone, Default)]
 struct Progress {
-    stage: Option<&'static str>,
+    stage: Option<heartbeat::DeploymentStage>,
     commit_sha: Option<String>,
     image_tag: Option<String>,
 }
@@ -171,23 +170,21 @@ async fn report(
     ending: Ending,
     progress: Progress,
 ) -> &'static str {
-    let (status, summary) = match ending {
-        Ending::Success => ("SUCCESS", None),
-        Ending::Failed(why) => ("FAILED", Some(why)),
-        Ending::Cancelled => ("CANCELLED", None),
+    use report::DeploymentOutcome as Outcome;
+    let (status, outcome, summary) = match ending {
+        Ending::Success => ("SUCCESS", Outcome::SUCCESS, None),
+        Ending::Failed(why) => ("FAILED", Outcome::FAILED, Some(why)),
+        Ending::Cancelled => ("CANCELLED", Outcome::CANCELLED, None),
     };
-    let report = json!({
-        "id": deployment,
-        "status": status,
-        "errorSummary": summary.map(|s| s.chars().take(3900).collect::<String>()),
-        "commitSha": progress.commit_sha,
-        "imageTag": progress.image_tag,
-    });
+    let variables = report::Variables {
+        id: deployment.to_owned(),
+        status: outcome,
+        error_summary: summary.map(|s| s.chars().take(3900).collect::<String>()),
+        commit_sha: progress.commit_sha,
+        image_tag: progress.image_tag,
+    };
     for attempt in 0..5u32 {
-        match client
-            .call::<serde_json::Value>(operations::REPORT, report.clone())
-            .await
-        {
+        match client.run::<Report>(variables.clone()).await {
             Ok(_) => break,
             Err(error) if error.code().is_some() => {
                 tracing::warn!(%error, "the server refused the report");
@@ -236,7 +233,7 @@ impl Deployment<'_, '_> {
         &self.job.app_name
     }
 
-    async fn stage(&self, stage: &'static str, marker: &str) {
+    async fn stage(&self, stage: heartbeat::DeploymentStage, marker: &str) {
         self.progress.send_modify(|p| p.stage = Some(stage));
         self.log().stage(marker).await;
     }
@@ -321,7 +318,7 @@ impl Deployment<'_, '_> {
                 });
             }
         }
-        self.stage("CLONE", "clone").await;
+        self.stage(heartbeat::DeploymentStage::CLONE, "clone").await;
         // A rollback whose release is gone rebuilds the commit it recorded.
         let commit = self
             .job
@@ -374,7 +371,7 @@ impl Deployment<'_, '_> {
 
     /// Builds the release; returns the image built, if any.
     async fn build(&mut self, dir: &Path, build: Option<&str>) -> Result<Option<String>, Ending> {
-        self.stage("BUILD", "build").await;
+        self.stage(heartbeat::DeploymentStage::BUILD, "build").await;
         let commit = self
             .progress
             .borrow()
@@ -414,7 +411,7 @@ impl Deployment<'_, '_> {
         command: &str,
         image: Option<&str>,
     ) -> Result<(), Ending> {
-        self.stage("RELEASE", "release").await;
+        self.stage(heartbeat::DeploymentStage::RELEASE, "release").await;
         let release = Release {
             app: &self.job.app_name,
             deployment: self.id,
@@ -444,7 +441,7 @@ impl Deployment<'_, '_> {
         web: Option<&str>,
         image: Option<&str>,
     ) -> Result<(Handle, SocketAddr), Ending> {
-        self.stage("START", "start").await;
+        self.stage(heartbeat::DeploymentStage::START, "start").await;
         let runtime = &self.runner.runtime;
         if web.is_none() && !runtime.serves_without_web() {
             return Err(Ending::Failed(
@@ -465,11 +462,11 @@ impl Deployment<'_, '_> {
             .start(release, web, image)
             .await
             .map_err(|why| Ending::Failed(format!("start: {why}")))?;
-        self.stage("HEALTH_CHECK", "health check").await;
+        self.stage(heartbeat::DeploymentStage::HEALTH_CHECK, "health check").await;
         let check = self
             .runner
             .args
-            .health(self.job.health_check_path.as_deref());
+            .health(Some(&self.job.health_check_path));
         let healthy = tokio::select! {
             result = super::health::wait_healthy(&check, upstream, runtime.as_ref(), &handle) => result,
             () = wait_for(&mut self.context.cancel) => Err(String::new()),
@@ -499,7 +496,7 @@ impl Deployment<'_, '_> {
         upstream: SocketAddr,
         image: Option<String>,
     ) -> Result<(), Ending> {
-        self.stage("SWITCH", "switch").await;
+        self.stage(heartbeat::DeploymentStage::SWITCH, "switch").await;
         let job = self.job;
         let instance = Instance {
             app_name: job.app_name.clone(),
@@ -509,8 +506,11 @@ impl Deployment<'_, '_> {
             image,
             upstream: Some(upstream),
             private_port: upstream.port(),
-            public_port: job.port.filter(|_| job.access_mode == "PORT"),
-            host_routed: job.access_mode == "HOST",
+            public_port: job
+                .port
+                .and_then(|port| u16::try_from(port).ok())
+                .filter(|_| by_port(&job.access_mode)),
+            host_routed: !by_port(&job.access_mode),
         };
         if let Err(why) = self.runner.switch(self.app_id, instance).await {
             self.runner
@@ -519,10 +519,9 @@ impl Deployment<'_, '_> {
                 .await;
             return Err(Ending::Failed(why));
         }
-        let serving = match job.port.filter(|_| job.access_mode == "PORT") {
+        let serving = match job.port.filter(|_| by_port(&job.access_mode)) {
             Some(port) => format!("serving on port {port}"),
-            None if job.access_mode == "HOST" => format!("serving as {}", job.app_name),
-            None => format!("serving on {upstream}"),
+            None => format!("serving as {}", job.app_name),
         };
         self.log().line(serving).await;
         Ok(())
@@ -589,16 +588,6 @@ async fn heartbeat(
     progress: watch::Receiver<Progress>,
     cancel: watch::Sender<bool>,
 ) {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Data {
-        heartbeat_deployment: Beat,
-    }
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Beat {
-        cancel_requested: bool,
-    }
     let lease = (lease_expires_at - chrono::Utc::now())
         .to_std()
         .unwrap_or(Duration::from_secs(30));
@@ -606,13 +595,12 @@ async fn heartbeat(
     let mut progress = progress;
     loop {
         let current = progress.borrow_and_update().clone();
-        match client
-            .call::<Data>(
-                operations::HEARTBEAT,
-                json!({ "id": deployment, "stage": current.stage, "commitSha": current.commit_sha }),
-            )
-            .await
-        {
+        let variables = heartbeat::Variables {
+            id: deployment.clone(),
+            stage: current.stage,
+            commit_sha: current.commit_sha,
+        };
+        match client.run::<Heartbeat>(variables).await {
             Ok(data) => {
                 if data.heartbeat_deployment.cancel_requested {
                     let _ = cancel.send(true);

@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::client::{Client, operations};
+use super::client::Client;
+use super::client::operations::{AppendLog, append_log};
 
 /// The most a batch carries (the server takes up to 64 KiB).
 pub const BATCH_BYTES: usize = 32 * 1024;
@@ -302,25 +302,14 @@ enum Outcome {
 /// Sends `chunk` as number `sequence`, retrying while the server cannot be reached (growing
 /// pauses up to 30 s).
 async fn deliver(client: &Client, deployment: &str, chunk: &str, sequence: i64) -> Outcome {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Data {
-        append_deployment_log: Appended,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Appended {
-        log_full: bool,
-    }
+    let variables = append_log::Variables {
+        id: deployment.to_owned(),
+        chunk: chunk.to_owned(),
+        sequence: Some(sequence),
+    };
     let mut pause = Duration::from_millis(200);
     loop {
-        match client
-            .call::<Data>(
-                operations::APPEND_LOG,
-                json!({ "id": deployment, "chunk": chunk, "sequence": sequence }),
-            )
-            .await
-        {
+        match client.run::<AppendLog>(variables.clone()).await {
             Ok(data) => {
                 return Outcome::Applied {
                     full: data.append_deployment_log.log_full,

@@ -39,11 +39,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::Semaphore;
 
-use self::client::{Client, ClientError, operations};
+use self::client::operations::{Claim, claim};
+use self::client::{Client, ClientError};
 use self::health::HealthCheck;
 use self::logs::Spooling;
 use self::routing::{ProxySettings, Routing};
@@ -301,58 +300,13 @@ fn lock_work_dir(work: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClaimData {
-    claim_deployment: Claimed,
-}
+/// A claimed deployment, and its job (the server's types).
+type ClaimedDeployment = claim::ClaimClaimDeploymentDeployment;
+type Job = claim::ClaimClaimDeploymentJob;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Claimed {
-    deployment: Option<ClaimedDeployment>,
-    job: Option<Job>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClaimedDeployment {
-    id: String,
-    database_id: i64,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Job {
-    repository_url: String,
-    branch: String,
-    app_name: String,
-    app_database_id: i64,
-    access_mode: String,
-    port: Option<u16>,
-    attempt: i32,
-    log_sequence: i64,
-    #[serde(default)]
-    health_check_path: Option<String>,
-    lease_expires_at: chrono::DateTime<chrono::Utc>,
-    rollback_from: Option<RollbackFrom>,
-    #[serde(default)]
-    env: Vec<EnvVar>,
-}
-
-/// A config var, as the server hands it to the runner.
-#[derive(Clone, Deserialize)]
-pub(crate) struct EnvVar {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RollbackFrom {
-    deployment_database_id: i64,
-    image_tag: String,
-    commit_sha: Option<String>,
+/// Whether the job's app is reached by port (else by host name).
+fn by_port(access: &claim::AccessMode) -> bool {
+    matches!(access, claim::AccessMode::PORT)
 }
 
 async fn claim_loop(runner: Arc<Runner>, slots: Arc<Semaphore>) {
@@ -361,15 +315,13 @@ async fn claim_loop(runner: Arc<Runner>, slots: Arc<Semaphore>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let claim = json!({ "publicHost": runner.args.public_host });
-        match runner
-            .client
-            .call::<ClaimData>(operations::CLAIM, claim)
-            .await
-        {
-            Ok(ClaimData {
+        let claim = claim::Variables {
+            public_host: runner.args.public_host.clone(),
+        };
+        match runner.client.run::<Claim>(claim).await {
+            Ok(claim::ResponseData {
                 claim_deployment:
-                    Claimed {
+                    claim::ClaimClaimDeployment {
                         deployment: Some(deployment),
                         job: Some(job),
                     },

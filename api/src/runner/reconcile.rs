@@ -22,40 +22,21 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
-
 use super::Runner;
-use super::client::{ClientError, operations};
+use super::client::ClientError;
+use super::client::operations::{RunnerApps, runner_apps};
 use super::health;
 use super::runtime::Release;
 use super::state::Instance;
 use crate::proxy::routes::RouteKey;
 
-#[derive(Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlacedApp {
-    pub database_id: i64,
-    pub name: String,
-    pub access_mode: String,
-    pub port: Option<u16>,
-    pub status: String,
-    pub current_deployment_database_id: Option<i64>,
-    #[serde(default)]
-    pub env: Vec<super::EnvVar>,
-    #[serde(default)]
-    pub health_check_path: Option<String>,
-}
+/// An app placed on this runner, as the server lists it.
+pub type PlacedApp = runner_apps::RunnerAppsRunnerApps;
 
 pub async fn placed(runner: &Runner) -> Result<Vec<PlacedApp>, ClientError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Data {
-        runner_apps: Vec<PlacedApp>,
-    }
-    let data: Data = runner
+    let data = runner
         .client
-        .call(operations::RUNNER_APPS, json!({}))
+        .run::<RunnerApps>(runner_apps::Variables)
         .await?;
     Ok(data.runner_apps)
 }
@@ -131,7 +112,7 @@ pub async fn pass(runner: &Arc<Runner>) {
             .find(|(id, _)| *id == app.database_id)
             .map(|(_, i)| i.clone());
         match instance {
-            Some(_) if app.status == "STOPPED" => {
+            Some(_) if app.status == runner_apps::AppStatus::STOPPED => {
                 tracing::info!(app = %app.name, "stopping");
                 stop_app(runner, app.database_id).await;
             }
@@ -140,7 +121,7 @@ pub async fn pass(runner: &Arc<Runner>) {
             }
             // It ran here and died (a reboot): the same release starts again.
             Some(instance) => spawn_restart(runner, app, Some(instance.deployment)),
-            None if app.status == "RUNNING" => {
+            None if app.status == runner_apps::AppStatus::RUNNING => {
                 spawn_restart(runner, app, app.current_deployment_database_id);
             }
             None => {}
@@ -297,7 +278,7 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp, deployment: i64) {
             return;
         }
     };
-    let check = runner.args.health(app.health_check_path.as_deref());
+    let check = runner.args.health(Some(&app.health_check_path));
     if let Err(why) = health::wait_healthy(&check, upstream, runner.runtime.as_ref(), &handle).await
     {
         tracing::warn!(app = %app.name, %why, "the restarted instance is not healthy");
@@ -312,8 +293,11 @@ async fn restart(runner: &Arc<Runner>, app: &PlacedApp, deployment: i64) {
         image,
         upstream: Some(upstream),
         private_port: upstream.port(),
-        public_port: app.port.filter(|_| app.access_mode == "PORT"),
-        host_routed: app.access_mode == "HOST",
+        public_port: app
+            .port
+            .and_then(|port| u16::try_from(port).ok())
+            .filter(|_| matches!(app.access_mode, runner_apps::AccessMode::PORT)),
+        host_routed: matches!(app.access_mode, runner_apps::AccessMode::HOST),
     };
     match runner.switch(app.database_id, instance).await {
         Ok(()) => tracing::info!(app = %app.name, deployment, "started the release again"),

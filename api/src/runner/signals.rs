@@ -13,7 +13,10 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::client::{Client, operations};
+use graphql_client::GraphQLQuery;
+
+use super::client::Client;
+use super::client::operations::{RunnerSignals, runner_signals};
 
 /// Keeps a subscription open for as long as the runner runs, notifying `wake` on each signal.
 pub async fn watch(client: Client, wake: Arc<Notify>) {
@@ -54,7 +57,7 @@ async fn subscribe(client: &Client, wake: &Notify) -> Result<(), String> {
         .send(send(json!({
             "id": "signals",
             "type": "subscribe",
-            "payload": { "query": operations::RUNNER_SIGNALS },
+            "payload": { "query": RunnerSignals::build_query(runner_signals::Variables).query },
         })))
         .await
         .map_err(|e| e.to_string())?;
@@ -66,7 +69,13 @@ async fn subscribe(client: &Client, wake: &Notify) -> Result<(), String> {
         };
         let message: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         match message["type"].as_str() {
-            Some("next") if message["payload"]["errors"].is_null() => wake.notify_one(),
+            Some("next") if message["payload"]["errors"].is_null() => {
+                let signal: runner_signals::ResponseData =
+                    serde_json::from_value(message["payload"]["data"].clone())
+                        .map_err(|e| format!("an unexpected signal: {e}"))?;
+                tracing::debug!(reason = ?signal.runner_signals.reason, "signal from the server");
+                wake.notify_one();
+            }
             Some("next") => return Err(format!("refused: {}", message["payload"]["errors"])),
             Some("ping") => socket
                 .send(send(json!({ "type": "pong" })))
