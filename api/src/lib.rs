@@ -36,6 +36,18 @@ use crate::domain::events::EventBus;
 use crate::domain::runs::{self, RunnerPolicy};
 use crate::graphql::guardrails::{Admission, RateLimit};
 
+/// Makes ring's primitives the process's TLS provider (rustls is built without a default
+/// one, so that only ring is compiled); idempotent.
+///
+/// rustls 0.23.48 deprecates its ring provider because it has no post-quantum key exchange;
+/// the alternative, aws-lc-rs, needs CMake and a large C build on every machine that builds
+/// Keystone. ring's classical X25519 is what the runner's connection to its own server needs
+/// today; revisit when rustls drops ring.
+#[allow(deprecated)]
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -34,6 +34,7 @@ fn return_freed_memory_sooner() {
 
 fn main() -> ExitCode {
     return_freed_memory_sooner();
+    api::install_tls_provider();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     // Default: one worker per core.

@@ -10,6 +10,7 @@ mod lifecycle;
 mod logs;
 mod protocol;
 mod stacks;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -381,6 +382,11 @@ impl RunnerProcess {
         work: &Path,
         extra: &[&str],
     ) -> RunnerProcess {
+        Self::start_at(&server.base_url, token_file, work, extra).await
+    }
+
+    /// A runner of the server at `url`.
+    async fn start_at(url: &str, token_file: &Path, work: &Path, extra: &[&str]) -> RunnerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -388,7 +394,7 @@ impl RunnerProcess {
             .expect("runner log");
         let child = Command::new(env!("CARGO_BIN_EXE_keystone"))
             .arg("runner")
-            .args(["--server", &server.base_url])
+            .args(["--server", url])
             .arg("--token-file")
             .arg(token_file)
             .arg("--work-dir")

@@ -538,6 +538,7 @@ impl Server {
 }
 
 pub fn http() -> reqwest::Client {
+    api::install_tls_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -546,6 +547,7 @@ pub fn http() -> reqwest::Client {
 
 /// An HTTP client that sends `token` as a bearer token on every request.
 pub fn http_as(token: &str) -> reqwest::Client {
+    api::install_tls_provider();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

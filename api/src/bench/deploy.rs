@@ -86,7 +86,12 @@ impl Repo {
 }
 
 /// Creates a HOST app named `name` from `git://127.0.0.1:<git_port>/<name>.git`.
-async fn create_app(admin: &Client, git_port: u16, name: &str, access: &str) -> anyhow::Result<String> {
+async fn create_app(
+    admin: &Client,
+    git_port: u16,
+    name: &str,
+    access: &str,
+) -> anyhow::Result<String> {
     let body: Value = admin
         .call(
             "mutation($n: String!, $u: String!) { createRepository(input: { name: $n, gitUrl: $u }) { repository { id } } }",
@@ -114,7 +119,10 @@ async fn measure_stacks(admin: &Client, root: &Path, git_port: u16) -> anyhow::R
             &[
                 ("app.py", FLASK_APP),
                 ("requirements.txt", "flask\ngunicorn\n"),
-                ("Procfile", "web: gunicorn app:app --bind 127.0.0.1:$PORT --workers 1\n"),
+                (
+                    "Procfile",
+                    "web: gunicorn app:app --bind 127.0.0.1:$PORT --workers 1\n",
+                ),
             ],
             "flask",
         )
@@ -123,7 +131,13 @@ async fn measure_stacks(admin: &Client, root: &Path, git_port: u16) -> anyhow::R
     std::fs::write(express.work.join("package.json"), EXPRESS_PACKAGE)?;
     run_ok(
         Command::new("npm")
-            .args(["install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .args([
+                "install",
+                "--package-lock-only",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+            ])
             .current_dir(&express.work),
     )
     .await
@@ -315,7 +329,11 @@ pub async fn run(args: DeployBenchArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let (_server, base) = start_server(root, port).await?;
     let admin_token = std::fs::read_to_string(root.join("keystone-admin.token"))?;
-    let admin = Client::new(&base, &admin_token)?;
+    let admin = Client::new(
+        &base,
+        &admin_token,
+        crate::runner::client::tls_config(None)?,
+    )?;
     let runner_token = run_ok(
         Command::new(std::env::current_exe()?)
             .args(["token", "create", "--name", "bench", "--role", "runner"])

@@ -5,6 +5,8 @@
 //! fails the build, not a deployment. A test also validates the documents against the
 //! schema the server builds.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -101,13 +103,16 @@ pub enum ClientError {
     /// The server refused the operation (`code` from `extensions.code`).
     #[error("{code}: {message}")]
     Refused { code: String, message: String },
+    /// The certificate authorities to trust cannot be read.
+    #[error("cannot read the certificate authorities {0}")]
+    Tls(String),
 }
 
 impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Refused { code, .. } => Some(code),
-            ClientError::Transport(_) => None,
+            ClientError::Transport(_) | ClientError::Tls(_) => None,
         }
     }
 }
@@ -117,6 +122,39 @@ pub struct Client {
     http: reqwest::Client,
     endpoint: String,
     authorization: String,
+    /// What the WebSocket trusts, as the HTTP client does.
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// The TLS configuration of the runner's connections to the server: the system's
+/// certificate authorities, and those of `ca_file` (PEM) when given (a server behind a
+/// proxy with a private CA).
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(certificate);
+    }
+    if let Some(path) = ca_file {
+        let unreadable =
+            |e: &dyn std::fmt::Display| ClientError::Tls(format!("{}: {e}", path.display()));
+        let mut added = 0;
+        for certificate in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
+            roots
+                .add(certificate.map_err(|e| unreadable(&e))?)
+                .map_err(|e| unreadable(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(unreadable(&"no certificate in it"));
+        }
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 impl Client {
@@ -130,18 +168,30 @@ impl Client {
     pub fn authorization(&self) -> &str {
         &self.authorization
     }
+
+    /// What `wss://` connections to the server trust.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
 }
 
 impl Client {
-    pub fn new(server: &str, token: &str) -> Result<Self, ClientError> {
+    /// A client of `server` sending `token`, trusting `tls` for `https://` and `wss://`.
+    pub fn new(
+        server: &str,
+        token: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(Self {
             http,
             endpoint: format!("{}/graphql", server.trim_end_matches('/')),
             authorization: format!("Bearer {}", token.trim()),
+            tls,
         })
     }
 
@@ -169,7 +219,7 @@ impl Client {
             .json(&json!({ "query": document, "variables": variables }))
             .send()
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| ClientError::Transport(with_causes(&e)))?;
         let status = response.status();
         let body: Value = response
             .json()
@@ -189,6 +239,19 @@ impl Client {
     }
 }
 
+/// `error` and what caused it (reqwest's own message leaves out why a connection failed:
+/// a refused connection, a certificate of an unknown issuer).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use graphql_client::GraphQLQuery;
@@ -200,9 +263,18 @@ mod tests {
     #[test]
     fn the_generated_operations_send_the_files() {
         for (sent, file) in [
-            (Claim::build_query(claim::Variables { public_host: None }).query, CLAIM),
-            (RunnerApps::build_query(runner_apps::Variables).query, RUNNER_APPS),
-            (RunnerSignals::build_query(runner_signals::Variables).query, RUNNER_SIGNALS),
+            (
+                Claim::build_query(claim::Variables { public_host: None }).query,
+                CLAIM,
+            ),
+            (
+                RunnerApps::build_query(runner_apps::Variables).query,
+                RUNNER_APPS,
+            ),
+            (
+                RunnerSignals::build_query(runner_signals::Variables).query,
+                RUNNER_SIGNALS,
+            ),
             (heartbeat::QUERY, HEARTBEAT),
             (report::QUERY, REPORT),
             (append_log::QUERY, APPEND_LOG),

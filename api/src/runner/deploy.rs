@@ -411,7 +411,8 @@ impl Deployment<'_, '_> {
         command: &str,
         image: Option<&str>,
     ) -> Result<(), Ending> {
-        self.stage(heartbeat::DeploymentStage::RELEASE, "release").await;
+        self.stage(heartbeat::DeploymentStage::RELEASE, "release")
+            .await;
         let release = Release {
             app: &self.job.app_name,
             deployment: self.id,
@@ -462,11 +463,9 @@ impl Deployment<'_, '_> {
             .start(release, web, image)
             .await
             .map_err(|why| Ending::Failed(format!("start: {why}")))?;
-        self.stage(heartbeat::DeploymentStage::HEALTH_CHECK, "health check").await;
-        let check = self
-            .runner
-            .args
-            .health(Some(&self.job.health_check_path));
+        self.stage(heartbeat::DeploymentStage::HEALTH_CHECK, "health check")
+            .await;
+        let check = self.runner.args.health(Some(&self.job.health_check_path));
         let healthy = tokio::select! {
             result = super::health::wait_healthy(&check, upstream, runtime.as_ref(), &handle) => result,
             () = wait_for(&mut self.context.cancel) => Err(String::new()),
@@ -496,7 +495,8 @@ impl Deployment<'_, '_> {
         upstream: SocketAddr,
         image: Option<String>,
     ) -> Result<(), Ending> {
-        self.stage(heartbeat::DeploymentStage::SWITCH, "switch").await;
+        self.stage(heartbeat::DeploymentStage::SWITCH, "switch")
+            .await;
         let job = self.job;
         let instance = Instance {
             app_name: job.app_name.clone(),

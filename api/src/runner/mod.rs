@@ -55,9 +55,14 @@ use self::steps::kill_orphaned_step;
 /// `keystone runner` settings.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunnerArgs {
-    /// The Keystone server's base URL.
+    /// The Keystone server's base URL (`https://…` behind a TLS proxy: the token then never
+    /// crosses the network in clear text).
     #[arg(long, env = "KEYSTONE_SERVER", default_value = "http://127.0.0.1:8000")]
     pub server: String,
+    /// A PEM file of certificate authorities to trust besides the system's (a server behind
+    /// a proxy whose certificate a private CA signed).
+    #[arg(long, env = "KEYSTONE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// A file holding a `runner` token (`keystone token create --role runner`).
     #[arg(
         long,
@@ -223,7 +228,22 @@ pub async fn run(args: RunnerArgs) -> Result<(), RunnerError> {
         path: args.token_file.clone(),
         source,
     })?;
-    let client = Client::new(&args.server, &token)?;
+    let tls = client::tls_config(args.ca_file.as_deref())?;
+    let client = Client::new(&args.server, &token, tls)?;
+    if args.server.starts_with("http://")
+        && !url::Url::parse(&args.server)
+            .ok()
+            .and_then(|u| {
+                u.host_str().map(|h| {
+                    h == "localhost"
+                        || h.parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                })
+            })
+            .unwrap_or(false)
+    {
+        tracing::warn!(server = %args.server, "the server is reached in clear text: the runner's token crosses the network unencrypted; use https:// (README, \"Runners on other hosts\")");
+    }
     let work = std::path::absolute(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
     let work_error = |source| RunnerError::WorkDir {
         path: work.clone(),

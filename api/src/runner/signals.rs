@@ -42,9 +42,11 @@ async fn subscribe(client: &Client, wake: &Notify) -> Result<(), String> {
         "sec-websocket-protocol",
         "graphql-transport-ws".parse().map_err(|_| "header")?,
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let connector = tokio_tungstenite::Connector::Rustls(client.tls());
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+            .await
+            .map_err(|e| e.to_string())?;
     let send = |message: Value| Message::Text(message.to_string().into());
     socket
         .send(send(json!({
