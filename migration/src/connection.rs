@@ -86,7 +86,11 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> Result<DatabaseConnectio
 /// Creates an empty database file with mode 0600 if there is none (SQLite itself would
 /// create it world-readable). Errors are left to SQLite to report when it opens the file.
 fn create_private_file(path: &std::path::Path) {
-    let in_memory = path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:");
+    // sqlx names an in-memory database `file:sqlx-in-memory-<n>` (a URI, not a file).
+    let name = path.to_string_lossy();
+    let in_memory = name.is_empty()
+        || name.contains(":memory:")
+        || name.starts_with("file:sqlx-in-memory-");
     if in_memory {
         return;
     }
