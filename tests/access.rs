@@ -354,9 +354,7 @@ fn refusal_errors(message: &Value) -> &Value {
 /// (`FORBIDDEN`, `extensions.field` naming the field), and one that leaves it out by
 /// `@include` runs.
 async fn a_role_reaches_only_its_fields(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let app = server.create_app("reach", "web").await;
     let viewer = server.create_token("viewer", "VIEWER").await;
@@ -422,16 +420,13 @@ async fn a_role_reaches_only_its_fields(backend: Backend) {
         "App.runner",
         "{refusal}"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Role × operation: every query, mutation and subscription is allowed, `FORBIDDEN` or
 /// `UNAUTHENTICATED` exactly as the role model says.
 async fn every_operation_checks_the_role(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("viewer", "VIEWER").await;
     let runner = server.create_token("runner", "RUNNER").await;
@@ -553,14 +548,11 @@ async fn every_operation_checks_the_role(backend: Backend) {
             .await,
         ["made-by-admin"]
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 async fn revoked_expired_and_malformed_tokens_are_rejected(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     // Default token cache: revocation through this server still takes effect at once.
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("soon-revoked", "VIEWER").await;
@@ -636,7 +628,7 @@ async fn revoked_expired_and_malformed_tokens_are_rejected(backend: Backend) {
         .await;
     assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
     assert_eq!(body["errors"][0]["extensions"]["field"], "expiresAt");
-    server.stop().await;
+    server.stop_ok().await;
 
     let server = Server::start(&db, &["--token-cache-ms", "0"])
         .await
@@ -654,16 +646,13 @@ async fn revoked_expired_and_malformed_tokens_are_rejected(backend: Backend) {
             .unwrap_or_default()
             .contains("expired")
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// The first start creates one admin token (owner-only file); `keystone token` creates,
 /// lists (without secrets) and revokes; the table holds hashes only.
 async fn token_commands_and_first_start(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--token-cache-ms", "0"])
         .await
         .expect("server starts");
@@ -780,16 +769,13 @@ async fn token_commands_and_first_start(backend: Backend) {
     assert_eq!(db.count("SELECT COUNT(*) FROM api_token").await, 2);
     let (_, log) = server.stop().await;
     assert!(log.contains("sign in with the token in"), "{log}");
-    db.cleanup().await;
 }
 
 /// A scenario of mutations by several tokens, with refusals and failures: each one is in
 /// the audit trail, newest first, with who, what, which object and the outcome; secrets
 /// are redacted; the table refuses changes.
 async fn audit_trail_records_every_mutation(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("auditor", "VIEWER").await;
     let app = server.create_app("audited", "audited").await;
@@ -930,8 +916,7 @@ async fn audit_trail_records_every_mutation(backend: Backend) {
     }
     conn.close().await.ok();
     assert_eq!(db.count("SELECT COUNT(*) FROM api_audit_event").await, 7);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Counts of the rows a hostile request could have written.
@@ -945,9 +930,7 @@ async fn written(db: &TestDb) -> Vec<i64> {
 
 /// Hostile inputs are refused with a clear error, and no row is written.
 async fn hostile_inputs_are_refused_and_write_nothing(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let app = server.create_app("target", "target").await;
     let before = written(&db).await;
@@ -1095,16 +1078,13 @@ async fn hostile_inputs_are_refused_and_write_nothing(backend: Backend) {
         ["target"],
         "the one repository is the fixture"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// A failure inside the server reaches the client as a generic message with a correlation
 /// id, and the server log has the details under that id.
 async fn internal_errors_are_generic_and_logged(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     server.create_app("doomed", "doomed").await;
     // Break the schema underneath the running server.
@@ -1141,13 +1121,12 @@ async fn internal_errors_are_generic_and_logged(backend: Backend) {
             .any(|l| l.contains(&id) && l.contains("api_deployment")),
         "the log explains {id}:\n{log}"
     );
-    db.cleanup().await;
 }
 
+crate::e2e!(rate_limit_is_per_token);
 /// Each token has its own budget; over it, `RATE_LIMITED` with HTTP 429 and Retry-After.
-#[tokio::test]
 async fn rate_limit_is_per_token() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(
         &db,
         &["--rate-limit-per-second", "1", "--rate-limit-burst", "5"],
@@ -1189,15 +1168,14 @@ async fn rate_limit_is_per_token() {
         .graphql_as(&viewer, "{ viewer { name } }", json!({}))
         .await;
     assert_eq!(status, 200);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(production_switches);
 /// `--no-introspection`, `--no-graphiql`, the CORS allowlist, and the warning for a
 /// non-loopback address.
-#[tokio::test]
 async fn production_switches() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(
         &db,
         &[
@@ -1280,14 +1258,13 @@ async fn production_switches() {
     assert!(bad.is_err_and(|log| log.contains("--cors-origin")));
     let (_, log) = server.stop().await;
     assert!(!log.contains("without TLS"));
-    db.cleanup().await;
 }
 
+crate::e2e!(websocket_operations_are_checked_again_after_revocation);
 /// A token reaches a WebSocket through `connection_init` and keeps working on it; once
 /// revoked, the connection cannot start new operations.
-#[tokio::test]
 async fn websocket_operations_are_checked_again_after_revocation() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("ws-viewer", "VIEWER").await;
     let mut socket = ws_connect(&server, &viewer).await;
@@ -1333,14 +1310,13 @@ async fn websocket_operations_are_checked_again_after_revocation() {
         "{refused}"
     );
     socket.close(None).await.ok();
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(bearer_tokens_over_post_and_get);
 /// The bearer scheme is case-insensitive, and `GET` queries need a token like `POST`.
-#[tokio::test]
 async fn bearer_tokens_over_post_and_get() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let response = http()
         .post(server.url("/graphql"))
@@ -1365,19 +1341,16 @@ async fn bearer_tokens_over_post_and_get() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(Server::data(&body)["viewer"]["name"], "admin");
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(queries_time_out_and_mutations_finish);
 /// A query that does not finish within the timeout is cancelled with `TIMEOUT`; a
 /// mutation is never cut in half: its client gets `TIMEOUT` (outcome unknown) while it runs
 /// on to the end. A lock held on the table by another session makes both wait (PostgreSQL).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_time_out_and_mutations_finish() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let server = Server::start(&db, &["--request-timeout-secs", "1"])
         .await
         .expect("server starts");
@@ -1430,6 +1403,5 @@ async fn queries_time_out_and_mutations_finish() {
     }
     assert_eq!(db.rows("SELECT name FROM api_repository").await, ["slow"]);
     conn.close().await.ok();
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

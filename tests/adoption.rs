@@ -68,8 +68,8 @@ async fn all_rows(db: &TestDb) -> Vec<String> {
     rows
 }
 
-async fn django_database(backend: Backend) -> Option<TestDb> {
-    let db = TestDb::new(backend).await?;
+async fn django_database(backend: Backend) -> TestDb {
+    let db = TestDb::new(backend).await;
     db.load_django_schema().await;
     db.exec(&sample_rows(backend)).await;
     if backend == Backend::Postgres {
@@ -77,7 +77,7 @@ async fn django_database(backend: Backend) -> Option<TestDb> {
         db.exec("SELECT setval(pg_get_serial_sequence('api_repository', 'id'), 99)")
             .await;
     }
-    Some(db)
+    db
 }
 
 /// What an adopted database must do like a fresh one: fill defaults, never reuse ids,
@@ -167,9 +167,7 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
 }
 
 async fn migrate_adopts_django_database(backend: Backend) {
-    let Some(db) = django_database(backend).await else {
-        return;
-    };
+    let db = django_database(backend).await;
     let before = all_rows(&db).await;
     assert_eq!(before.len(), 2 + 5 + 5);
 
@@ -198,13 +196,10 @@ async fn migrate_adopts_django_database(backend: Backend) {
         .await
         .assert_success();
     assert_behaves_like_fresh(&db).await;
-    db.cleanup().await;
 }
 
 async fn serve_adopts_django_database(backend: Backend) {
-    let Some(db) = django_database(backend).await else {
-        return;
-    };
+    let db = django_database(backend).await;
     let before = all_rows(&db).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     assert_eq!(server.ready().await.0, 200);
@@ -216,7 +211,6 @@ async fn serve_adopts_django_database(backend: Backend) {
     );
     assert_eq!(all_rows(&db).await, before);
     assert_behaves_like_fresh(&db).await;
-    db.cleanup().await;
 }
 
 /// Runs `migrate up` and `serve`, expects both to refuse with `expected` in the message,
@@ -248,19 +242,14 @@ async fn assert_refused(db: &TestDb, expected: &[&str]) {
 }
 
 async fn refuses_differing_schema(backend: Backend) {
-    let Some(db) = django_database(backend).await else {
-        return;
-    };
+    let db = django_database(backend).await;
     db.exec("ALTER TABLE api_app ADD COLUMN owner varchar(50) NULL")
         .await;
     assert_refused(&db, &["column api_app.owner: in the existing database, missing from Keystone's initial migration"]).await;
-    db.cleanup().await;
 }
 
 async fn refuses_unknown_values(backend: Backend) {
-    let Some(db) = django_database(backend).await else {
-        return;
-    };
+    let db = django_database(backend).await;
     db.exec(
         "UPDATE api_app SET status = 'archived' WHERE id IN (4, 6); \
          UPDATE api_app SET access_mode = 'SOCKET' WHERE id = 5;",
@@ -274,22 +263,16 @@ async fn refuses_unknown_values(backend: Backend) {
         ],
     )
     .await;
-    db.cleanup().await;
 }
 
 async fn refuses_later_django_migration(backend: Backend) {
-    let Some(db) = django_database(backend).await else {
-        return;
-    };
+    let db = django_database(backend).await;
     db.exec("INSERT INTO django_migrations (app, name, applied) VALUES ('api', '0002_app_owner', '2024-03-01 00:00:00')").await;
     assert_refused(&db, &["api 0002_app_owner"]).await;
-    db.cleanup().await;
 }
 
 async fn refuses_tables_without_history(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let ddl = match backend {
         Backend::Sqlite => include_str!("fixtures/keystone-django-0001.sqlite.sql"),
         Backend::Postgres => include_str!("fixtures/keystone-django-0001.postgres.sql"),
@@ -303,7 +286,6 @@ async fn refuses_tables_without_history(backend: Backend) {
         out.stderr
     );
     assert!(!db.tables().await.contains(&"seaql_migrations".to_owned()));
-    db.cleanup().await;
 }
 
 on_both_backends!(

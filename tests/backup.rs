@@ -37,11 +37,11 @@ async fn create_repositories(server: &Server, prefix: &str, count: usize) {
     }
 }
 
+crate::e2e!(sqlite_backup_while_serving_restores);
 /// `keystone backup FILE` while the server keeps writing: the copy is a sound database
 /// with everything written before it began; a server started on it serves it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_backup_while_serving_restores() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &["--rate-limit-per-second", "0"])
         .await
         .expect("server starts");
@@ -90,13 +90,11 @@ fn server_token(db: &TestDb) -> String {
         .to_owned()
 }
 
+crate::e2e!(postgres_pg_dump_restores);
 /// PostgreSQL: `pg_dump` while the server runs, `pg_restore` into a new database, and a
 /// server on it reads everything back. `keystone backup` points there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_pg_dump_restores() {
-    let Some(cluster) = PrivateCluster::start() else {
-        return;
-    };
+    let cluster = PrivateCluster::start();
     let db = cluster.test_db();
     let server = Server::start(&db, &[]).await.expect("server starts");
     create_repositories(&server, "r", 15).await;

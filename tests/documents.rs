@@ -42,9 +42,7 @@ fn code(body: &Value) -> &str {
 }
 
 async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(
         &db,
         &[
@@ -274,18 +272,15 @@ async fn trusted_documents_only_runs_stored_documents(backend: Backend) {
     }
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 crate::on_both_backends!(trusted_documents_only_runs_stored_documents);
 
+crate::e2e!(hashes_are_optional_and_admins_are_not_exempt_by_default);
 /// Without `--trusted-documents-only`, any document runs, and one sent by hash alone still
 /// needs to be stored; admins are not exempt unless the setting says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashes_are_optional_and_admins_are_not_exempt_by_default() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let (_, body) = post(
         &server,
@@ -316,7 +311,7 @@ async fn hashes_are_optional_and_admins_are_not_exempt_by_default() {
         "PERSISTED_QUERY_NOT_FOUND",
         "never stored by a client: {body}"
     );
-    server.stop().await;
+    server.stop_ok().await;
 
     let server = Server::start(&db, &["--trusted-documents-only"])
         .await
@@ -330,5 +325,4 @@ async fn hashes_are_optional_and_admins_are_not_exempt_by_default() {
     assert_eq!((status, code(&body)), (403, "FORBIDDEN_DOCUMENT"), "{body}");
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }

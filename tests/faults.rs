@@ -7,14 +7,12 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::cluster::PrivateCluster;
 use crate::support::{Backend, Server, TestDb, ws_connect, ws_next, ws_next_payload, ws_subscribe};
 
+crate::e2e!(subscribers_are_told_to_resync_after_the_event_connection_drops);
 /// The server's `LISTEN` connection drops (its backend is terminated, as a failover or a
 /// network cut would do): the server listens again by itself, tells every subscriber to
 /// refetch with a `RESYNC` error, and events flow again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let schema = db
         .postgres_schema()
         .expect("a PostgreSQL schema")
@@ -60,7 +58,6 @@ async fn subscribers_are_told_to_resync_after_the_event_connection_drops() {
     assert_eq!(payload["data"]["deploymentUpdated"]["status"], "QUEUED");
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 /// What one request of the load saw.
@@ -132,17 +129,15 @@ async fn mixed_load(
         .collect()
 }
 
+crate::e2e!(a_database_outage_under_load_loses_nothing_acknowledged);
 /// PostgreSQL stops under load and comes back: meanwhile requests fail fast with
 /// `SERVICE_UNAVAILABLE` (503, `Retry-After`) and `/ready` says the database is
 /// unreachable; within 5 s of its return the service is whole without a restart. Every
 /// write the server acknowledged is in the database, and none it refused is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_under_load_loses_nothing_acknowledged() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
-    let Some(cluster) = PrivateCluster::start() else {
-        return;
-    };
+    let cluster = PrivateCluster::start();
     let db = cluster.test_db();
     let server = Server::start(
         &db,
@@ -255,9 +250,7 @@ async fn a_database_outage_under_load_loses_nothing_acknowledged() {
 async fn sigterm_under_load(backend: Backend) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(
         &db,
         &[
@@ -330,7 +323,6 @@ async fn sigterm_under_load(backend: Backend) {
     for name in acknowledged {
         assert!(stored.contains(name), "acknowledged {name} is stored");
     }
-    db.cleanup().await;
 }
 
 /// `kill -9` of the server during a stream of `deployApp` calls: after a restart every
@@ -338,9 +330,7 @@ async fn sigterm_under_load(backend: Backend) {
 /// `DEPLOYING` without a queued or running deployment.
 async fn kill_9_mid_write_leaves_a_consistent_database(backend: Backend) {
     use std::time::Duration;
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--rate-limit-per-second", "0"])
         .await
         .expect("server starts");
@@ -421,7 +411,6 @@ async fn kill_9_mid_write_leaves_a_consistent_database(backend: Backend) {
     );
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 /// A change and its audit row are one transaction: when the audit row cannot be written
@@ -429,9 +418,7 @@ async fn kill_9_mid_write_leaves_a_consistent_database(backend: Backend) {
 /// moment would), the change is not stored either; otherwise both are, and the row names the
 /// created object.
 async fn a_change_is_stored_with_its_audit_row_or_not_at_all(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let refuse = match backend {
         Backend::Sqlite => vec![
@@ -480,7 +467,6 @@ async fn a_change_is_stored_with_its_audit_row_or_not_at_all(backend: Backend) {
     );
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 /// The server's resident memory (KiB) and open file descriptors, from `/proc`.
@@ -503,9 +489,7 @@ fn rss_and_fds(pid: u32) -> (u64, usize) {
 /// allocator's arenas fill), RSS grows by at most a quarter and descriptors by at most 16.
 /// Every subscriber is still connected at the end.
 async fn soak_with_idle_subscribers_stays_flat(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let seconds: u64 = std::env::var("KEYSTONE_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -610,7 +594,6 @@ async fn soak_with_idle_subscribers_stays_flat(backend: Backend) {
     drop(sockets);
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 crate::on_both_backends!(
@@ -620,15 +603,13 @@ crate::on_both_backends!(
     kill_9_mid_write_leaves_a_consistent_database
 );
 
+crate::e2e!(pool_exhaustion_answers_503_instead_of_queueing);
 /// Every pooled connection busy (blocked behind a lock the test holds): further requests
 /// wait at most `--database-timeout-secs`, then get 503 with `Retry-After`, while the
 /// blocked ones are still blocked; once the lock goes, the blocked ones finish.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_exhaustion_answers_503_instead_of_queueing() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let server = Server::start(
         &db,
         &[
@@ -727,7 +708,6 @@ async fn pool_exhaustion_answers_503_instead_of_queueing() {
     }
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 /// A small filesystem of the test's own (tmpfs), unmounted when dropped.
@@ -774,10 +754,10 @@ impl Drop for SmallDisk {
     }
 }
 
+crate::e2e!(a_full_disk_refuses_writes_cleanly_and_recovers);
 /// The disk under the logs directory and the SQLite database fills up: log appends and
 /// writes fail with `INSUFFICIENT_STORAGE` and store nothing, reads go on, and once space
 /// returns the same chunk and new writes go through, each stored once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     let scratch = tempfile::tempdir().expect("temp dir");
     let disk = SmallDisk::mount(scratch.path().join("disk"), "4m");
@@ -902,17 +882,15 @@ async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     drop(disk);
 }
 
+crate::e2e!(cut_and_stalled_connections_leave_nothing_hanging);
 /// The connections between Keystone and PostgreSQL are cut, then stall, then are cut again
 /// (a proxy in between), under a mixed load: no request waits past the request timeout
 /// (a stalled mutation is answered `TIMEOUT`, outcome unknown, and finishes in the
 /// background), the pool recovers by itself, and every acknowledged write is stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_and_stalled_connections_leave_nothing_hanging() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
-    let Some(cluster) = PrivateCluster::start() else {
-        return;
-    };
+    let cluster = PrivateCluster::start();
     let proxy = crate::support::proxy::ChaosProxy::start(
         format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
     )

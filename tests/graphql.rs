@@ -7,16 +7,15 @@ use serde_json::{Value, json};
 use crate::on_both_backends;
 use crate::support::{Backend, Server, TestDb, global_id, keystone, only_error};
 
-async fn start(backend: Backend) -> Option<(TestDb, Server)> {
-    let db = TestDb::new(backend).await?;
+async fn start(backend: Backend) -> (TestDb, Server) {
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
-    Some((db, server))
+    (db, server)
 }
 
-async fn finish(db: TestDb, server: Server) {
+async fn finish(_db: TestDb, server: Server) {
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 const CREATE_REPOSITORY: &str = "mutation($input: CreateRepositoryInput!) {
@@ -53,9 +52,7 @@ async fn row_counts(db: &TestDb) -> [i64; 3] {
 }
 
 async fn repositories_crud(backend: Backend) {
-    let Some((db, server)) = start(backend).await else {
-        return;
-    };
+    let (db, server) = start(backend).await;
     let repo = create_repository(&server, "web", "https://github.com/acme/web.git").await;
     assert_eq!(repo["name"], "web");
     assert_eq!(
@@ -113,9 +110,7 @@ async fn repositories_crud(backend: Backend) {
 /// Each invalid input is refused with BAD_USER_INPUT on the offending field, and nothing
 /// is written.
 async fn validation_rules(backend: Backend) {
-    let Some((db, server)) = start(backend).await else {
-        return;
-    };
+    let (db, server) = start(backend).await;
     let repo = create_repository(&server, "web", "https://github.com/acme/web.git").await;
     let app = create_app(&server, "web-app", &repo["id"]).await;
     let before = row_counts(&db).await;
@@ -261,9 +256,7 @@ async fn validation_rules(backend: Backend) {
 }
 
 async fn apps_and_deployments(backend: Backend) {
-    let Some((db, server)) = start(backend).await else {
-        return;
-    };
+    let (db, server) = start(backend).await;
     let repo = create_repository(&server, "web", "https://github.com/acme/web.git").await;
     let other = create_repository(&server, "other", "git://example.org/other").await;
     let app = create_app(&server, "web-app", &repo["id"]).await;
@@ -418,9 +411,7 @@ async fn apps_and_deployments(backend: Backend) {
 }
 
 async fn not_found_and_bad_ids(backend: Backend) {
-    let Some((db, server)) = start(backend).await else {
-        return;
-    };
+    let (db, server) = start(backend).await;
     let repo = create_repository(&server, "web", "https://github.com/acme/web.git").await;
     let missing_repo = "UmVwb3NpdG9yeTo5OTk5"; // Repository:9999
     let body = server
@@ -630,9 +621,7 @@ async fn walk(server: &Server, field_query: &str, page: i32, backward: bool) -> 
 }
 
 async fn pagination(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     seed(&db, 45, 3, 30).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
 
@@ -758,7 +747,6 @@ async fn pagination(backend: Backend) {
     );
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 const NESTED: &str = "{ repositories(first: 50) { nodes { apps { nodes { deployments(first: 10) { nodes { id status } } } } } } }";
@@ -774,9 +762,7 @@ async fn statements_for(server: &Server, query: &str) -> u64 {
 async fn nested_query_statement_count(backend: Backend) {
     let mut counts = Vec::new();
     for repositories in [5, 500] {
-        let Some(db) = TestDb::new(backend).await else {
-            return;
-        };
+        let db = TestDb::new(backend).await;
         seed(&db, repositories, 3, 12).await;
         // Tokens stay cached for the whole test: only the query's statements are counted.
         let server = Server::start(&db, &["--token-cache-ms", "600000"])
@@ -802,7 +788,6 @@ async fn nested_query_statement_count(backend: Backend) {
         counts.push(statements_for(&server, wider).await);
         let (status, _) = server.stop().await;
         assert!(status.success());
-        db.cleanup().await;
     }
     // One statement per level: repositories, apps per repository, deployments per app.
     assert_eq!(counts[0], 3, "statements for the nested query");
@@ -818,9 +803,7 @@ async fn nested_query_statement_count(backend: Backend) {
 /// selected (`nodes`, `edges { node }`, a fragment, `latestDeployment`), its value is the
 /// stored one, as a lookup of the whole row shows.
 async fn nested_pages_read_the_columns_selected(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     seed(&db, 2, 2, 6).await;
     let tz = if backend == Backend::Postgres {
         "+00"
@@ -892,7 +875,6 @@ async fn nested_pages_read_the_columns_selected(backend: Backend) {
     assert_eq!(checked, 4 * 7);
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 /// `totalCount` of deployments filtered by status alone comes from the counts the database
@@ -900,9 +882,7 @@ async fn nested_pages_read_the_columns_selected(backend: Backend) {
 /// written as Django did, Keystone's mutations, cascading deletes, a plain `UPDATE`), and
 /// keep their sums when the server folds them.
 async fn status_counts_follow_every_write(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     seed(&db, 4, 2, 10).await;
     // A short lease makes the server fold the counts every second.
     let server = Server::start(&db, &["--lease-secs", "2"])
@@ -1022,16 +1002,13 @@ async fn status_counts_follow_every_write(backend: Backend) {
     );
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 /// A page of deployments across apps that selects their apps reads them in the page's own
 /// statement (a join): W5 of the benchmark costs the page and its count, whichever way the
 /// app is asked for (under `nodes`, under `edges { node }`, in a fragment).
 async fn deployments_across_apps_read_their_apps_with_the_page(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     seed(&db, 4, 2, 10).await;
     let server = Server::start(&db, &["--token-cache-ms", "600000"])
         .await
@@ -1102,7 +1079,6 @@ async fn deployments_across_apps_read_their_apps_with_the_page(backend: Backend)
     }
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 on_both_backends!(

@@ -10,12 +10,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::support::{Backend, Server, TestDb, keystone};
 
 async fn sqlite_server(extra: &[&str]) -> (TestDb, Server) {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, extra).await.expect("server starts");
     (db, server)
 }
 
-#[tokio::test]
+crate::e2e!(get_and_post_follow_graphql_over_http);
 async fn get_and_post_follow_graphql_over_http() {
     let (db, server) = sqlite_server(&[]).await;
     let client = server.admin();
@@ -156,11 +156,10 @@ async fn get_and_post_follow_graphql_over_http() {
         .expect("POST");
     assert_eq!(response.status(), 415, "no content type");
 
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
-#[tokio::test]
+crate::e2e!(limits_refuse_oversized_and_abusive_queries);
 async fn limits_refuse_oversized_and_abusive_queries() {
     let (db, server) = sqlite_server(&[
         "--max-body-bytes",
@@ -225,15 +224,14 @@ async fn limits_refuse_oversized_and_abusive_queries() {
             .contains("too complex"),
         "{body}"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(graphiql_is_served_offline);
 /// GraphiQL at `/` loads nothing from elsewhere: every reference is to this server, every
 /// referenced file is served, and the vendored bundles arrive byte for byte.
-#[tokio::test]
 async fn graphiql_is_served_offline() {
-    let (db, server) = sqlite_server(&[]).await;
+    let (_db, server) = sqlite_server(&[]).await;
     let client = server.admin();
     let response = client.get(server.url("/")).send().await.expect("GET /");
     assert_eq!(response.status(), 200);
@@ -319,12 +317,11 @@ async fn graphiql_is_served_offline() {
         .await
         .expect("GET");
     assert_eq!(missing.status(), 404);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(websocket_speaks_graphql_transport_ws);
 /// `/graphql/ws` speaks graphql-transport-ws: init/ack, subscribe, next, complete, ping/pong.
-#[tokio::test]
 async fn websocket_speaks_graphql_transport_ws() {
     let (db, server) = sqlite_server(&[]).await;
     db.exec("INSERT INTO api_repository (name, git_url) VALUES ('web', 'https://e.com/web.git')")
@@ -416,15 +413,14 @@ async fn websocket_speaks_graphql_transport_ws() {
         "complete"
     );
     socket.close(None).await.ok();
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(schema_diff_gates_breaking_changes);
 /// The schema gate: `keystone schema diff` exits 1 on a breaking change (naming it), 0
 /// once it is acknowledged, and 0 for the safe change of a field added.
-#[tokio::test]
 async fn schema_diff_gates_breaking_changes() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let dir = db.dir();
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
@@ -470,10 +466,10 @@ async fn schema_diff_gates_breaking_changes() {
     assert!(same.stdout.contains("0 change(s)"), "{}", same.stdout);
 }
 
+crate::e2e!(schema_graphql_matches_the_code);
 /// `schema.graphql` is exactly what `keystone schema` prints.
-#[tokio::test]
 async fn schema_graphql_matches_the_code() {
-    let db = TestDb::new(Backend::Sqlite).await.expect("SQLite");
+    let db = TestDb::new(Backend::Sqlite).await;
     let out = keystone(&db, &["schema"]).await;
     out.assert_success();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema.graphql");

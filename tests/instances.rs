@@ -62,11 +62,9 @@ async fn settle(socket: &mut Socket) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(two_servers_on_one_postgres_act_as_one);
 async fn two_servers_on_one_postgres_act_as_one() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let a = Server::start(&db, &[]).await.expect("server A starts");
     let b = Server::start(&db, &[]).await.expect("server B starts");
     assert_eq!(
@@ -214,7 +212,6 @@ async fn two_servers_on_one_postgres_act_as_one() {
         "exactly one server handed it out: {claimed:?}"
     );
     socket.close(None).await.ok();
-    a.stop().await;
-    b.stop().await;
-    db.cleanup().await;
+    a.stop_ok().await;
+    b.stop_ok().await;
 }

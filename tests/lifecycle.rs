@@ -24,9 +24,7 @@ async fn deploy(server: &Server, n: i64) -> Value {
 /// 200 concurrent `deployApp` calls on 200 PORT apps: 200 distinct ports in the range, and
 /// the database agrees (its unique index would refuse anything else).
 async fn concurrent_deploys_get_distinct_ports(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     insert_port_apps(&db, 200).await;
     let responses = join_all((1..=200).map(|n| deploy(&server, n))).await;
@@ -64,14 +62,11 @@ async fn concurrent_deploys_get_distinct_ports(backend: Backend) {
         .await;
     assert!(duplicate.is_err(), "the unique index holds");
     conn.close().await.ok();
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 async fn ports_are_kept_released_and_reused(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--port-range", "9000-9001"])
         .await
         .expect("server starts");
@@ -134,17 +129,14 @@ async fn ports_are_kept_released_and_reused(backend: Backend) {
     db.exec("INSERT INTO api_app (id, name, access_mode, status, repo_id) VALUES (4, 'app-4', 'PORT', 'draft', 1)")
         .await;
     assert_eq!(port_of(&deploy(&server, 4).await), 9001);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// `draft → deploying` on deploy; a second deploy supersedes a queued deployment (cancelled,
 /// naming its successor) but is a `CONFLICT` while one runs; `stopApp` only from `running`.
 /// Every refusal names the current state and changes nothing.
 async fn app_transitions_and_the_supersede_policy(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     insert_port_apps(&db, 1).await;
     let stop = "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }";
@@ -227,6 +219,5 @@ async fn app_transitions_and_the_supersede_policy(backend: Backend) {
         "DEPLOYING"
     );
     assert_eq!(Server::data(&body)["deployApp"]["app"]["currentPort"], 9000);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

@@ -34,9 +34,7 @@ fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
 }
 
 async fn a_scripted_sequence_shows_in_the_metrics(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     // A burst of 20 requests per token, refilled at one a second: a viewer's rapid
     // requests below run into it.
     let server = Server::start(
@@ -250,18 +248,15 @@ async fn a_scripted_sequence_shows_in_the_metrics(backend: Backend) {
     assert_eq!((ended, open), (1.0, 0.0));
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 crate::on_both_backends!(a_scripted_sequence_shows_in_the_metrics);
 
+crate::e2e!(metrics_can_have_an_address_and_a_token_of_their_own);
 /// `--metrics-bind` moves `/metrics` off the API's address; `--metrics-token-file` makes it
 /// require that bearer token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_have_an_address_and_a_token_of_their_own() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -307,5 +302,4 @@ async fn metrics_can_have_an_address_and_a_token_of_their_own() {
     );
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }

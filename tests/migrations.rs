@@ -40,9 +40,7 @@ fn keystone_tables(tables: &[String]) -> Vec<&str> {
 }
 
 async fn migrate_from_empty(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let out = keystone(&db, &["migrate", "up"]).await;
     out.assert_success();
     assert!(
@@ -79,13 +77,10 @@ async fn migrate_from_empty(backend: Backend) {
     let again = keystone(&db, &["migrate", "up"]).await;
     again.assert_success();
     assert!(again.stdout.contains("Nothing to do"), "{}", again.stdout);
-    db.cleanup().await;
 }
 
 async fn status_output(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let before = keystone(&db, &["migrate", "status"]).await;
     before.assert_success();
     assert!(
@@ -107,15 +102,12 @@ async fn status_output(backend: Backend) {
         "{}",
         after.stdout
     );
-    db.cleanup().await;
 }
 
 /// `migrate status --check` is a gate: non-zero while anything is pending (and with the
 /// pending names), zero once the schema is current, non-zero again for an unknown migration.
 async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let pending = keystone(&db, &["migrate", "status", "--check"]).await;
     pending.assert_failure();
     let printed = format!("{}{}", pending.stdout, pending.stderr);
@@ -143,16 +135,13 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let newer = keystone(&db, &["migrate", "status", "--check"]).await;
     newer.assert_failure();
     assert!(newer.stderr.contains("does not know"), "{}", newer.stderr);
-    db.cleanup().await;
 }
 
 /// Another program's writes of values Keystone cannot read are refused by the database;
 /// a database that holds such rows already is not migrated, and the rows are named.
 async fn the_database_refuses_what_keystone_cannot_read(backend: Backend) {
     use sea_orm::ConnectionTrait;
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up", "7"])
         .await
         .assert_success();
@@ -200,16 +189,13 @@ async fn the_database_refuses_what_keystone_cannot_read(backend: Backend) {
         .execute_unprepared("UPDATE api_app SET status = 'running' WHERE id = 1")
         .await
         .expect("a known value");
-    db.cleanup().await;
 }
 
+crate::e2e!(concurrent_migrations_take_turns);
 /// Two instances starting together on PostgreSQL take turns on an advisory lock: both
 /// succeed, one applies every migration, the other finds nothing left to do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_take_turns() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     for _ in 0..3 {
         let (a, b) = tokio::join!(
             keystone(&db, &["migrate", "up"]),
@@ -228,13 +214,10 @@ async fn concurrent_migrations_take_turns() {
         );
         keystone(&db, &["migrate", "reset"]).await.assert_success();
     }
-    db.cleanup().await;
 }
 
 async fn down_up_round_trip(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
     let down = keystone(&db, &["migrate", "down"]).await;
@@ -366,26 +349,20 @@ async fn down_up_round_trip(backend: Backend) {
     assert!(keystone_tables(&db.tables().await).is_empty());
     keystone(&db, &["migrate", "fresh"]).await.assert_success();
     assert_eq!(keystone_tables(&db.tables().await), KEYSTONE_TABLES);
-    db.cleanup().await;
 }
 
 async fn verify_passes_on_scratch_database(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let out = keystone(&db, &["verify"]).await;
     out.assert_success();
     let ok_lines = out.stdout.lines().filter(|l| l.starts_with("[ok]")).count();
     assert_eq!(ok_lines, 5, "{}", out.stdout);
     // The scratch database is not the configured one, which stays empty.
     assert!(keystone_tables(&db.tables().await).is_empty());
-    db.cleanup().await;
 }
 
 async fn drift_detection_names_the_column(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up"]).await.assert_success();
     keystone(&db, &["verify", "--in-place"])
         .await
@@ -427,15 +404,12 @@ async fn drift_detection_names_the_column(backend: Backend) {
         "{}",
         out.stdout
     );
-    db.cleanup().await;
 }
 
 /// `verify --in-place` notices per-status deployment counts (migration 10) that something
 /// bypassed, naming the status.
 async fn verify_compares_the_kept_counts(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up"]).await.assert_success();
     db.exec(
         "INSERT INTO api_repository (name, git_url) VALUES ('r', 'https://e.com/r.git'); \
@@ -464,13 +438,10 @@ async fn verify_compares_the_kept_counts(backend: Backend) {
         "{}",
         out.stdout
     );
-    db.cleanup().await;
 }
 
 async fn refuses_newer_unknown_migration(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up"]).await.assert_success();
     let future = "m20991231_000001_from_the_future";
     db.exec(&format!(
@@ -502,7 +473,6 @@ async fn refuses_newer_unknown_migration(backend: Backend) {
         snapshot,
         "a refused command changed the schema"
     );
-    db.cleanup().await;
 }
 
 on_both_backends!(
@@ -521,9 +491,7 @@ on_both_backends!(
 /// Apps that share a port (possible in a Django database) stop migration 4 with a message
 /// naming the port; the schema stays at migration 3 until they are fixed.
 async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up", "3"])
         .await
         .assert_success();
@@ -551,5 +519,4 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .map(String::as_str),
         Some(COUNTS)
     );
-    db.cleanup().await;
 }

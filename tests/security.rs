@@ -44,9 +44,7 @@ fn fragment_family(depth: usize) -> String {
 /// server. Now the expanded size is computed once per fragment and refused first, while
 /// `/health` keeps answering.
 async fn multiplying_fragments_are_refused_before_validation(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let family: Vec<String> = [8, 12, 16, 20, 24, 32, 60]
         .into_iter()
@@ -84,8 +82,7 @@ async fn multiplying_fragments_are_refused_before_validation(backend: Backend) {
     assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
     let body = server.graphql(&fragment_family(3), json!({})).await;
     assert_eq!(Server::data(&body)["viewer"]["name"], "admin");
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Claims the oldest queued deployment with `token`: its database id and logs path.
@@ -132,9 +129,7 @@ async fn append(server: &Server, token: &str, id: i64, chunk: &str) -> Value {
 /// `logs` reads from the end of the file within a byte limit, `tail` and id lists count
 /// towards the complexity, and a response carries a bounded amount of log text.
 async fn every_fields_cost_is_counted(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--max-query-complexity", "20000"])
         .await
         .expect("server starts");
@@ -194,7 +189,7 @@ async fn every_fields_cost_is_counted(backend: Backend) {
         .filter_map(|e| e["extensions"]["code"].as_str())
         .collect();
     assert!(codes.contains(&"RESPONSE_TOO_LARGE"), "{codes:?}");
-    server_wide.stop().await;
+    server_wide.stop_ok().await;
     // Each of 100 ids counts: 100 × (a connection of 100) is over the limit.
     let ids: Vec<String> = (1..=100).map(|n| global_id("App", n)).collect();
     let (_, body) = server
@@ -205,17 +200,14 @@ async fn every_fields_cost_is_counted(backend: Backend) {
         )
         .await;
     assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// A runner token reaches its claimed deployment and its job, nothing else: a document that
 /// selects any object field of a runner payload that leads elsewhere is refused whole with
 /// `FORBIDDEN` (its mutation does not happen), and no other deployment's log line comes back.
 async fn roles_hold_through_nested_fields(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     insert_port_apps(&db, 2).await;
     // Another runner's deployment with a secret in its log.
@@ -289,16 +281,13 @@ async fn roles_hold_through_nested_fields(backend: Backend) {
         Server::data(&body)["heartbeatDeployment"]["deployment"]["status"],
         "RUNNING"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Each deployment's log is capped (a marker, then nothing), appends leave no audit rows,
 /// and the log file goes with its app.
 async fn log_volume_is_bounded(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--max-log-bytes", "1000"])
         .await
         .expect("server starts");
@@ -366,16 +355,13 @@ async fn log_volume_is_bounded(backend: Backend) {
             .await,
     );
     assert!(!std::path::Path::new(&path).exists(), "{path} was deleted");
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Refused calls are recorded — failed authentication, the rate limit, a 300-character id —
 /// and runner text (log chunks, error summaries) never is.
 async fn the_audit_trail_is_complete_and_safe(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(
         &db,
         &["--rate-limit-per-second", "1", "--rate-limit-burst", "400"],
@@ -465,16 +451,13 @@ async fn the_audit_trail_is_complete_and_safe(backend: Backend) {
         Server::data(&body)["auditEvents"]["nodes"][0],
         json!({ "tokenName": "(anonymous)", "tokenRole": null, "outcome": "ERROR" })
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Values from runners are inputs: lengths, an image reference grammar, escaped control
 /// characters; and a client's operation name cannot forge a server log line.
 async fn runner_inputs_are_validated(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     insert_port_apps(&db, 1).await;
     deploy(&server, 1).await;
@@ -549,16 +532,13 @@ async fn runner_inputs_are_validated(backend: Backend) {
         "{log}"
     );
     assert!(log.contains("x\\n2030-01-01"), "the name is logged escaped");
-    db.cleanup().await;
 }
 
 /// Logs are read only from Keystone's own files in its directory; a new database never shows
 /// an old database's log; files are private; `nameContains` matches `%` and `_` literally;
 /// the first admin token is not printed where stdout is not a terminal.
 async fn files_are_confined_and_private(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     // An older database's log for deployment 1, left in the directory.
     let logs_dir = db.dir().join("keystone-logs");
     std::fs::create_dir_all(&logs_dir).expect("logs dir");
@@ -609,17 +589,14 @@ async fn files_are_confined_and_private(backend: Backend) {
             .collect();
         assert_eq!(json!(names), expected, "nameContains {pattern:?}");
     }
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(the_first_admin_token_is_not_printed_to_a_log);
 /// The first admin token goes to the file, not to a standard output that is not a terminal,
 /// and `.gitignore` keeps what `cargo run` writes out of commits.
-#[tokio::test]
 async fn the_first_admin_token_is_not_printed_to_a_log() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let output = tokio::time::timeout(Duration::from_secs(60), async {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
             .args(["serve", "--bind", "127.0.0.1:0"])
@@ -663,15 +640,12 @@ async fn the_first_admin_token_is_not_printed_to_a_log() {
             "{entry} is ignored"
         );
     }
-    db.cleanup().await;
 }
 
 /// Git URLs that would run commands or reach metadata services are refused, and nothing is
 /// written.
 async fn hostile_git_urls_are_refused(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     for url in [
         "ssh://-oProxyCommand=touch%20pwned@host/repo",
@@ -696,8 +670,7 @@ async fn hostile_git_urls_are_refused(backend: Backend) {
         );
     }
     assert_eq!(db.count("SELECT COUNT(*) FROM api_repository").await, 0);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 async fn subscribe(socket: &mut Socket, id: &str, query: &str) {
@@ -740,14 +713,12 @@ async fn raw_socket(server: &Server) -> Result<Socket, tokio_tungstenite::tungst
         .map(|(socket, _)| socket)
 }
 
+crate::e2e!(websocket_connections_are_bounded_and_revocable);
 /// WebSocket connections: closed without `connection_init` (4408), bounded messages, bounded
 /// connections per address and per token, bounded subscriptions, duplicate ids refused
 /// (4409), and subscriptions ended by revocation and expiry (4403).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_connections_are_bounded_and_revocable() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(
         &db,
         &[
@@ -862,17 +833,14 @@ async fn websocket_connections_are_bounded_and_revocable() {
         other => panic!("expected 429, got {:?}", other.map(|_| "a connection")),
     }
     drop(open);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(forged_notifications_are_dropped);
 /// Any role that can connect may `pg_notify` on Keystone's channel: an unsigned (forged)
 /// notification never reaches subscribers; the signed one that follows it does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_notifications_are_dropped() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     insert_port_apps(&db, 2).await;
     // A deployment the forger names, made without an event.
@@ -909,5 +877,4 @@ async fn forged_notifications_are_dropped() {
     assert_eq!(first["type"], "next", "{first}");
     let (_, log) = server.stop().await;
     assert!(log.contains("signature does not verify"), "{log}");
-    db.cleanup().await;
 }

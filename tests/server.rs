@@ -4,9 +4,7 @@ use crate::on_both_backends;
 use crate::support::{Backend, Server, TestDb, http, keystone};
 
 async fn serve_migrates_and_reports_ready(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let client = http();
 
@@ -30,13 +28,10 @@ async fn serve_migrates_and_reports_ready(backend: Backend) {
     assert!(log.contains("closing the database pool"), "{log}");
     // The startup log names the database without a password.
     assert!(log.contains("starting Keystone"), "{log}");
-    db.cleanup().await;
 }
 
 async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--no-migrate"])
         .await
         .expect("server starts");
@@ -57,7 +52,7 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
             "m20261201_000010_count_deployments_by_status"
         ])
     );
-    server.stop().await;
+    server.stop_ok().await;
     assert!(!db.tables().await.iter().any(|t| t.starts_with("api_")));
 
     // Once CI has migrated, the same flag serves a ready instance.
@@ -66,8 +61,7 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
         .await
         .expect("server starts");
     assert_eq!(server.ready().await.0, 200);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 on_both_backends!(
@@ -75,12 +69,10 @@ on_both_backends!(
     no_migrate_leaves_schema_alone_and_is_not_ready,
 );
 
+crate::e2e!(startup_log_redacts_password);
 /// A password in DATABASE_URL never reaches the log.
-#[tokio::test]
 async fn startup_log_redacts_password() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let out = keystone(
         &db,
         &[
@@ -97,9 +89,9 @@ async fn startup_log_redacts_password() {
     out.assert_failure();
 }
 
+crate::e2e!(default_database_is_sqlite_file_in_working_directory);
 /// With no DATABASE_URL, `keystone` uses `keystone.sqlite3` in the working directory, the
 /// same file `cargo run -p migration` uses.
-#[tokio::test]
 async fn default_database_is_sqlite_file_in_working_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keystone"))

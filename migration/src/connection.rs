@@ -88,9 +88,8 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> Result<DatabaseConnectio
 fn create_private_file(path: &std::path::Path) {
     // sqlx names an in-memory database `file:sqlx-in-memory-<n>` (a URI, not a file).
     let name = path.to_string_lossy();
-    let in_memory = name.is_empty()
-        || name.contains(":memory:")
-        || name.starts_with("file:sqlx-in-memory-");
+    let in_memory =
+        name.is_empty() || name.contains(":memory:") || name.starts_with("file:sqlx-in-memory-");
     if in_memory {
         return;
     }

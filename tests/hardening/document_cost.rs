@@ -108,9 +108,7 @@ fn unknown_fragment_family(depth: usize) -> String {
 }
 
 async fn documents_cost_at_most_a_multiple_of_a_plain_query(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("reader", "VIEWER").await;
     let plain = cpu_for(&server, 21, || async {
@@ -180,16 +178,13 @@ async fn documents_cost_at_most_a_multiple_of_a_plain_query(backend: Backend) {
     );
     // The graphs are not all refused: the property covers documents that run.
     assert!(executed.get() >= cases / 2, "{} executed", executed.get());
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// While clients send the costliest documents they can, `/health` answers and SIGTERM
 /// stops the server: no document's checks hold the runtime's workers.
 async fn hostile_documents_leave_the_server_responsive_and_stoppable(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("reader", "VIEWER").await;
     let stop = tokio::sync::watch::channel(false);
@@ -231,16 +226,15 @@ async fn hostile_documents_leave_the_server_responsive_and_stoppable(backend: Ba
         assert!(attacker.await.expect("attacker") > 0);
     }
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }
 
 // No database is involved beyond the token check: SQLite is enough.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(documents_cost_at_most_a_multiple_of_a_plain_query_sqlite);
 async fn documents_cost_at_most_a_multiple_of_a_plain_query_sqlite() {
     documents_cost_at_most_a_multiple_of_a_plain_query(Backend::Sqlite).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(hostile_documents_leave_the_server_responsive_and_stoppable_sqlite);
 async fn hostile_documents_leave_the_server_responsive_and_stoppable_sqlite() {
     hostile_documents_leave_the_server_responsive_and_stoppable(Backend::Sqlite).await;
 }

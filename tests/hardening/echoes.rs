@@ -9,11 +9,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{Backend, Server, TestDb, http, ws_connect, ws_next};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(the_log_and_error_messages_stay_bounded);
 async fn the_log_and_error_messages_stay_bounded() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let huge_name = format!("Op{}", "n".repeat(100_000));
     let huge_query = format!("query {huge_name} {{ __typename }}");
@@ -113,5 +111,4 @@ async fn the_log_and_error_messages_stay_bounded() {
     );
     assert!(log.contains("Op\\u{202e}gol\\u{2028}FORGED"), "{log}");
     assert!(!log.contains("kst_nope"), "{log}");
-    db.cleanup().await;
 }

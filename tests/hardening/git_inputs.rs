@@ -9,9 +9,7 @@ use crate::support::{Backend, Server, TestDb, only_error};
 const CREATE: &str = "mutation($u: String!, $b: String) { createRepository(input: { name: \"r\", gitUrl: $u, defaultBranch: $b }) { repository { name } } }";
 
 async fn private_hosts_and_odd_refs_are_refused(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let refused = |url: &str, branch: Option<&str>, field: &str| {
         let body = json!({ "u": url, "b": branch });
@@ -41,7 +39,7 @@ async fn private_hosts_and_odd_refs_are_refused(backend: Backend) {
         refused("https://example.com/app.git", Some(branch), "defaultBranch").await;
     }
     assert_eq!(db.count("SELECT COUNT(*) FROM api_repository").await, 0);
-    server.stop().await;
+    server.stop_ok().await;
 
     // With the setting, a git server on this machine may be used.
     let server = Server::start(&db, &["--allow-private-git-hosts"])
@@ -69,8 +67,7 @@ async fn private_hosts_and_odd_refs_are_refused(backend: Backend) {
         Some("gitUrl"),
         "metadata hosts never"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 crate::on_both_backends!(private_hosts_and_odd_refs_are_refused);

@@ -31,14 +31,12 @@ async fn scrape(server: &Server) -> String {
     response.text().await.expect("body")
 }
 
+crate::e2e!(clients_cannot_grow_the_scrape);
 /// The finding: 200 operation names of 100 KB made every scrape 360 MB. Now 300 names, a
 /// third of them 10 KB long, each as a query, a mutation and with a name the document does
 /// not have, leave a scrape under 1 MB whose labels are short and few.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cannot_grow_the_scrape() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     let viewer = server.create_token("frontend", "VIEWER").await;
     let client = http_as(&viewer);
@@ -84,17 +82,14 @@ async fn clients_cannot_grow_the_scrape() {
     assert!(labels.contains("Real"), "{labels:?}");
     // The names the document does not have are not labels.
     assert!(!labels.contains("Op299"), "{labels:?}");
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(trusted_documents_are_labelled_by_their_stored_names);
 /// With trusted documents only, a stored document is labelled with its stored name,
 /// whatever `operationName` the client sends with its hash.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_documents_are_labelled_by_their_stored_names() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     // Migrate first: `documents add` needs the schema.
     keystone(&db, &["migrate", "up"]).await.assert_success();
     let text = "query Stored { __typename }";
@@ -142,16 +137,13 @@ async fn trusted_documents_are_labelled_by_their_stored_names() {
         1.0,
         "{metrics:?}"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
+crate::e2e!(metrics_on_the_main_listener_require_their_token);
 /// `/metrics` on the API's own address requires the metrics token when one is configured.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_on_the_main_listener_require_their_token() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let token_file = db.dir().join("metrics.token");
     std::fs::write(&token_file, "scrape-secret\n").expect("token file");
     let server = Server::start(
@@ -176,6 +168,5 @@ async fn metrics_on_the_main_listener_require_their_token() {
         .await
         .expect("GET");
     assert_eq!(with.status(), 200);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

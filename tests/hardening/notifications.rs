@@ -17,11 +17,9 @@ async fn deploy(server: &Server, app: i64) {
     Server::data(&body);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(a_replayed_notification_reaches_no_subscriber);
 async fn a_replayed_notification_reaches_no_subscriber() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     insert_port_apps(&db, 2).await;
     let mut socket = ws_connect(&server, &server.admin_token).await;
@@ -77,5 +75,4 @@ async fn a_replayed_notification_reaches_no_subscriber() {
     conn.close().await.ok();
     let (_, log) = server.stop().await;
     assert!(log.contains("a replay"), "{log}");
-    db.cleanup().await;
 }

@@ -7,11 +7,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{Backend, Server, TestDb, ws_connect, ws_next};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(ids_with_quotes_and_backslashes_do_not_leak_slots);
 async fn ids_with_quotes_and_backslashes_do_not_leak_slots() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = Server::start(&db, &["--ws-max-subscriptions", "32"])
         .await
         .expect("server starts");
@@ -48,6 +46,5 @@ async fn ids_with_quotes_and_backslashes_do_not_leak_slots() {
         let complete = ws_next(&mut socket).await.expect("open");
         assert_eq!(complete["type"], "complete", "{complete}");
     }
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

@@ -27,11 +27,9 @@ async fn run_over_websocket(socket: &mut Socket, id: &str, query: &str) -> Value
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(websocket_operations_have_the_request_timeout);
 async fn websocket_operations_have_the_request_timeout() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Postgres).await;
     let server = Server::start(&db, &["--request-timeout-secs", "1"])
         .await
         .expect("server starts");
@@ -84,5 +82,4 @@ async fn websocket_operations_have_the_request_timeout() {
     conn.close().await.ok();
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
-    db.cleanup().await;
 }

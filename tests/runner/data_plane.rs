@@ -95,17 +95,14 @@ async fn apps_keep_serving_while_the_runner_is_down(backend: Backend) {
 }
 
 async fn docker_apps_keep_serving_while_the_runner_is_down(backend: Backend) {
-    if docker_ready().await {
-        keep_serving(backend, Flavor::Docker).await;
-    }
+    docker_ready().await;
+    keep_serving(backend, Flavor::Docker).await;
 }
 
 /// `kill -9` of the runner: the app keeps answering (0 failed requests over 10 s); a
 /// restarted runner re-adopts it, and a redeploy still switches with 0 failures.
 async fn keep_serving(backend: Backend, flavor: Flavor) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let port = free_port();
     let range = format!("{port}-{port}");
     let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
@@ -161,8 +158,7 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
     .await;
     runner.stop().await;
     stop_proxy(&work);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// A second `keystone proxy` on the same directory takes the listening sockets over from the
@@ -170,9 +166,7 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
 /// killed: requests fail until the runner starts it again with its saved routes (the
 /// figure is printed; README, "Runner").
 async fn a_new_proxy_takes_over_and_a_killed_one_comes_back(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let port = free_port();
     let range = format!("{port}-{port}");
     let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
@@ -263,8 +257,7 @@ async fn a_new_proxy_takes_over_and_a_killed_one_comes_back(backend: Backend) {
     );
     runner.stop().await;
     stop_proxy(&work);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// One HTTP/1.1 response read off `stream`: (status, headers and body as text).
@@ -297,9 +290,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
 }
 
 async fn each_request_is_routed_by_its_own_host(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(
         &db,
         &["--allow-private-git-hosts", "--apps-domain", "apps.test"],
@@ -391,6 +382,5 @@ async fn each_request_is_routed_by_its_own_host(backend: Backend) {
     }
     runner.stop().await;
     stop_proxy(&work);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

@@ -28,15 +28,12 @@ async fn deploy_switch_rollback_restart_stop(backend: Backend) {
 }
 
 async fn docker_deploy_switch_rollback_restart_stop(backend: Backend) {
-    if docker_ready().await {
-        lifecycle(backend, Flavor::Docker).await;
-    }
+    docker_ready().await;
+    lifecycle(backend, Flavor::Docker).await;
 }
 
 async fn lifecycle(backend: Backend, flavor: Flavor) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let port = free_port();
     let range = format!("{port}-{port}");
     // Containers and images are shared by parallel tests: a name of its own.
@@ -293,17 +290,14 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
     }
     runner.stop().await;
     drop(git_server.daemon);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Cancelling during a build that daemonized a child leaves no process; a runner killed with
 /// `kill -9` mid-build is replaced and the deployment finishes on its second attempt; only
 /// the newest releases are kept.
 async fn cancel_kill_and_retention(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let port = free_port();
     let range = format!("{port}-{port}");
     let server = Server::start(
@@ -451,16 +445,13 @@ async fn cancel_kill_and_retention(backend: Backend) {
     .await;
     runner.stop().await;
     drop(git_server.daemon);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// A `HOST` app is served by name through the runner's router, switches without a gap like
 /// a `PORT` app, and stops answering when stopped; other names get a 404.
 async fn host_apps_are_routed_by_name(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(
         &db,
         &["--allow-private-git-hosts", "--apps-domain", "apps.test"],
@@ -520,16 +511,13 @@ async fn host_apps_are_routed_by_name(backend: Backend) {
     .await;
     runner.stop().await;
     drop(git_server.daemon);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Config vars reach the build and web processes, their values are never shown (API, log,
 /// audit trail, database), and a change takes effect at the next deployment.
 async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let port = free_port();
     let range = format!("{port}-{port}");
     let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
@@ -694,17 +682,14 @@ async fn config_vars_reach_the_app_and_stay_secret(backend: Backend) {
     .await;
     runner.stop().await;
     drop(git_server.daemon);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Repositories that cannot deploy end in a clear `errorSummary`: one that does not exist, a
 /// Procfile without `web`, and a build that prints 60 MB (the log stops at its cap with a
 /// marker; the deployment still finishes).
 async fn hostile_repositories_fail_clearly(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     // One port: only the app that gets as far as serving is a PORT app.
     let port = free_port();
     let range = format!("{port}-{port}");
@@ -774,6 +759,5 @@ async fn hostile_repositories_fail_clearly(backend: Backend) {
     stop_app(&server, &chatty).await;
     runner.stop().await;
     drop(git_server.daemon);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

@@ -30,9 +30,7 @@ async fn logs_of(server: &Server, deployment: &str) -> (String, Vec<String>) {
 
 /// A build that prints a line every 200 ms for 5 s: its lines show up while it runs.
 async fn a_long_build_is_seen_live(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--allow-private-git-hosts"])
         .await
         .expect("server starts");
@@ -66,17 +64,14 @@ async fn a_long_build_is_seen_live(backend: Backend) {
     assert_eq!(done["status"], "SUCCESS", "{done:#}");
     runner.stop().await;
     stop_proxy(&work);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// The first attempt's build prints 200 lines and then hangs; the runner sends its log only
 /// every 30 s, so none of them has reached the server when it is killed. The runner started
 /// again sends them; the deployment, requeued when its lease lapses, finishes on attempt 2.
 async fn a_killed_runner_loses_no_line(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--allow-private-git-hosts", "--lease-secs", "3"])
         .await
         .expect("server starts");
@@ -147,6 +142,5 @@ async fn a_killed_runner_loses_no_line(backend: Backend) {
     }
     runner.stop().await;
     stop_proxy(&work);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

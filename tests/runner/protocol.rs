@@ -47,9 +47,7 @@ async fn claim(server: &Server, token: &str) -> Value {
 /// 10 runners claim concurrently from 100 queued deployments: each is claimed exactly
 /// once, none is lost, and the database agrees.
 async fn concurrent_claimers_get_each_deployment_once(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     queue_deployments(&server, &db, 100).await;
     let mut tokens = Vec::new();
@@ -92,8 +90,7 @@ async fn concurrent_claimers_get_each_deployment_once(backend: Backend) {
             .await,
         100
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Polls `sql` (one text row) until it equals `expected`, for at most 15 s.
@@ -116,9 +113,7 @@ async fn wait_for(db: &TestDb, sql: &str, expected: &str) {
 /// (attempt 2), and after the last attempt it fails with an error summary. A heartbeat
 /// keeps it.
 async fn lapsed_leases_requeue_then_fail(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--lease-secs", "2", "--max-attempts", "2"])
         .await
         .expect("server starts");
@@ -167,16 +162,13 @@ async fn lapsed_leases_requeue_then_fail(backend: Backend) {
     assert!(rows[0].contains("stopped heartbeating"), "{rows:?}");
     assert!(rows[0].ends_with("|failed|ended"), "{rows:?}");
     assert_eq!(claim(&server, &runner).await["deployment"], Value::Null);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Reports move the app, cancellation works for queued and running deployments, logs are
 /// appended and tailed, and every refused transition names the state and changes nothing.
 async fn reports_cancellation_and_logs(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &[]).await.expect("server starts");
     queue_deployments(&server, &db, 3).await;
     let runner = server.create_token("builder", "RUNNER").await;
@@ -350,17 +342,14 @@ async fn reports_cancellation_and_logs(backend: Backend) {
             .unwrap_or_default()
             .contains("cancelled")
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }
 
 /// Numbered log chunks: a retry is applied once (also when it races the original), a gap is
 /// refused, a reader resumes after the line it read last, and a re-claimed deployment
 /// continues the numbering.
 async fn log_chunks_apply_once_and_resume(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
+    let db = TestDb::new(backend).await;
     let server = Server::start(&db, &["--lease-secs", "2", "--max-attempts", "3"])
         .await
         .expect("server starts");
@@ -488,6 +477,5 @@ async fn log_chunks_apply_once_and_resume(backend: Backend) {
         json!(["a", "b", "c", "d", "e", "f", "g"]),
         "no gap, no duplicate"
     );
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

@@ -31,7 +31,8 @@ fn flask(version: &str) -> Vec<(&'static str, String)> {
 /// A server, a git server and a runner on a PORT app of its own: (server, git, runner,
 /// work dir, app id, port).
 struct Setup {
-    db: TestDb,
+    /// Kept for the test's life (its schema and directory go with it).
+    _db: TestDb,
     server: Server,
     git: GitServer,
     runner: RunnerProcess,
@@ -40,8 +41,8 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(extra: &[&str]) -> Option<Setup> {
-        let db = TestDb::new(Backend::Sqlite).await?;
+    async fn start(extra: &[&str]) -> Setup {
+        let db = TestDb::new(Backend::Sqlite).await;
         let port = free_port();
         let range = format!("{port}-{port}");
         let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
@@ -54,14 +55,14 @@ impl Setup {
         let mut args = vec!["--health-deadline-secs", "60"];
         args.extend_from_slice(extra);
         let runner = RunnerProcess::start(&server, &token_file, &work, &args).await;
-        Some(Setup {
-            db,
+        Setup {
+            _db: db,
             server,
             git,
             runner,
             work,
             port,
-        })
+        }
     }
 
     async fn app(&self, name: &str) -> String {
@@ -78,16 +79,13 @@ impl Setup {
     async fn stop(self) {
         self.runner.stop().await;
         stop_proxy(&self.work);
-        self.server.stop().await;
-        self.db.cleanup().await;
+        self.server.stop_ok().await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(a_flask_app_deploys_as_pushed);
 async fn a_flask_app_deploys_as_pushed() {
-    let Some(setup) = Setup::start(&[]).await else {
-        return;
-    };
+    let setup = Setup::start(&[]).await;
     setup.git.commit("v1", &flask("flask-v1")).await;
     let app = setup.app("flask").await;
     let first = setup.deployed(&app).await;
@@ -218,11 +216,9 @@ fn express_package(engines: &str) -> String {
     .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(an_express_app_deploys_as_pushed);
 async fn an_express_app_deploys_as_pushed() {
-    let Some(setup) = Setup::start(&[]).await else {
-        return;
-    };
+    let setup = Setup::start(&[]).await;
     let lockfile = npm_lockfile(&express_package(">=18")).await;
     setup
         .git
@@ -261,11 +257,9 @@ async fn an_express_app_deploys_as_pushed() {
     setup.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(a_static_site_deploys_as_pushed);
 async fn a_static_site_deploys_as_pushed() {
-    let Some(setup) = Setup::start(&[]).await else {
-        return;
-    };
+    let setup = Setup::start(&[]).await;
     setup
         .git
         .commit(
@@ -317,14 +311,12 @@ async fn a_static_site_deploys_as_pushed() {
     setup.stop().await;
 }
 
+crate::e2e!(releases_are_never_moved_and_rollbacks_always_serve);
 /// Seven deploys of a virtualenv app with five releases kept: a rollback to the oldest kept
 /// release runs it where it was built, and a rollback to a pruned one rebuilds its commit;
 /// both serve.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_are_never_moved_and_rollbacks_always_serve() {
-    let Some(setup) = Setup::start(&["--keep-releases", "5"]).await else {
-        return;
-    };
+    let setup = Setup::start(&["--keep-releases", "5"]).await;
     let app = setup.app("venv").await;
     let mut deployments = Vec::new();
     for version in 1..=7 {

@@ -62,12 +62,10 @@ async fn tls_endpoint(
     (port, terminated)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::e2e!(a_runner_deploys_through_tls);
 async fn a_runner_deploys_through_tls() {
     api::install_tls_provider();
-    let Some(db) = TestDb::new(Backend::Sqlite).await else {
-        return;
-    };
+    let db = TestDb::new(Backend::Sqlite).await;
     let port = free_port();
     let range = format!("{port}-{port}");
     let server = Server::start(&db, &["--allow-private-git-hosts", "--port-range", &range])
@@ -117,6 +115,5 @@ async fn a_runner_deploys_through_tls() {
     );
     runner.stop().await;
     stop_proxy(&work);
-    server.stop().await;
-    db.cleanup().await;
+    server.stop_ok().await;
 }

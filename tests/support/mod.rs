@@ -5,11 +5,14 @@
 //! PostgreSQL: `KEYSTONE_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! names a server; tests create the database `keystone_test` there if needed and one schema
 //! per test, dropped at the end. Schemas left by crashed runs (whose process is gone) are
-//! dropped when the next run starts. When PostgreSQL cannot be reached the PostgreSQL tests
-//! say so and pass, unless `KEYSTONE_REQUIRE_POSTGRES=1` (set by `.ci/run`), which makes
-//! them fail instead.
-
-#![allow(dead_code)]
+//! dropped when the next run starts. A test that needs what this machine lacks (PostgreSQL,
+//! Docker, a browser) stops where it finds out, and is reported **ignored**, with the reason
+//! ([`skip`]); with `KEYSTONE_REQUIRE_POSTGRES=1` (and `…_DOCKER`, `…_BROWSER`, set by
+//! `.ci/run`) it fails instead.
+//!
+//! The tests are registered with [`e2e!`] (and [`on_both_backends!`]) and run by this
+//! binary's own harness (`tests/main.rs`, libtest-mimic), so that a skipped test is never
+//! reported as passed.
 
 pub mod cluster;
 pub mod proxy;
@@ -26,6 +29,65 @@ use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// A registered end-to-end test: its module, its name, and how to run it.
+pub struct E2e {
+    pub module: &'static str,
+    pub name: &'static str,
+    pub run: fn(),
+}
+
+inventory::collect!(E2e);
+
+/// Why a test did not run (the payload of its [`skip`] panic).
+pub struct Skip(pub String);
+
+/// Stops the test: it is reported ignored, saying `why`.
+pub fn skip(why: impl Into<String>) -> ! {
+    std::panic::panic_any(Skip(why.into()))
+}
+
+/// Stops the test because `why` is missing: ignored, or failed when the environment
+/// variable `required` is `1` (CI sets it).
+pub fn unavailable(required: &str, why: impl Into<String>) -> ! {
+    let why = why.into();
+    if std::env::var(required).is_ok_and(|v| v == "1") {
+        panic!("{required}=1 but {why}");
+    }
+    skip(why)
+}
+
+/// Runs an async test on a runtime of its own (two workers, as the server's tests need).
+pub fn block_on(test: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(test)
+}
+
+/// Registers `async fn name()` (or, with `sync`, `fn name()`) as a test of this binary.
+#[macro_export]
+macro_rules! e2e {
+    (sync $name:ident) => {
+        const _: () = {
+            inventory::submit! {
+                $crate::support::E2e { module: module_path!(), name: stringify!($name), run: $name }
+            }
+        };
+    };
+    ($name:ident) => {
+        const _: () = {
+            fn run() {
+                $crate::support::block_on($name())
+            }
+            inventory::submit! {
+                $crate::support::E2e { module: module_path!(), name: stringify!($name), run }
+            }
+        };
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -38,18 +100,18 @@ macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::Sqlite).await
                 }
+                $crate::e2e!($name);
             )*
         }
         mod postgres {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::Postgres).await
                 }
+                $crate::e2e!($name);
             )*
         }
     };
@@ -62,35 +124,31 @@ fn postgres_server_url() -> String {
     std::env::var("KEYSTONE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
 }
 
-fn postgres_required() -> bool {
-    std::env::var("KEYSTONE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
-}
-
 fn with_database(url: &str, database: &str) -> String {
     let mut parsed = url::Url::parse(url).expect("KEYSTONE_TEST_POSTGRES_URL is a URL");
     parsed.set_path(database);
     parsed.to_string()
 }
 
-/// The URL of the `keystone_test` database, created if missing, or `None` (with a notice)
-/// when PostgreSQL cannot be reached and is not required.
-async fn postgres_test_database() -> Option<String> {
-    static READY: OnceCell<Option<String>> = OnceCell::const_new();
-    READY
+/// The URL of the `keystone_test` database, created if missing; the test is skipped when
+/// PostgreSQL cannot be reached (and is not required).
+async fn postgres_test_database() -> String {
+    static READY: OnceCell<Result<String, String>> = OnceCell::const_new();
+    let ready = READY
         .get_or_init(|| async {
             let server = postgres_server_url();
-            let admin = match Database::connect(server.as_str()).await {
+            let mut options = sea_orm::ConnectOptions::new(server.clone());
+            options
+                .connect_timeout(Duration::from_secs(3))
+                .acquire_timeout(Duration::from_secs(3))
+                .sqlx_logging(false);
+            let admin = match Database::connect(options).await {
                 Ok(admin) => admin,
                 Err(error) => {
-                    if postgres_required() {
-                        panic!("KEYSTONE_REQUIRE_POSTGRES=1 but PostgreSQL at {server} cannot be reached: {error}");
-                    }
-                    eprintln!(
-                        "note: PostgreSQL at {server} cannot be reached ({error}); the PostgreSQL \
-                         tests pass without running. Start PostgreSQL (or set KEYSTONE_TEST_POSTGRES_URL) \
-                         to run them; `.ci/run` always does."
-                    );
-                    return None;
+                    return Err(format!(
+                        "PostgreSQL at {server} cannot be reached ({error}); start it, or set \
+                         KEYSTONE_TEST_POSTGRES_URL"
+                    ));
                 }
             };
             let exists = admin
@@ -109,10 +167,13 @@ async fn postgres_test_database() -> Option<String> {
             }
             let url = with_database(&server, TEST_DATABASE);
             drop_orphan_schemas(&url).await;
-            Some(url)
+            Ok(url)
         })
-        .await
-        .clone()
+        .await;
+    match ready {
+        Ok(url) => url.clone(),
+        Err(why) => unavailable("KEYSTONE_REQUIRE_POSTGRES", why.clone()),
+    }
 }
 
 /// Drops `kt_<pid>_<n>` schemas whose process no longer runs (crashed or killed runs).
@@ -149,11 +210,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// `None` only for PostgreSQL when it is unreachable and not required.
-    pub async fn new(backend: Backend) -> Option<Self> {
+    /// Skips the test when PostgreSQL is asked for and unreachable (and not required).
+    pub async fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
-            Backend::Sqlite => Some(Self {
+            Backend::Sqlite => Self {
                 backend,
                 url: format!(
                     "sqlite://{}?mode=rwc",
@@ -161,9 +222,9 @@ impl TestDb {
                 ),
                 dir,
                 schema: None,
-            }),
+            },
             Backend::Postgres => {
-                let database = postgres_test_database().await?;
+                let database = postgres_test_database().await;
                 static NEXT: AtomicU32 = AtomicU32::new(0);
                 let schema = format!(
                     "kt_{}_{}",
@@ -179,12 +240,12 @@ impl TestDb {
                 let mut url = url::Url::parse(&database).expect("url");
                 url.query_pairs_mut()
                     .append_pair("options", &format!("-c search_path={schema}"));
-                Some(Self {
+                Self {
                     backend,
                     url: url.to_string(),
                     dir,
                     schema: Some((database, schema)),
-                })
+                }
             }
         }
     }
@@ -341,15 +402,33 @@ impl TestDb {
         )
         .await;
     }
+}
 
-    pub async fn cleanup(self) {
-        if let Some((database, schema)) = &self.schema {
-            let admin = Database::connect(database.as_str()).await.expect("connect");
-            admin
-                .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .await
-                .expect("drop schema");
-            admin.close().await.ok();
+impl Drop for TestDb {
+    /// Drops the test's PostgreSQL schema (its SQLite file goes with its directory), on a
+    /// thread of its own: the test's runtime may be shutting down.
+    fn drop(&mut self) {
+        let Some((database, schema)) = self.schema.take() else {
+            return;
+        };
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let admin = Database::connect(database.as_str()).await?;
+                admin
+                    .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !std::thread::panicking() {
+            dropped
+                .expect("the schema-dropping thread")
+                .expect("drop the test's schema");
         }
     }
 }
@@ -531,9 +610,20 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the server to exit: its status and everything it logged.
+    #[must_use = "check how the server stopped, or call `stop_ok`"]
     pub async fn stop(self) -> (ExitStatus, String) {
         self.signal("TERM").await;
         self.exited().await
+    }
+
+    /// [`Server::stop`], asserting a clean exit and no `ERROR` in its log.
+    pub async fn stop_ok(self) {
+        let (status, log) = self.stop().await;
+        assert!(status.success(), "the server exited with {status}:\n{log}");
+        assert!(
+            !log.lines().any(|line| line.contains(" ERROR ")),
+            "the server logged an error:\n{log}"
+        );
     }
 }
 
