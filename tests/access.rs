@@ -840,13 +840,14 @@ async fn audit_trail_records_every_mutation(backend: Backend) {
         ("admin", "createApp", "SUCCESS", "-"),
         ("admin", "createRepository", "SUCCESS", "-"),
         ("admin", "createApiToken", "SUCCESS", "-"),
+        ("first start", "createApiToken", "SUCCESS", "-"),
     ];
     let expected: Vec<(String, String, String, String)> = expected
         .iter()
         .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
         .collect();
     assert_eq!(summary, expected, "{events:#}");
-    assert_eq!(events["totalCount"], 7);
+    assert_eq!(events["totalCount"], 8);
     // Who, on which object, with which arguments.
     assert_eq!(nodes[2]["tokenRole"], "VIEWER");
     assert_eq!(
@@ -915,7 +916,7 @@ async fn audit_trail_records_every_mutation(backend: Backend) {
         );
     }
     conn.close().await.ok();
-    assert_eq!(db.count("SELECT COUNT(*) FROM api_audit_event").await, 7);
+    assert_eq!(db.count("SELECT COUNT(*) FROM api_audit_event").await, 8);
     server.stop_ok().await;
 }
 

@@ -2,18 +2,9 @@
 //! nothing lost, given defaults and cascading deletes, or refused with nothing changed.
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, keystone};
+use crate::support::{Backend, MIGRATIONS, Server, TestDb, keystone};
 
-const INITIAL: &str = "m20261126_000001_create_tables";
-const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
-const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
-const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
-const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
-const CONFIG_VARS: &str = "m20261130_000006_app_config";
-const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
-const CHECKS: &str = "m20261130_000008_check_enumerations";
-const DOCUMENTS: &str = "m20261130_000009_trusted_documents";
-const COUNTS: &str = "m20261201_000010_count_deployments_by_status";
+const INITIAL: &str = MIGRATIONS[0];
 
 /// Rows as Django wrote them: explicit ids with gaps, every status and access mode, NULLs,
 /// microsecond timestamps. Repository 99 is deleted so AUTOINCREMENT / identity must not
@@ -86,18 +77,7 @@ async fn assert_behaves_like_fresh(db: &TestDb) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [
-            INITIAL,
-            INDEX,
-            TOKENS,
-            LIFECYCLE,
-            RUNNER,
-            CONFIG_VARS,
-            STATUS_INDEX,
-            CHECKS,
-            DOCUMENTS,
-            COUNTS
-        ],
+        MIGRATIONS,
         "adopted, then migrated on"
     );
     db.exec(

@@ -456,13 +456,15 @@ async fn a_change_is_stored_with_its_audit_row_or_not_at_all(backend: Backend) {
         .as_str()
         .expect("created")
         .to_owned();
-    assert_eq!(
-        db.rows(
-            "SELECT object_id FROM api_audit_event
-             WHERE operation = 'createRepository' AND outcome = 'success'"
+    let body = server
+        .graphql(
+            r#"{ auditEvents(filter: { operation: "createRepository", outcome: SUCCESS }) { nodes { objectId } } }"#,
+            json!({}),
         )
-        .await,
-        [id],
+        .await;
+    assert_eq!(
+        Server::data(&body)["auditEvents"]["nodes"],
+        json!([{ "objectId": id }]),
         "the change and its audit row, naming the created repository"
     );
     let (status, log) = server.stop().await;

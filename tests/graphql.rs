@@ -752,7 +752,7 @@ async fn pagination(backend: Backend) {
 const NESTED: &str = "{ repositories(first: 50) { nodes { apps { nodes { deployments(first: 10) { nodes { id status } } } } } } }";
 
 /// SQL statements the server runs for `query` (from `/metrics`, nothing else running).
-async fn statements_for(server: &Server, query: &str) -> u64 {
+pub async fn statements_for(server: &Server, query: &str) -> u64 {
     let before = server.sql_statements().await;
     let body = server.graphql(query, json!({})).await;
     Server::data(&body);

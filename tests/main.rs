@@ -10,6 +10,7 @@ mod support;
 
 mod access;
 mod adoption;
+mod audit;
 mod backup;
 mod browser;
 mod documents;
@@ -22,6 +23,7 @@ mod instances;
 mod lifecycle;
 mod metrics;
 mod migrations;
+mod read_path;
 mod runner;
 mod security;
 mod server;

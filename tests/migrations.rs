@@ -1,20 +1,23 @@
 //! `keystone migrate …` and `keystone verify` on an empty database: applying, status,
 //! rolling back, drift detection and the refusal to touch a newer schema.
 
-use crate::on_both_backends;
-use crate::support::{Backend, TestDb, keystone};
+use sea_orm::ConnectionTrait;
 
-const INITIAL: &str = "m20261126_000001_create_tables";
-const INDEX: &str = "m20261126_000002_index_deployments_by_app_and_time";
-const TOKENS: &str = "m20261126_000003_create_tokens_and_audit_events";
+use crate::on_both_backends;
+use crate::support::{Backend, MIGRATIONS, TestDb, keystone};
+
+const INITIAL: &str = MIGRATIONS[0];
+const INDEX: &str = MIGRATIONS[1];
+const TOKENS: &str = MIGRATIONS[2];
+const LIFECYCLE: &str = MIGRATIONS[3];
+const RUNNER: &str = MIGRATIONS[4];
+const CONFIG_VARS: &str = MIGRATIONS[5];
+const STATUS_INDEX: &str = MIGRATIONS[6];
+const CHECKS: &str = MIGRATIONS[7];
+const DOCUMENTS: &str = MIGRATIONS[8];
+const COUNTS: &str = MIGRATIONS[9];
+const ACTORS: &str = MIGRATIONS[10];
 /// Every table the migrations create.
-const LIFECYCLE: &str = "m20261126_000004_deployment_lifecycle";
-const RUNNER: &str = "m20261130_000005_runner_placement_and_commits";
-const CONFIG_VARS: &str = "m20261130_000006_app_config";
-const STATUS_INDEX: &str = "m20261130_000007_index_deployments_by_status";
-const CHECKS: &str = "m20261130_000008_check_enumerations";
-const DOCUMENTS: &str = "m20261130_000009_trusted_documents";
-const COUNTS: &str = "m20261201_000010_count_deployments_by_status";
 const KEYSTONE_TABLES: [&str; 11] = [
     "api_app",
     "api_app_env",
@@ -59,18 +62,7 @@ async fn migrate_from_empty(backend: Backend) {
     assert_eq!(
         db.rows("SELECT version FROM seaql_migrations ORDER BY version")
             .await,
-        [
-            INITIAL,
-            INDEX,
-            TOKENS,
-            LIFECYCLE,
-            RUNNER,
-            CONFIG_VARS,
-            STATUS_INDEX,
-            CHECKS,
-            DOCUMENTS,
-            COUNTS
-        ]
+        MIGRATIONS
     );
 
     // Applying again is a no-op that says so.
@@ -111,16 +103,16 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let pending = keystone(&db, &["migrate", "status", "--check"]).await;
     pending.assert_failure();
     let printed = format!("{}{}", pending.stdout, pending.stderr);
-    assert!(printed.contains("10 migration(s) pending"), "{printed}");
+    assert!(printed.contains("11 migration(s) pending"), "{printed}");
     assert!(printed.contains(CHECKS), "{printed}");
-    keystone(&db, &["migrate", "up", "9"])
+    keystone(&db, &["migrate", "up", "10"])
         .await
         .assert_success();
     let one = keystone(&db, &["migrate", "status", "--check"]).await;
     one.assert_failure();
     assert!(
         one.stderr
-            .contains(&format!("1 migration(s) pending: {COUNTS}")),
+            .contains(&format!("1 migration(s) pending: {ACTORS}")),
         "{}",
         one.stderr
     );
@@ -206,10 +198,10 @@ async fn concurrent_migrations_take_turns() {
         let applied = |out: &crate::support::Output| out.stdout.matches("Applied ").count();
         let mut counts = [applied(&a), applied(&b)];
         counts.sort_unstable();
-        assert_eq!(counts, [0, 10], "{}\n---\n{}", a.stdout, b.stdout);
+        assert_eq!(counts, [0, 11], "{}\n---\n{}", a.stdout, b.stdout);
         assert_eq!(
             db.count("SELECT COUNT(*) FROM seaql_migrations").await,
-            10,
+            11,
             "each migration recorded once"
         );
         keystone(&db, &["migrate", "reset"]).await.assert_success();
@@ -220,6 +212,23 @@ async fn down_up_round_trip(backend: Backend) {
     let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {ACTORS}")),
+        "{}",
+        down.stdout
+    );
+    // The old actors only again.
+    let refused = db
+        .connect()
+        .await
+        .execute_unprepared(
+            "INSERT INTO api_audit_event (token_name, token_role, operation, arguments, outcome) \
+             VALUES ('root', 'operator', 'token create', '{}', 'success')",
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -517,6 +526,6 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(COUNTS)
+        Some(ACTORS)
     );
 }

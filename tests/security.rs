@@ -382,7 +382,7 @@ async fn the_audit_trail_is_complete_and_safe(backend: Backend) {
         .await;
     assert_eq!(status, 401);
     assert_eq!(
-        db.rows("SELECT token_name || '|' || token_role || '|' || operation || '|' || error_code FROM api_audit_event ORDER BY id")
+        db.rows("SELECT token_name || '|' || token_role || '|' || operation || '|' || error_code FROM api_audit_event WHERE outcome = 'error' ORDER BY id")
             .await,
         [
             "(anonymous)|anonymous|(authentication)|UNAUTHENTICATED",

@@ -1,7 +1,7 @@
 //! `keystone serve`: migrations on start, `/health` and `/ready`, graceful shutdown.
 
 use crate::on_both_backends;
-use crate::support::{Backend, Server, TestDb, http, keystone};
+use crate::support::{Backend, MIGRATIONS, Server, TestDb, http, keystone};
 
 async fn serve_migrates_and_reports_ready(backend: Backend) {
     let db = TestDb::new(backend).await;
@@ -37,21 +37,7 @@ async fn no_migrate_leaves_schema_alone_and_is_not_ready(backend: Backend) {
         .expect("server starts");
     let (status, body) = server.ready().await;
     assert_eq!(status, 503);
-    assert_eq!(
-        body["migrations"]["pending"],
-        serde_json::json!([
-            "m20261126_000001_create_tables",
-            "m20261126_000002_index_deployments_by_app_and_time",
-            "m20261126_000003_create_tokens_and_audit_events",
-            "m20261126_000004_deployment_lifecycle",
-            "m20261130_000005_runner_placement_and_commits",
-            "m20261130_000006_app_config",
-            "m20261130_000007_index_deployments_by_status",
-            "m20261130_000008_check_enumerations",
-            "m20261130_000009_trusted_documents",
-            "m20261201_000010_count_deployments_by_status"
-        ])
-    );
+    assert_eq!(body["migrations"]["pending"], serde_json::json!(MIGRATIONS));
     server.stop_ok().await;
     assert!(!db.tables().await.iter().any(|t| t.starts_with("api_")));
 

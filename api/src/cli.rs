@@ -6,12 +6,16 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use migration::cli::MigrateCommand;
 use migration::connection::redact;
 
+use async_graphql::ErrorExtensions;
 use entity::api_token::Role;
 use migration::connection;
-use sea_orm::ActiveEnum;
+use sea_orm::{ActiveEnum, DatabaseConnection};
 
 use crate::config::{Config, DatabaseArgs, ServeArgs};
+use crate::domain::DomainError;
 use crate::domain::access::{self, NewToken};
+use crate::domain::audit::{Actor, Audit, Object};
+use crate::graphql::error::Code;
 
 #[derive(Parser)]
 #[command(
@@ -280,6 +284,29 @@ async fn migrated_database(url: &str) -> anyhow::Result<sea_orm::DatabaseConnect
     Ok(db)
 }
 
+/// Runs an operator's write (`keystone token …`, `keystone documents …`), audited: recorded
+/// with its change, or on its own with its error (the code the API would answer).
+async fn as_operator<T>(
+    db: &DatabaseConnection,
+    audit: Audit,
+    write: impl AsyncFnOnce(&Audit) -> Result<T, DomainError>,
+) -> anyhow::Result<T> {
+    let result = write(&audit).await;
+    let error = result.as_ref().err().map(|error| {
+        let code = Code::of(error.extend().extensions.as_ref()).unwrap_or(Code::Internal);
+        (code.as_str().to_owned(), error.to_string())
+    });
+    let recorded = audit.finish(db, error).await;
+    let written = result?;
+    recorded?;
+    Ok(written)
+}
+
+/// The audit of `keystone <command>`, run by the operator.
+fn operator(command: &str, arguments: serde_json::Value) -> Audit {
+    Audit::new(Actor::operator(), format!("keystone {command}"), arguments)
+}
+
 /// `keystone documents …`.
 async fn documents(url: &str, command: DocumentsCommand) -> anyhow::Result<ExitCode> {
     use crate::domain::documents;
@@ -303,7 +330,11 @@ async fn documents(url: &str, command: DocumentsCommand) -> anyhow::Result<ExitC
                     });
                 }
                 let names: Vec<String> = new.iter().map(|d| d.operation_names.join(",")).collect();
-                let added = documents::add(&db, new).await?;
+                let arguments = serde_json::json!({ "files": files, "operationNames": names });
+                let added = as_operator(&db, operator("documents add", arguments), async |audit| {
+                    documents::add(&db, audit, new).await
+                })
+                .await?;
                 for ((file, (hash, is_new)), names) in files.iter().zip(added).zip(names) {
                     let state = if is_new { "added" } else { "already stored" };
                     println!("{hash}  {names}  {} ({state})", file.display());
@@ -331,7 +362,13 @@ async fn documents(url: &str, command: DocumentsCommand) -> anyhow::Result<ExitC
                         anyhow::anyhow!("{hash:?} is not a SHA-256 (64 hex digits)")
                     })?);
                 }
-                let removed = documents::remove(&db, &normalized).await?;
+                let arguments = serde_json::json!({ "hashes": normalized });
+                let removed = as_operator(
+                    &db,
+                    operator("documents remove", arguments),
+                    async |audit| documents::remove(&db, audit, &normalized).await,
+                )
+                .await?;
                 println!("Removed {removed} of {} document(s).", normalized.len());
                 if removed < normalized.len() as u64 {
                     return Ok(ExitCode::FAILURE);
@@ -358,16 +395,22 @@ async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
                 let expires_at = expires_in_days.map(|days| {
                     entity::Timestamp::new(chrono::Utc::now() + chrono::Duration::days(days.into()))
                 });
-                let (token, secret) = access::create_token(
-                    &db,
-                    NewToken {
-                        name,
-                        role,
-                        expires_at,
-                        created_by: "keystone token create".to_owned(),
-                    },
-                )
-                .await?;
+                let arguments = serde_json::json!({
+                    "name": name,
+                    "role": role.to_value(),
+                    "expiresInDays": expires_in_days,
+                });
+                let new = NewToken {
+                    name,
+                    role,
+                    expires_at,
+                    created_by: "keystone token create".to_owned(),
+                };
+                let (token, secret) =
+                    as_operator(&db, operator("token create", arguments), async |audit| {
+                        access::create_token(&db, audit, new).await
+                    })
+                    .await?;
                 eprintln!(
                     "Created token {:?} (role {}, id {}). Its secret, shown once:",
                     token.name,
@@ -410,7 +453,12 @@ async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
                 let Some(token) = access::find_token(&db, &name_or_id).await? else {
                     anyhow::bail!("no token named {name_or_id:?} or with that id");
                 };
-                let revoked = access::revoke_token(&db, token.id).await?;
+                let arguments = serde_json::json!({ "nameOrId": name_or_id });
+                let audit = operator("token revoke", arguments).about(Object::ApiToken(token.id));
+                let revoked = as_operator(&db, audit, async |audit| {
+                    access::revoke_token(&db, audit, token.id).await
+                })
+                .await?;
                 println!("Revoked token {:?} (id {}).", revoked.name, revoked.id);
             }
         }

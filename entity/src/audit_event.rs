@@ -6,8 +6,8 @@ use sea_orm::entity::prelude::*;
 use crate::Timestamp;
 use crate::api_token::Role;
 
-/// Who called, as stored in `api_audit_event.token_role`: a token's role, or `anonymous`
-/// for a call refused before any token was accepted.
+/// Who acted, as stored in `api_audit_event.token_role`: a token's role, `anonymous` for a
+/// call refused before any token was accepted, or an actor that is not a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum ActorRole {
@@ -19,6 +19,29 @@ pub enum ActorRole {
     Runner,
     #[sea_orm(string_value = "anonymous")]
     Anonymous,
+    /// Someone running the `keystone` command on the server (e.g. `keystone token create`).
+    #[sea_orm(string_value = "operator")]
+    Operator,
+    /// A Git host's push notification.
+    #[sea_orm(string_value = "webhook")]
+    Webhook,
+    /// Keystone itself (e.g. the sweeper requeueing a deployment whose lease lapsed).
+    #[sea_orm(string_value = "system")]
+    System,
+}
+
+/// The kind of row an event acted on, as stored in `api_audit_event.object_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum ObjectType {
+    #[sea_orm(string_value = "Repository")]
+    Repository,
+    #[sea_orm(string_value = "App")]
+    App,
+    #[sea_orm(string_value = "Deployment")]
+    Deployment,
+    #[sea_orm(string_value = "ApiToken")]
+    ApiToken,
 }
 
 impl From<Role> for ActorRole {
@@ -32,13 +55,15 @@ impl From<Role> for ActorRole {
 }
 
 impl ActorRole {
-    /// The token role, or `None` for an anonymous caller.
+    /// The token role, or `None` for an actor that is not a token.
     pub fn role(self) -> Option<Role> {
         match self {
             ActorRole::Admin => Some(Role::Admin),
             ActorRole::Viewer => Some(Role::Viewer),
             ActorRole::Runner => Some(Role::Runner),
-            ActorRole::Anonymous => None,
+            ActorRole::Anonymous | ActorRole::Operator | ActorRole::Webhook | ActorRole::System => {
+                None
+            }
         }
     }
 }
@@ -71,9 +96,13 @@ pub struct Model {
     /// The arguments as JSON, secrets redacted.
     #[sea_orm(column_type = "Text")]
     pub arguments: String,
-    /// The global ID of the object acted on, when known.
+    /// The ID a caller named, when the call failed before acting on an object (and the
+    /// object's global ID in rows written before `object_type` existed).
     #[sea_orm(column_type = "String(StringLen::N(200))", nullable)]
     pub object_id: Option<String>,
+    /// The kind of row acted on, with its id in `object_database_id`.
+    pub object_type: Option<ObjectType>,
+    pub object_database_id: Option<i64>,
     pub outcome: Outcome,
     #[sea_orm(column_type = "String(StringLen::N(50))", nullable)]
     pub error_code: Option<String>,

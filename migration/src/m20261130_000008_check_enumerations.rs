@@ -26,7 +26,7 @@ impl MigrationName for Migration {
 const APP_STATUSES: &[&str] = &["draft", "deploying", "running", "failed", "stopped"];
 const ROLES: &[&str] = &["admin", "viewer", "runner"];
 
-enum Rule {
+pub(crate) enum Rule {
     /// One of these values.
     OneOf(&'static [&'static str]),
     /// NULL, or one of these values.
@@ -133,6 +133,53 @@ fn object_name(table: &str, column: &str, suffix: &str) -> String {
     format!("{table}_{column}_{suffix}")
 }
 
+/// The statements that make the database enforce `rule` on `table.column`: a `CHECK`
+/// constraint on PostgreSQL, triggers before insert and update on SQLite.
+pub(crate) fn add_rule(backend: DbBackend, table: &str, column: &str, rule: &Rule) -> Vec<String> {
+    match backend {
+        DbBackend::Postgres => vec![format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {} CHECK ({})",
+            object_name(table, column, "check"),
+            rule.condition(column)
+        )],
+        _ => ["INSERT", "UPDATE"]
+            .iter()
+            .map(|event| {
+                let on = match *event {
+                    "UPDATE" => format!("UPDATE OF {column}"),
+                    other => other.to_owned(),
+                };
+                format!(
+                    "CREATE TRIGGER {} BEFORE {on} ON {table} WHEN NOT ({}) BEGIN \
+                     SELECT RAISE(ABORT, 'CHECK constraint failed: {table}.{column} {}'); END",
+                    object_name(table, column, &event.to_lowercase()),
+                    rule.condition(&format!("NEW.{column}")),
+                    rule.describe()
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The statements that undo [`add_rule`].
+pub(crate) fn drop_rule(backend: DbBackend, table: &str, column: &str) -> Vec<String> {
+    match backend {
+        DbBackend::Postgres => vec![format!(
+            "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}",
+            object_name(table, column, "check")
+        )],
+        _ => ["insert", "update"]
+            .iter()
+            .map(|event| {
+                format!(
+                    "DROP TRIGGER IF EXISTS {}",
+                    object_name(table, column, event)
+                )
+            })
+            .collect(),
+    }
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     fn use_transaction(&self) -> Option<bool> {
@@ -180,34 +227,10 @@ impl MigrationTrait for Migration {
             )));
         }
         for (table, _, column, rule) in RULES {
-            if !rule.applies_to(backend) {
-                continue;
-            }
-            let statements = match backend {
-                DbBackend::Postgres => vec![format!(
-                    "ALTER TABLE {table} ADD CONSTRAINT {} CHECK ({})",
-                    object_name(table, column, "check"),
-                    rule.condition(column)
-                )],
-                _ => ["INSERT", "UPDATE"]
-                    .iter()
-                    .map(|event| {
-                        let on = match *event {
-                            "UPDATE" => format!("UPDATE OF {column}"),
-                            other => other.to_owned(),
-                        };
-                        format!(
-                            "CREATE TRIGGER {} BEFORE {on} ON {table} WHEN NOT ({}) BEGIN \
-                             SELECT RAISE(ABORT, 'CHECK constraint failed: {table}.{column} {}'); END",
-                            object_name(table, column, &event.to_lowercase()),
-                            rule.condition(&format!("NEW.{column}")),
-                            rule.describe()
-                        )
-                    })
-                    .collect(),
-            };
-            for statement in statements {
-                db.execute_unprepared(&statement).await?;
+            if rule.applies_to(backend) {
+                for statement in add_rule(backend, table, column, rule) {
+                    db.execute_unprepared(&statement).await?;
+                }
             }
         }
         Ok(())
@@ -217,26 +240,10 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         let backend = manager.get_database_backend();
         for (table, _, column, rule) in RULES {
-            if !rule.applies_to(backend) {
-                continue;
-            }
-            let statements = match backend {
-                DbBackend::Postgres => vec![format!(
-                    "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}",
-                    object_name(table, column, "check")
-                )],
-                _ => ["insert", "update"]
-                    .iter()
-                    .map(|event| {
-                        format!(
-                            "DROP TRIGGER IF EXISTS {}",
-                            object_name(table, column, event)
-                        )
-                    })
-                    .collect(),
-            };
-            for statement in statements {
-                db.execute_unprepared(&statement).await?;
+            if rule.applies_to(backend) {
+                for statement in drop_rule(backend, table, column) {
+                    db.execute_unprepared(&statement).await?;
+                }
             }
         }
         Ok(())

@@ -29,6 +29,21 @@ use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// Every migration, oldest first, as `seaql_migrations` names them.
+pub const MIGRATIONS: [&str; 11] = [
+    "m20261126_000001_create_tables",
+    "m20261126_000002_index_deployments_by_app_and_time",
+    "m20261126_000003_create_tokens_and_audit_events",
+    "m20261126_000004_deployment_lifecycle",
+    "m20261130_000005_runner_placement_and_commits",
+    "m20261130_000006_app_config",
+    "m20261130_000007_index_deployments_by_status",
+    "m20261130_000008_check_enumerations",
+    "m20261130_000009_trusted_documents",
+    "m20261201_000010_count_deployments_by_status",
+    "m20261205_000011_audit_actors",
+];
+
 /// A registered end-to-end test: its module, its name, and how to run it.
 pub struct E2e {
     pub module: &'static str,

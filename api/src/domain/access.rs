@@ -20,7 +20,7 @@ use sea_orm::{
     QueryOrder, Set,
 };
 
-use super::audit::{self, Object};
+use super::audit::{self, Actor, Audit, Object};
 use super::{DomainError, begin_write, check, validation, writer_turn};
 
 /// Every secret starts with this, so leaked tokens are easy to recognise (and to scan for).
@@ -129,6 +129,7 @@ pub struct NewToken {
 /// Creates a token; the secret is returned once and only its hash is kept.
 pub async fn create_token(
     db: &DatabaseConnection,
+    audit: &Audit,
     new: NewToken,
 ) -> Result<(api_token::Model, Secret), DomainError> {
     check("name", validation::token_name, &new.name)?;
@@ -152,13 +153,14 @@ pub async fn create_token(
     }
     .insert(&txn)
     .await?;
-    audit::commit(txn, Object::ApiToken(created.id)).await?;
+    audit::commit(txn, audit, Object::ApiToken(created.id)).await?;
     Ok((created, secret))
 }
 
 /// Revokes a token at once; revoking a revoked token is a conflict naming when it happened.
 pub async fn revoke_token(
     db: &DatabaseConnection,
+    audit: &Audit,
     id: i64,
 ) -> Result<api_token::Model, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
@@ -183,7 +185,7 @@ pub async fn revoke_token(
     let mut active: api_token::ActiveModel = token.into();
     active.revoked_at = Set(Some(Timestamp::now()));
     let revoked = active.update(&txn).await?;
-    audit::commit(txn, Object::ApiToken(revoked.id)).await?;
+    audit::commit(txn, audit, Object::ApiToken(revoked.id)).await?;
     Ok(revoked)
 }
 
@@ -218,8 +220,14 @@ pub async fn create_first_admin(db: &DatabaseConnection) -> Result<Option<Secret
     if ApiToken::find().count(db).await? > 0 {
         return Ok(None);
     }
+    let audit = Audit::new(
+        Actor::System("first start"),
+        "createApiToken",
+        serde_json::json!({ "input": { "name": FIRST_ADMIN_NAME, "role": "ADMIN" } }),
+    );
     let created = create_token(
         db,
+        &audit,
         NewToken {
             name: FIRST_ADMIN_NAME.to_owned(),
             role: Role::Admin,

@@ -14,7 +14,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
-use super::audit::{self, Object};
+use super::audit::{self, Audit, Object};
 use super::events::{Event, EventBus};
 use super::logs::LogStore;
 use super::ports::{self, PortRange};
@@ -39,18 +39,6 @@ pub struct AppChanges {
     pub health_check_path: Option<String>,
 }
 
-/// The path the app's health check requests (`/` unless set).
-pub async fn health_check_path(
-    db: &impl ConnectionTrait,
-    app_id: i64,
-) -> Result<String, DomainError> {
-    Ok(AppSettings::find_by_id(app_id)
-        .one(db)
-        .await?
-        .and_then(|settings| settings.health_check_path)
-        .unwrap_or_else(|| DEFAULT_HEALTH_CHECK_PATH.to_owned()))
-}
-
 /// What a health check requests unless the app says otherwise.
 pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/";
 
@@ -72,7 +60,11 @@ async fn set_health_check_path(
     Ok(())
 }
 
-pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, DomainError> {
+pub async fn create(
+    db: &DatabaseConnection,
+    audit: &Audit,
+    new: NewApp,
+) -> Result<app::Model, DomainError> {
     check("name", validation::app_name, &new.name)?;
     if let Some(path) = &new.health_check_path {
         check("healthCheckPath", validation::health_check_path, path)?;
@@ -92,7 +84,7 @@ pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, 
     if let Some(path) = new.health_check_path {
         set_health_check_path(&txn, created.id, path).await?;
     }
-    audit::commit(txn, Object::App(created.id)).await?;
+    audit::commit(txn, audit, Object::App(created.id)).await?;
     Ok(created)
 }
 
@@ -100,6 +92,7 @@ pub async fn create(db: &DatabaseConnection, new: NewApp) -> Result<app::Model, 
 /// `appUpdated` hear of it.
 pub async fn update(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
     id: i64,
     changes: AppChanges,
@@ -129,7 +122,7 @@ pub async fn update(
     if let Some(path) = changes.health_check_path {
         set_health_check_path(&txn, id, path).await?;
     }
-    audit::commit(txn, Object::App(id)).await?;
+    audit::commit(txn, audit, Object::App(id)).await?;
     events.publish(Event::AppUpdated(Arc::new(updated.clone())));
     Ok(updated)
 }
@@ -137,6 +130,7 @@ pub async fn update(
 /// Deletes an app and its deployments, refused while one of them is running.
 pub async fn delete(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
     logs: &LogStore,
     id: i64,
@@ -163,7 +157,7 @@ pub async fn delete(
     .await?;
     let placed = placements(&txn, vec![id]).await?;
     App::delete_by_id(id).exec(&txn).await?;
-    audit::commit(txn, Object::App(id)).await?;
+    audit::commit(txn, audit, Object::App(id)).await?;
     publish_deleted(events, placed);
     logs.remove(log_files).await;
     Ok(id)
@@ -183,6 +177,7 @@ pub async fn delete(
 /// (or image) the runner reuses, or whose recorded commit it rebuilds.
 pub async fn deploy(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
     ports: PortRange,
     app_id: i64,
@@ -191,7 +186,7 @@ pub async fn deploy(
     let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
     let queued = queue(&txn, ports, app, source).await?;
-    audit::commit(txn, Object::App(app_id)).await?;
+    audit::commit(txn, audit, Object::App(app_id)).await?;
     queued.publish(events);
     Ok((queued.created, queued.app))
 }
@@ -396,6 +391,7 @@ pub(crate) async fn queue_restart(
 /// The app keeps its port.
 pub async fn stop(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
     app_id: i64,
 ) -> Result<app::Model, DomainError> {
@@ -414,7 +410,7 @@ pub async fn stop(
     let mut active: app::ActiveModel = app.into();
     active.status = Set(AppStatus::Stopped);
     let app = active.update(&txn).await?;
-    audit::commit(txn, Object::App(app.id)).await?;
+    audit::commit(txn, audit, Object::App(app.id)).await?;
     events.publish(Event::AppUpdated(Arc::new(app.clone())));
     Ok(app)
 }

@@ -1,16 +1,17 @@
-//! The audit trail: one append-only `api_audit_event` row per mutation, whatever its
-//! outcome — who (token name and role), what (operation and arguments, secrets redacted), on
-//! which object, when, and how it ended — and one per call refused before it ran (failed
-//! authentication, rate limit).
+//! The audit trail: one append-only `api_audit_event` row per change, whatever its entry
+//! point (an API call, the `keystone` command, Keystone's own tasks) and outcome — who (the
+//! [`Actor`]), what (operation and arguments, secrets redacted), on which object, when, and
+//! how it ended — and one per API call refused before it ran (failed authentication, rate
+//! limit).
 //!
 //! What is never copied into the trail (rows there can never be deleted): secrets (by name,
 //! in URLs, token-shaped strings), and free text that runners send, which may carry build
 //! secrets — log chunks and error summaries are recorded as their size only.
 
-use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use entity::Timestamp;
-use entity::audit_event::{self, ActorRole, Outcome};
+use entity::audit_event::{self, ActorRole, ObjectType, Outcome};
 use entity::prelude::AuditEvent;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, Set};
 use serde_json::Value;
@@ -33,27 +34,72 @@ const SECRET_NAMES: &[&str] = &[
 const TEXT_NAMES: &[&str] = &["chunk", "errorsummary"];
 /// Longest string value kept in full; longer ones are cut (a 10 MB name is not evidence).
 const MAX_STRING_CHARS: usize = 500;
-/// `api_audit_event.object_id` and `operation` hold at most this many characters.
+/// `api_audit_event.object_id`, `operation` and `token_name` hold at most this many
+/// characters.
 const MAX_OBJECT_ID_CHARS: usize = 200;
 const MAX_OPERATION_CHARS: usize = 100;
+const MAX_NAME_CHARS: usize = 100;
 /// The name recorded for a caller without an accepted token.
 pub const ANONYMOUS: &str = "(anonymous)";
 
-/// What one call did, as recorded.
-pub struct Entry {
-    /// The caller; `None` when no token was accepted.
-    pub principal: Option<Principal>,
-    pub operation: String,
-    pub arguments: Value,
-    pub object_id: Option<String>,
-    /// `None` on success; the error's code and message otherwise.
-    pub error: Option<(String, String)>,
-    /// The SHA-256 of the document the call ran, when known.
-    pub document_hash: Option<String>,
+/// Who acts. Every domain write takes one (inside an [`Audit`]), so a new entry point cannot
+/// write without saying who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// A caller of the API, by its token.
+    Token(Principal),
+    /// Someone running the `keystone` command on the server, by operating-system user name.
+    Operator(String),
+    /// A Git host's push notification, by the name it was received under.
+    Webhook(String),
+    /// Keystone itself, by the task's name (e.g. `lease sweeper`).
+    System(&'static str),
+    /// A caller refused before any token was accepted (it never writes).
+    Anonymous,
+}
+
+impl Actor {
+    /// The operator running this process: the operating-system user (`$USER`, else
+    /// `$LOGNAME`, else the numeric uid).
+    pub fn operator() -> Actor {
+        let name = ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+        Actor::Operator(name)
+    }
+
+    /// The token behind the call, if a token made it.
+    pub fn token(&self) -> Option<&Principal> {
+        match self {
+            Actor::Token(principal) => Some(principal),
+            _ => None,
+        }
+    }
+
+    /// The name the trail and messages give the actor.
+    pub fn name(&self) -> &str {
+        match self {
+            Actor::Token(principal) => &principal.name,
+            Actor::Operator(name) | Actor::Webhook(name) => name,
+            Actor::System(name) => name,
+            Actor::Anonymous => ANONYMOUS,
+        }
+    }
+
+    fn role(&self) -> ActorRole {
+        match self {
+            Actor::Token(principal) => principal.role.into(),
+            Actor::Operator(_) => ActorRole::Operator,
+            Actor::Webhook(_) => ActorRole::Webhook,
+            Actor::System(_) => ActorRole::System,
+            Actor::Anonymous => ActorRole::Anonymous,
+        }
+    }
 }
 
 /// What a write acted on, as the trail names it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Object {
     Repository(i64),
     App(i64),
@@ -61,75 +107,156 @@ pub enum Object {
     ApiToken(i64),
 }
 
-/// A successful call's entry, waiting for the transaction that makes its change: see
-/// [`pending`] and [`commit`].
-pub struct Pending {
-    /// The entry, recorded with `error: None` and the object the write names.
-    pub entry: Entry,
-    /// How the trail names an object (its global ID; the API layer owns that format).
-    pub name: fn(Object) -> String,
-}
-
-tokio::task_local! {
-    static PENDING: RefCell<Option<Pending>>;
-}
-
-/// Runs `body` with `entry` pending: the first write that `body` commits through [`commit`]
-/// appends the entry inside its own transaction, so a change and its audit row are stored
-/// together or not at all (a cut connection cannot keep one without the other). Returns
-/// `body`'s output and the entry if no write took it (a call that changed nothing).
-pub async fn pending<F: Future>(entry: Pending, body: F) -> (F::Output, Option<Pending>) {
-    PENDING
-        .scope(RefCell::new(Some(entry)), async {
-            let output = body.await;
-            (output, PENDING.with(|cell| cell.borrow_mut().take()))
-        })
-        .await
-}
-
-/// Commits a domain write that acted on `object`, appending the task's pending audit entry
-/// (if any, see [`pending`]) in the same transaction.
-pub(crate) async fn commit(txn: DatabaseTransaction, object: Object) -> Result<(), DbErr> {
-    let pending = PENDING
-        .try_with(|cell| cell.borrow_mut().take())
-        .ok()
-        .flatten();
-    if let Some(Pending { mut entry, name }) = pending {
-        entry.object_id = Some(name(object));
-        insert(&txn, entry).await?;
+impl Object {
+    fn columns(self) -> (ObjectType, i64) {
+        match self {
+            Object::Repository(id) => (ObjectType::Repository, id),
+            Object::App(id) => (ObjectType::App, id),
+            Object::Deployment(id) => (ObjectType::Deployment, id),
+            Object::ApiToken(id) => (ObjectType::ApiToken, id),
+        }
     }
-    txn.commit().await
 }
 
-/// Appends `entry` to the trail on its own: refusals, failures, and calls that wrote nothing.
-pub async fn record(db: &DatabaseConnection, entry: Entry) -> Result<(), DomainError> {
-    // One INSERT: atomic without a transaction around it.
-    let _turn = writer_turn(db).await;
-    Ok(insert(db, entry).await?)
+/// One call that may change something, as the trail records it: who, which operation, its
+/// arguments (secrets redacted when stored). Every domain write takes one and records it
+/// inside its own transaction ([`commit`]), so a change and its audit row are stored
+/// together or not at all; [`Audit::finish`] records the calls that wrote nothing (refused,
+/// failed, or with nothing to change).
+#[derive(Debug)]
+pub struct Audit {
+    actor: Actor,
+    operation: String,
+    arguments: Value,
+    /// The object the call is about, when known before it runs (kept when it fails).
+    about: Option<Object>,
+    /// The ID the caller named, kept when the call fails before acting on an object.
+    requested: Option<String>,
+    /// The SHA-256 of the GraphQL document the call ran, when known.
+    document_hash: Option<String>,
+    /// Set once a write has recorded this call with its change.
+    recorded: AtomicBool,
 }
 
-async fn insert(db: &impl ConnectionTrait, entry: Entry) -> Result<(), DbErr> {
-    let (outcome, error_code, error_message) = match entry.error {
+impl Audit {
+    pub fn new(actor: Actor, operation: impl Into<String>, arguments: Value) -> Audit {
+        Audit {
+            actor,
+            operation: operation.into(),
+            arguments,
+            about: None,
+            requested: None,
+            document_hash: None,
+            recorded: AtomicBool::new(false),
+        }
+    }
+
+    /// The object the call is about, as known before it runs.
+    pub fn about(mut self, object: Object) -> Audit {
+        self.about = Some(object);
+        self
+    }
+
+    /// The object the caller named (a global ID, or whatever it sent).
+    pub fn requested(mut self, object_id: Option<String>) -> Audit {
+        self.requested = object_id;
+        self
+    }
+
+    /// The document the call ran.
+    pub fn document(mut self, hash: Option<String>) -> Audit {
+        self.document_hash = hash;
+        self
+    }
+
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Whether a write already recorded this call, with its change.
+    pub fn recorded(&self) -> bool {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    /// Records the call on its own unless a write recorded it: with `error` (its code and
+    /// message) when it was refused or failed, as a success that changed nothing otherwise.
+    pub async fn finish(
+        &self,
+        db: &DatabaseConnection,
+        error: Option<(String, String)>,
+    ) -> Result<(), DomainError> {
+        if self.recorded() {
+            return Ok(());
+        }
+        // One INSERT: atomic without a transaction around it.
+        let _turn = writer_turn(db).await;
+        insert(db, self, self.about, error).await?;
+        Ok(())
+    }
+}
+
+/// Commits a domain write that acted on `object`, with `audit`'s row in the same
+/// transaction (the first write of a call records it; later ones only commit).
+pub(crate) async fn commit(
+    txn: DatabaseTransaction,
+    audit: &Audit,
+    object: Object,
+) -> Result<(), DbErr> {
+    commit_on(txn, audit, Some(object)).await
+}
+
+/// Like [`commit`], for a write on rows the trail has no object type for (trusted
+/// documents: the arguments name them).
+pub(crate) async fn commit_unnamed(txn: DatabaseTransaction, audit: &Audit) -> Result<(), DbErr> {
+    commit_on(txn, audit, None).await
+}
+
+async fn commit_on(
+    txn: DatabaseTransaction,
+    audit: &Audit,
+    object: Option<Object>,
+) -> Result<(), DbErr> {
+    if audit.recorded() {
+        return txn.commit().await;
+    }
+    insert(&txn, audit, object, None).await?;
+    txn.commit().await?;
+    audit.recorded.store(true, Ordering::Release);
+    Ok(())
+}
+
+async fn insert(
+    db: &impl ConnectionTrait,
+    audit: &Audit,
+    object: Option<Object>,
+    error: Option<(String, String)>,
+) -> Result<(), DbErr> {
+    let (outcome, error_code, error_message) = match error {
         None => (Outcome::Success, None, None),
         Some((code, message)) => (Outcome::Error, Some(code), Some(message)),
     };
-    let (token_id, token_name, token_role) = match entry.principal {
-        Some(p) => (Some(p.token_id), p.name.clone(), ActorRole::from(p.role)),
-        None => (None, ANONYMOUS.to_owned(), ActorRole::Anonymous),
-    };
+    let (object_type, object_database_id) = object.map(Object::columns).unzip();
     let row = audit_event::ActiveModel {
         occurred_at: Set(Timestamp::now()),
-        token_id: Set(token_id),
-        token_name: Set(token_name),
-        token_role: Set(token_role),
-        operation: Set(cut(&entry.operation, MAX_OPERATION_CHARS)),
-        arguments: Set(redact(entry.arguments).to_string()),
+        token_id: Set(audit.actor.token().map(|p| p.token_id)),
+        token_name: Set(cut(audit.actor.name(), MAX_NAME_CHARS)),
+        token_role: Set(audit.actor.role()),
+        operation: Set(cut(&audit.operation, MAX_OPERATION_CHARS)),
+        arguments: Set(redact(audit.arguments.clone()).to_string()),
         // Ids come from the caller: a 300-character one must not lose the row.
-        object_id: Set(entry.object_id.map(|id| cut(&id, MAX_OBJECT_ID_CHARS))),
+        object_id: Set(match object {
+            Some(_) => None,
+            None => audit
+                .requested
+                .as_deref()
+                .map(|id| cut(id, MAX_OBJECT_ID_CHARS)),
+        }),
+        object_type: Set(object_type),
+        object_database_id: Set(object_database_id),
         outcome: Set(outcome),
         error_code: Set(error_code),
         error_message: Set(error_message.map(|m| shorten(&m))),
-        document_hash: Set(entry.document_hash),
+        document_hash: Set(audit.document_hash.clone()),
         ..Default::default()
     };
     AuditEvent::insert(row).exec_without_returning(db).await?;

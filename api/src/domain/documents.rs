@@ -16,6 +16,7 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use super::audit::{self, Audit};
 use super::{DomainError, begin_write};
 
 /// Lowercase hex SHA-256 of `text`'s UTF-8 bytes: a document's name.
@@ -39,6 +40,7 @@ pub struct NewDocument {
 /// (storing a document twice changes nothing).
 pub async fn add(
     db: &DatabaseConnection,
+    audit: &Audit,
     documents: Vec<NewDocument>,
 ) -> Result<Vec<(String, bool)>, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
@@ -68,7 +70,7 @@ pub async fn add(
         }
         added.push((hash, !exists));
     }
-    txn.commit().await?;
+    audit::commit_unnamed(txn, audit).await?;
     Ok(added)
 }
 
@@ -82,14 +84,18 @@ pub async fn list(db: &DatabaseConnection) -> Result<Vec<trusted_document::Model
 }
 
 /// Removes the documents named by `hashes`; returns how many there were.
-pub async fn remove(db: &DatabaseConnection, hashes: &[String]) -> Result<u64, DomainError> {
+pub async fn remove(
+    db: &DatabaseConnection,
+    audit: &Audit,
+    hashes: &[String],
+) -> Result<u64, DomainError> {
     let (_turn, txn) = begin_write(db).await?;
     let removed = TrustedDocument::delete_many()
         .filter(trusted_document::Column::Hash.is_in(hashes.iter().cloned()))
         .exec(&txn)
         .await?
         .rows_affected;
-    txn.commit().await?;
+    audit::commit_unnamed(txn, audit).await?;
     Ok(removed)
 }
 

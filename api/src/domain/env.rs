@@ -7,9 +7,11 @@
 //! the change's transaction; without a restart (or when the app is not running), the change
 //! reaches the app at its next deployment.
 
+use std::collections::HashMap;
+
 use entity::Timestamp;
-use entity::app_env;
 use entity::prelude::*;
+use entity::{app_env, app_settings};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
@@ -18,7 +20,7 @@ use entity::deployment;
 use sea_orm::DatabaseTransaction;
 
 use super::apps;
-use super::audit::{self, Object};
+use super::audit::{self, Audit, Object};
 use super::events::EventBus;
 use super::ports::PortRange;
 use super::secrets::SecretBox;
@@ -48,6 +50,7 @@ async fn restart_in(
 /// Sets `name` to `value` for the app; returns when it was set, and the restart queued.
 pub async fn set(
     db: &sea_orm::DatabaseConnection,
+    audit: &Audit,
     secrets: &SecretBox,
     app_id: i64,
     name: &str,
@@ -82,7 +85,7 @@ pub async fn set(
         }
     }
     let queued = restart_in(&txn, restart, app).await?;
-    audit::commit(txn, Object::App(app_id)).await?;
+    audit::commit(txn, audit, Object::App(app_id)).await?;
     Ok((now, published(queued, restart.events)))
 }
 
@@ -90,6 +93,7 @@ pub async fn set(
 /// was).
 pub async fn unset(
     db: &sea_orm::DatabaseConnection,
+    audit: &Audit,
     app_id: i64,
     name: &str,
     restart: Restart<'_>,
@@ -106,7 +110,7 @@ pub async fn unset(
     } else {
         None
     };
-    audit::commit(txn, Object::App(app_id)).await?;
+    audit::commit(txn, audit, Object::App(app_id)).await?;
     Ok((removed, published(queued, restart.events)))
 }
 
@@ -118,36 +122,55 @@ fn published(queued: Option<apps::Queued>, events: &EventBus) -> Option<deployme
     })
 }
 
-/// The app's variable names and when each was set, by name.
-pub async fn names(
-    db: &impl ConnectionTrait,
-    app_id: i64,
-) -> Result<Vec<(String, Timestamp)>, DomainError> {
-    Ok(AppEnv::find()
-        .filter(app_env::Column::AppId.eq(app_id))
-        .order_by_asc(app_env::Column::Name)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|row| (row.name, row.updated_at))
-        .collect())
+/// What a runner needs of an app's configuration to run it.
+#[derive(Clone, Debug, Default)]
+pub struct RunConfig {
+    /// Its variables with their values, by name.
+    pub env: Vec<(String, String)>,
+    /// What its health check requests.
+    pub health_check_path: String,
 }
 
-/// The app's variables with their values (for the runner that deploys it), by name.
-pub async fn values(
+/// The run configuration of each of `app_ids`, in two statements however many apps (inside
+/// the caller's transaction when it has one). Every app asked for is in the map.
+pub async fn run_configs(
     db: &impl ConnectionTrait,
     secrets: &SecretBox,
-    app_id: i64,
-) -> Result<Vec<(String, String)>, DomainError> {
-    AppEnv::find()
-        .filter(app_env::Column::AppId.eq(app_id))
+    app_ids: &[i64],
+) -> Result<HashMap<i64, RunConfig>, DomainError> {
+    let mut configs: HashMap<i64, RunConfig> = app_ids
+        .iter()
+        .map(|&id| {
+            let config = RunConfig {
+                env: Vec::new(),
+                health_check_path: apps::DEFAULT_HEALTH_CHECK_PATH.to_owned(),
+            };
+            (id, config)
+        })
+        .collect();
+    let rows = AppEnv::find()
+        .filter(app_env::Column::AppId.is_in(app_ids.iter().copied()))
+        .order_by_asc(app_env::Column::AppId)
         .order_by_asc(app_env::Column::Name)
         .all(db)
-        .await?
-        .into_iter()
-        .map(|row| {
-            let value = secrets.open(app_id, &row.name, &row.sealed)?;
-            Ok((row.name, value))
-        })
-        .collect()
+        .await?;
+    for row in rows {
+        let value = secrets.open(row.app_id, &row.name, &row.sealed)?;
+        if let Some(config) = configs.get_mut(&row.app_id) {
+            config.env.push((row.name, value));
+        }
+    }
+    let settings = AppSettings::find()
+        .filter(app_settings::Column::AppId.is_in(app_ids.iter().copied()))
+        .all(db)
+        .await?;
+    for settings in settings {
+        if let (Some(config), Some(path)) = (
+            configs.get_mut(&settings.app_id),
+            settings.health_check_path,
+        ) {
+            config.health_check_path = path;
+        }
+    }
+    Ok(configs)
 }

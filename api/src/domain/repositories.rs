@@ -8,7 +8,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set,
 };
 
-use super::audit::{self, Object};
+use super::audit::{self, Audit, Object};
 use super::logs::LogStore;
 use super::validation::GitHosts;
 use super::{DomainError, begin_write, check, validation};
@@ -30,6 +30,7 @@ pub struct RepositoryChanges {
 
 pub async fn create(
     db: &DatabaseConnection,
+    audit: &Audit,
     new: NewRepository,
     hosts: GitHosts,
 ) -> Result<repository::Model, DomainError> {
@@ -50,12 +51,13 @@ pub async fn create(
     }
     .insert(&txn)
     .await?;
-    audit::commit(txn, Object::Repository(created.id)).await?;
+    audit::commit(txn, audit, Object::Repository(created.id)).await?;
     Ok(created)
 }
 
 pub async fn update(
     db: &DatabaseConnection,
+    audit: &Audit,
     id: i64,
     changes: RepositoryChanges,
     hosts: GitHosts,
@@ -81,7 +83,7 @@ pub async fn update(
         active.default_branch = Set(branch);
     }
     let updated = active.update(&txn).await?;
-    audit::commit(txn, Object::Repository(updated.id)).await?;
+    audit::commit(txn, audit, Object::Repository(updated.id)).await?;
     Ok(updated)
 }
 
@@ -96,6 +98,7 @@ pub struct DeletedRepository {
 /// refused while any of those deployments is running.
 pub async fn delete(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &super::events::EventBus,
     logs: &LogStore,
     id: i64,
@@ -131,7 +134,7 @@ pub async fn delete(
     let app_ids: Vec<i64> = app_ids.into_tuple().all(&txn).await?;
     let placed = super::apps::placements(&txn, app_ids).await?;
     Repository::delete_by_id(id).exec(&txn).await?;
-    audit::commit(txn, Object::Repository(id)).await?;
+    audit::commit(txn, audit, Object::Repository(id)).await?;
     super::apps::publish_deleted(events, placed);
     logs.remove(log_files).await;
     Ok(DeletedRepository {

@@ -34,9 +34,11 @@ use sea_orm::{
 };
 
 use super::access::Principal;
-use super::audit::{self, Object};
+use super::audit::{self, Actor, Audit, Object};
+use super::env::{RunConfig, run_configs};
 use super::events::{Event, EventBus};
 use super::logs::LogStore;
+use super::secrets::SecretBox;
 use super::{DomainError, begin_write};
 
 /// How runners are managed (from the server's configuration).
@@ -68,6 +70,8 @@ pub struct Claim {
     pub source: Option<Source>,
     /// The last log chunk applied (a re-claimed deployment continues after it).
     pub log_sequence: i64,
+    /// The app's variables and health check, as they were when it was claimed.
+    pub config: RunConfig,
 }
 
 /// An earlier deployment a rollback reuses.
@@ -91,6 +95,7 @@ pub struct Progress {
 pub struct PlacedApp {
     pub app: app::Model,
     pub current: Option<(deployment::Model, Option<String>)>,
+    pub config: RunConfig,
 }
 
 /// The outcome a runner reports.
@@ -162,7 +167,7 @@ async fn locked(
 /// else is a `CONFLICT` naming why.
 async fn held_by(
     txn: &DatabaseTransaction,
-    runner: &Principal,
+    runner: &str,
     id: i64,
 ) -> Result<(deployment::Model, deployment_run::Model), DomainError> {
     let (deployment, run) = locked(txn, id, "deploymentId").await?;
@@ -174,7 +179,7 @@ async fn held_by(
 fn check_holder(
     deployment: &deployment::Model,
     holder: Option<&str>,
-    runner: &Principal,
+    runner: &str,
 ) -> Result<(), DomainError> {
     let id = deployment.id;
     if deployment.status != DeploymentStatus::Running {
@@ -183,13 +188,13 @@ fn check_holder(
             format!("deployment {id} is {}, not running", state(deployment)),
         ));
     }
-    if holder != Some(runner.name.as_str()) {
+    if holder != Some(runner) {
         return Err(conflict(
             "deploymentId",
             format!(
                 "deployment {id} is held by runner {:?}, not {:?}",
                 holder.unwrap_or("-"),
-                runner.name
+                runner
             ),
         ));
     }
@@ -218,14 +223,17 @@ async fn set_app_status(
     Ok(active.update(txn).await?)
 }
 
-/// Hands the oldest queued deployment to `runner` (`None` when nothing is queued).
+/// Hands the oldest queued deployment to the runner acting in `audit` (`None` when nothing
+/// is queued).
 pub async fn claim(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
     policy: &RunnerPolicy,
-    runner: &Principal,
+    secrets: &SecretBox,
     public_host: Option<&str>,
 ) -> Result<Option<Claim>, DomainError> {
+    let runner = audit.actor().name();
     if let Some(host) = public_host {
         super::check("publicHost", super::validation::public_host, host)?;
     }
@@ -234,7 +242,7 @@ pub async fn claim(
     let elsewhere = AppPlacement::find()
         .select_only()
         .column(app_placement::Column::AppId)
-        .filter(app_placement::Column::RunnerName.ne(runner.name.as_str()))
+        .filter(app_placement::Column::RunnerName.ne(runner))
         .into_query();
     let mut oldest = Deployment::find()
         .filter(deployment::Column::Status.eq(DeploymentStatus::Queued))
@@ -282,7 +290,7 @@ pub async fn claim(
     let log_sequence = run.log_sequence;
     let mut run: deployment_run::ActiveModel = run.into();
     run.attempts = Set(attempt);
-    run.runner_name = Set(Some(runner.name.clone()));
+    run.runner_name = Set(Some(runner.to_owned()));
     run.lease_expires_at = Set(Some(lease_expires_at));
     run.heartbeat_at = Set(Some(now));
     run.stage = Set(None);
@@ -292,7 +300,7 @@ pub async fn claim(
         None => {
             AppPlacement::insert(app_placement::ActiveModel {
                 app_id: Set(app.id),
-                runner_name: Set(runner.name.clone()),
+                runner_name: Set(runner.to_owned()),
                 public_host: Set(public_host.map(str::to_owned)),
                 placed_at: Set(now),
             })
@@ -318,7 +326,11 @@ pub async fn claim(
                 image_tag: d.image_tag,
             }),
     };
-    audit::commit(txn, Object::Deployment(deployment.id)).await?;
+    let config = run_configs(&txn, secrets, &[app.id])
+        .await?
+        .remove(&app.id)
+        .unwrap_or_default();
+    audit::commit(txn, audit, Object::Deployment(deployment.id)).await?;
     events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
     Ok(Some(Claim {
         deployment,
@@ -328,6 +340,7 @@ pub async fn claim(
         lease_expires_at,
         source,
         log_sequence,
+        config,
     }))
 }
 
@@ -351,7 +364,7 @@ pub async fn heartbeat(
         super::check("commitSha", super::validation::commit_sha, sha)?;
     }
     let (_turn, txn) = begin_write(db).await?;
-    let (deployment, run) = held_by(&txn, runner, id).await?;
+    let (deployment, run) = held_by(&txn, &runner.name, id).await?;
     let cancel_requested = run.cancel_requested;
     let lease_expires_at = lease_end(policy);
     let mut run: deployment_run::ActiveModel = run.into();
@@ -381,12 +394,12 @@ pub struct Report {
     pub commit_sha: Option<String>,
 }
 
-/// Ends a deployment `runner` holds with its report's outcome; the app follows: `running` on
+/// Ends a deployment the runner acting in `audit` holds with its report's outcome; the app follows: `running` on
 /// success, `failed` on failure, its status before the deploy when cancelled.
 pub async fn report(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
-    runner: &Principal,
     id: i64,
     report: Report,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
@@ -409,7 +422,7 @@ pub async fn report(
         })
         .transpose()?;
     let (_turn, txn) = begin_write(db).await?;
-    let (deployment, mut run) = held_by(&txn, runner, id).await?;
+    let (deployment, mut run) = held_by(&txn, audit.actor().name(), id).await?;
     if commit_sha.is_some() {
         run.commit_sha = commit_sha;
     }
@@ -428,7 +441,7 @@ pub async fn report(
         error_summary,
     )
     .await?;
-    audit::commit(txn, Object::Deployment(deployment.id)).await?;
+    audit::commit(txn, audit, Object::Deployment(deployment.id)).await?;
     events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
     events.publish(Event::AppUpdated(Arc::new(app.clone())));
     Ok((deployment, app))
@@ -484,8 +497,8 @@ async fn finish(
 /// Returns the deployment and whether it is already cancelled.
 pub async fn cancel(
     db: &DatabaseConnection,
+    audit: &Audit,
     events: &EventBus,
-    by: &Principal,
     id: i64,
 ) -> Result<(deployment::Model, bool), DomainError> {
     let (_turn, txn) = begin_write(db).await?;
@@ -493,7 +506,7 @@ pub async fn cancel(
     match deployment.status {
         DeploymentStatus::Queued => {
             let previous = run.previous_app_status;
-            let summary = format!("cancelled by {}", by.name);
+            let summary = format!("cancelled by {}", audit.actor().name());
             let (deployment, app) = finish(
                 &txn,
                 deployment,
@@ -504,7 +517,7 @@ pub async fn cancel(
                 Some(summary),
             )
             .await?;
-            audit::commit(txn, Object::Deployment(id)).await?;
+            audit::commit(txn, audit, Object::Deployment(id)).await?;
             events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
             events.publish(Event::AppUpdated(Arc::new(app)));
             Ok((deployment, true))
@@ -515,7 +528,7 @@ pub async fn cancel(
                 run.cancel_requested = Set(true);
                 run.update(&txn).await?;
             }
-            audit::commit(txn, Object::Deployment(id)).await?;
+            audit::commit(txn, audit, Object::Deployment(id)).await?;
             Ok((deployment, false))
         }
         _ => Err(conflict(
@@ -528,8 +541,12 @@ pub async fn cancel(
     }
 }
 
+/// The actor that expires leases, as the audit trail names it.
+pub const SWEEPER: &str = "lease sweeper";
+
 /// Requeues running deployments whose runner stopped heartbeating, or fails those that
-/// used up their attempts. Safe to run from several servers at once.
+/// used up their attempts (each change audited, by [`SWEEPER`]). Safe to run from several
+/// servers at once.
 pub async fn expire_leases(
     db: &DatabaseConnection,
     events: &EventBus,
@@ -554,7 +571,18 @@ pub async fn expire_leases(
             continue;
         }
         let runner = run.runner_name.clone().unwrap_or_default();
-        if run.attempts >= policy.max_attempts {
+        let gave_up = run.attempts >= policy.max_attempts;
+        let audit = Audit::new(
+            Actor::System(SWEEPER),
+            "expireLease",
+            serde_json::json!({
+                "deploymentDatabaseId": id,
+                "runner": runner,
+                "attempts": run.attempts,
+                "then": if gave_up { "failed" } else { "requeued" },
+            }),
+        );
+        if gave_up {
             let summary = format!(
                 "runner {runner:?} stopped heartbeating; gave up after {} attempts (lease {} s)",
                 run.attempts,
@@ -570,7 +598,7 @@ pub async fn expire_leases(
                 Some(summary),
             )
             .await?;
-            txn.commit().await?;
+            audit::commit(txn, &audit, Object::Deployment(id)).await?;
             crate::telemetry::metrics().lease_lapsed("failed");
             events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
             events.publish(Event::AppUpdated(Arc::new(app)));
@@ -583,7 +611,7 @@ pub async fn expire_leases(
             run.runner_name = Set(None);
             run.lease_expires_at = Set(None);
             run.update(&txn).await?;
-            txn.commit().await?;
+            audit::commit(txn, &audit, Object::Deployment(id)).await?;
             tracing::warn!(deployment = id, %runner, "lease expired: deployment requeued");
             crate::telemetry::metrics().lease_lapsed("requeued");
             events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
@@ -605,9 +633,11 @@ pub async fn placed_on(
 }
 
 /// The apps placed on `runner`, with the deployment each should be running (its latest
-/// successful one) and that deployment's commit: what a runner reconciles against.
+/// successful one), that deployment's commit, and the app's configuration: what a runner
+/// reconciles against. Four statements, however many apps.
 pub async fn placed_apps(
     db: &DatabaseConnection,
+    secrets: &SecretBox,
     runner: &Principal,
 ) -> Result<Vec<PlacedApp>, DomainError> {
     let apps: Vec<app::Model> = App::find()
@@ -617,6 +647,7 @@ pub async fn placed_apps(
         .all(db)
         .await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
+    let mut configs = run_configs(db, secrets, &ids).await?;
     // Newest first: the first success seen per app is its current one.
     let successes = Deployment::find()
         .find_also_related(DeploymentRun)
@@ -637,6 +668,7 @@ pub async fn placed_apps(
         .into_iter()
         .map(|app| PlacedApp {
             current: current.remove(&app.id),
+            config: configs.remove(&app.id).unwrap_or_default(),
             app,
         })
         .collect())
@@ -701,14 +733,14 @@ pub async fn append_log(
             check_holder(
                 &deployment,
                 run.as_ref().and_then(|r| r.runner_name.as_deref()),
-                runner,
+                &runner.name,
             )?;
             let appended = policy.logs.append(&deployment.logs_path, chunk).await?;
             (appended, run.map_or(0, |r| r.log_sequence), false, None)
         }
         Some(sequence) => {
             let (_turn, txn) = begin_write(db).await?;
-            let (deployment, run) = held_by(&txn, runner, id).await?;
+            let (deployment, run) = held_by(&txn, &runner.name, id).await?;
             let last = run.log_sequence;
             if sequence <= last {
                 let nothing = super::logs::Appended {

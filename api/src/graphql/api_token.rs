@@ -186,9 +186,10 @@ impl ApiTokenMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: CreateApiTokenInput,
     ) -> async_graphql::Result<CreateApiTokenPayload> {
-        audited(ctx, Capability::Administer, async {
+        audited(ctx, Capability::Administer, async |audit| {
             let (token, secret) = access::create_token(
                 &api(ctx)?.db,
+                audit,
                 NewToken {
                     name: input.name,
                     role: input.role.into(),
@@ -213,10 +214,10 @@ impl ApiTokenMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: RevokeApiTokenInput,
     ) -> async_graphql::Result<RevokeApiTokenPayload> {
-        audited(ctx, Capability::Administer, async {
+        audited(ctx, Capability::Administer, async |audit| {
             let id = decode_as(&input.id, NodeType::ApiToken, "id")?;
             let api = api(ctx)?;
-            let token = access::revoke_token(&api.db, id).await.extend()?;
+            let token = access::revoke_token(&api.db, audit, id).await.extend()?;
             api.admission.authenticator.evict(token.id);
             Ok(RevokeApiTokenPayload {
                 token: ApiToken(token),

@@ -14,13 +14,14 @@ use super::deployment::{Deployment, DeploymentFilterInput, DeploymentOrder, colu
 use super::error::{OrInternal, bad_input, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{
-    DeploymentCount, DeploymentsOfApp, PlacementOfApp, RepositoryId, ServedOfApp,
+    DeploymentCount, DeploymentsOfApp, EnvOfApp, PlacementOfApp, RepositoryId, ServedOfApp,
+    SettingsOfApp,
 };
 use super::repository::Repository;
 use super::total_count::TotalCount;
 use super::{api, loaders, nested_connection, page_complexity, root_connection};
 use crate::domain::access::Capability;
-use crate::domain::apps::{self, AppChanges, NewApp, health_check_path};
+use crate::domain::apps::{self, AppChanges, NewApp};
 use crate::domain::env;
 use crate::store::filters::{AppFilter, DeploymentFilter};
 use crate::store::{self, AppKey};
@@ -125,9 +126,12 @@ impl App {
     /// What the runner's health check requests before traffic moves to a new version (empty:
     /// no HTTP check).
     async fn health_check_path(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
-        health_check_path(&api(ctx)?.db, self.model.id)
+        Ok(loaders(ctx)?
+            .load_one(SettingsOfApp(self.model.id))
             .await
-            .extend()
+            .or_internal()?
+            .and_then(|settings| settings.health_check_path)
+            .unwrap_or_else(|| apps::DEFAULT_HEALTH_CHECK_PATH.to_owned()))
     }
 
     /// The runner the app is placed on (the first that ran it; its later deployments go to
@@ -138,9 +142,11 @@ impl App {
 
     /// Its config vars: names and when each was set (values are write-only).
     async fn env(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AppEnvVar>> {
-        Ok(env::names(&api(ctx)?.db, self.model.id)
+        Ok(loaders(ctx)?
+            .load_one(EnvOfApp(self.model.id))
             .await
-            .extend()?
+            .or_internal()?
+            .unwrap_or_default()
             .into_iter()
             .map(|(name, updated_at)| AppEnvVar {
                 name,
@@ -575,10 +581,11 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: CreateAppInput,
     ) -> async_graphql::Result<CreateAppPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let repo_id = decode_as(&input.repository_id, NodeType::Repository, "repositoryId")?;
             let created = apps::create(
                 &api(ctx)?.db,
+                audit,
                 NewApp {
                     name: input.name,
                     repo_id,
@@ -601,7 +608,7 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: UpdateAppInput,
     ) -> async_graphql::Result<UpdateAppPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.id, NodeType::App, "id")?;
             let repo_id = input
                 .repository_id
@@ -610,6 +617,7 @@ impl AppMutation {
             let api = api(ctx)?;
             let updated = apps::update(
                 &api.db,
+                audit,
                 &api.events,
                 id,
                 AppChanges {
@@ -634,10 +642,10 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: DeleteAppInput,
     ) -> async_graphql::Result<DeleteAppPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.id, NodeType::App, "id")?;
             let api = api(ctx)?;
-            let deleted = apps::delete(&api.db, &api.events, &api.runners.logs, id)
+            let deleted = apps::delete(&api.db, audit, &api.events, &api.runners.logs, id)
                 .await
                 .extend()?;
             Ok(DeleteAppPayload {
@@ -653,10 +661,10 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: DeployAppInput,
     ) -> async_graphql::Result<DeployAppPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let (deployment, app) = apps::deploy(&api.db, &api.events, api.ports, id, None)
+            let (deployment, app) = apps::deploy(&api.db, audit, &api.events, api.ports, id, None)
                 .await
                 .extend()?;
             Ok(DeployAppPayload {
@@ -676,7 +684,7 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: SetAppEnvInput,
     ) -> async_graphql::Result<SetAppEnvPayload> {
-        audited(ctx, Capability::Administer, async {
+        audited(ctx, Capability::Administer, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
             let restart = env::Restart {
@@ -686,6 +694,7 @@ impl AppMutation {
             };
             let (updated_at, restart) = env::set(
                 &api.db,
+                audit,
                 &api.secrets,
                 id,
                 &input.name,
@@ -713,7 +722,7 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: UnsetAppEnvInput,
     ) -> async_graphql::Result<UnsetAppEnvPayload> {
-        audited(ctx, Capability::Administer, async {
+        audited(ctx, Capability::Administer, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
             let restart = env::Restart {
@@ -721,7 +730,7 @@ impl AppMutation {
                 events: &api.events,
                 ports: api.ports,
             };
-            let (removed, restart) = env::unset(&api.db, id, &input.name, restart)
+            let (removed, restart) = env::unset(&api.db, audit, id, &input.name, restart)
                 .await
                 .extend()?;
             Ok(UnsetAppEnvPayload {
@@ -741,7 +750,7 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: RollbackAppInput,
     ) -> async_graphql::Result<DeployAppPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let source = decode_as(
                 &input.to_deployment_id,
@@ -749,9 +758,10 @@ impl AppMutation {
                 "toDeploymentId",
             )?;
             let api = api(ctx)?;
-            let (deployment, app) = apps::deploy(&api.db, &api.events, api.ports, id, Some(source))
-                .await
-                .extend()?;
+            let (deployment, app) =
+                apps::deploy(&api.db, audit, &api.events, api.ports, id, Some(source))
+                    .await
+                    .extend()?;
             Ok(DeployAppPayload {
                 deployment: Deployment::from(deployment),
                 app: app.into(),
@@ -767,10 +777,10 @@ impl AppMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: StopAppInput,
     ) -> async_graphql::Result<StopAppPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.id, NodeType::App, "id")?;
             let api = api(ctx)?;
-            let app = apps::stop(&api.db, &api.events, id).await.extend()?;
+            let app = apps::stop(&api.db, audit, &api.events, id).await.extend()?;
             Ok(StopAppPayload { app: app.into() })
         })
         .await

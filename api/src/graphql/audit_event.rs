@@ -3,15 +3,15 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, InputObject, Object};
 use chrono::{DateTime, Utc};
-use entity::audit_event;
+use entity::audit_event::{self, ActorRole};
 
 use super::auth::{Require, Role};
 use super::connection::{Cursor, OrderDirection, SortKey, order, page_args};
-use super::ids::NodeType;
+use super::ids::{NodeType, decode};
 use super::total_count::TotalCount;
 use super::{page_complexity, root_connection};
 use crate::domain::access::Capability;
-use crate::store::filters::AuditEventFilter;
+use crate::store::filters::{AuditEventFilter, AuditObject};
 
 /// How a mutation ended.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,10 +23,38 @@ pub enum AuditOutcome {
     Error,
 }
 
-/// One mutation, as recorded when it ran. The trail is append-only.
+/// Who acted.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditActor {
+    /// A caller of the API, with its token (`tokenName`, `tokenRole`).
+    Token,
+    /// A caller refused before any token was accepted.
+    Anonymous,
+    /// Someone running the `keystone` command on the server (`tokenName` is the
+    /// operating-system user), e.g. `keystone token create`.
+    Operator,
+    /// A Git host's push notification.
+    Webhook,
+    /// Keystone itself (`tokenName` names the task, e.g. `lease sweeper`).
+    System,
+}
+
+impl From<ActorRole> for AuditActor {
+    fn from(role: ActorRole) -> Self {
+        match role {
+            ActorRole::Admin | ActorRole::Viewer | ActorRole::Runner => AuditActor::Token,
+            ActorRole::Anonymous => AuditActor::Anonymous,
+            ActorRole::Operator => AuditActor::Operator,
+            ActorRole::Webhook => AuditActor::Webhook,
+            ActorRole::System => AuditActor::System,
+        }
+    }
+}
+
 pub struct AuditEvent(pub audit_event::Model);
 
-/// One call of a mutation (or one refused call), as recorded when it ran. The trail is append-only.
+/// One change (a mutation, a `keystone` command, or Keystone's own), or one refused call, as
+/// recorded when it happened. The trail is append-only.
 #[Object]
 impl AuditEvent {
     /// Opaque global ID.
@@ -44,30 +72,41 @@ impl AuditEvent {
         self.0.occurred_at.as_utc()
     }
 
-    /// The name of the token that called; `(anonymous)` when no token was accepted.
+    /// Who acted: a token, or an actor without one.
+    async fn actor(&self) -> AuditActor {
+        self.0.token_role.into()
+    }
+
+    /// The name of the token that called; `(anonymous)` when no token was accepted; for the
+    /// other actors, the operating-system user, the webhook or the task.
     async fn token_name(&self) -> &str {
         &self.0.token_name
     }
 
-    /// The token's role at the time; null when no token was accepted.
+    /// The token's role at the time; null for an actor without a token.
     async fn token_role(&self) -> Option<Role> {
         self.0.token_role.role().map(Into::into)
     }
 
     /// The mutation, e.g. `createRepository`; for calls refused before they ran,
-    /// `(authentication)` or `(rate limit)`.
+    /// `(authentication)` or `(rate limit)`; the command, e.g. `keystone token create`; or
+    /// what Keystone did, e.g. `expireLease`.
     async fn operation(&self) -> &str {
         &self.0.operation
     }
 
-    /// The mutation's arguments as JSON, with secrets replaced by `[REDACTED]`.
+    /// The arguments as JSON, with secrets replaced by `[REDACTED]`.
     async fn arguments(&self) -> &str {
         &self.0.arguments
     }
 
-    /// The global ID of the object acted on, when known.
-    async fn object_id(&self) -> Option<&str> {
-        self.0.object_id.as_deref()
+    /// The global ID of the object acted on, when known (for a call refused before it acted,
+    /// the ID it named, as sent).
+    async fn object_id(&self) -> Option<String> {
+        match (self.0.object_type, self.0.object_database_id) {
+            (Some(kind), Some(id)) => Some(NodeType::from(kind).id(id).0),
+            _ => self.0.object_id.clone(),
+        }
     }
 
     /// Whether it succeeded.
@@ -116,7 +155,8 @@ pub struct AuditEventQuery;
 
 #[Object]
 impl AuditEventQuery {
-    /// The audit trail, newest first (admin only): every mutation, with its outcome.
+    /// The audit trail, newest first (admin only): every change, whoever made it, with its
+    /// outcome.
     #[graphql(
         guard = "Require(Capability::Administer)",
         complexity = "page_complexity(first, last, child_complexity)"
@@ -149,7 +189,12 @@ impl AuditEventQuery {
             operation: filter.operation,
             token_name: filter.token_name,
             outcome: filter.outcome.map(Into::into),
-            object_id: filter.object_id.map(|id| id.0),
+            object: filter.object_id.map(|id| AuditObject {
+                row: decode(&id, "objectId")
+                    .ok()
+                    .and_then(|(kind, n)| Some((kind.object_type()?, n))),
+                id: id.0,
+            }),
             occurred_after: filter.occurred_after.map(Into::into),
             occurred_before: filter.occurred_before.map(Into::into),
         };

@@ -9,7 +9,7 @@ use entity::{app, deployment};
 
 use super::app::App;
 use super::auth::Require;
-use super::auth::{audited, principal};
+use super::auth::audited;
 use super::connection::{
     Cursor, Order, OrderDirection, PageRows, SortKey, node_fields, page_args, to_connection,
 };
@@ -469,10 +469,10 @@ impl DeploymentMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: CancelDeploymentInput,
     ) -> async_graphql::Result<CancelDeploymentPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.id, NodeType::Deployment, "id")?;
             let api = api(ctx)?;
-            let (deployment, cancelled) = runs::cancel(&api.db, &api.events, principal(ctx)?, id)
+            let (deployment, cancelled) = runs::cancel(&api.db, audit, &api.events, id)
                 .await
                 .extend()?;
             Ok(CancelDeploymentPayload {

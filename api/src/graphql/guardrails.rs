@@ -33,7 +33,7 @@ use serde_json::json;
 
 use super::error::{Code, server_error};
 use crate::domain::access::{AuthError, Authenticator, Principal};
-use crate::domain::audit::{self, Entry};
+use crate::domain::audit::{Actor, Audit};
 use crate::logging::Escaped;
 
 /// The `Authorization` value a request or WebSocket connection presented (may be empty).
@@ -172,15 +172,10 @@ impl Admission {
             Code::Unauthenticated
         }
         .as_str();
-        let entry = Entry {
-            principal: principal.cloned(),
-            operation: operation.to_owned(),
-            arguments: json!({ "client": client.0.map(|ip| ip.to_string()) }),
-            object_id: None,
-            error: Some((code.to_owned(), why)),
-            document_hash: None,
-        };
-        if let Err(error) = audit::record(db, entry).await {
+        let actor = principal.map_or(Actor::Anonymous, |p| Actor::Token(p.clone()));
+        let arguments = json!({ "client": client.0.map(|ip| ip.to_string()) });
+        let audit = Audit::new(actor, operation, arguments);
+        if let Err(error) = audit.finish(db, Some((code.to_owned(), why))).await {
             let _ = super::error::internal(format!("cannot append to the audit trail: {error}"));
         }
     }

@@ -4,11 +4,12 @@
 use async_graphql::ID;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use entity::audit_event::ObjectType;
 
 use super::error::bad_input;
 
-/// The types that have global IDs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The types that have global IDs, named as in the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 pub enum NodeType {
     Repository,
     App,
@@ -19,13 +20,18 @@ pub enum NodeType {
 
 impl NodeType {
     fn name(self) -> &'static str {
-        match self {
-            NodeType::Repository => "Repository",
-            NodeType::App => "App",
-            NodeType::Deployment => "Deployment",
-            NodeType::ApiToken => "ApiToken",
-            NodeType::AuditEvent => "AuditEvent",
-        }
+        self.into()
+    }
+
+    /// How the audit trail stores an object of this type (`None`: it never names one).
+    pub fn object_type(self) -> Option<ObjectType> {
+        Some(match self {
+            NodeType::Repository => ObjectType::Repository,
+            NodeType::App => ObjectType::App,
+            NodeType::Deployment => ObjectType::Deployment,
+            NodeType::ApiToken => ObjectType::ApiToken,
+            NodeType::AuditEvent => return None,
+        })
     }
 
     pub fn id(self, database_id: i64) -> ID {
@@ -40,6 +46,17 @@ impl NodeType {
     }
 }
 
+impl From<ObjectType> for NodeType {
+    fn from(kind: ObjectType) -> Self {
+        match kind {
+            ObjectType::Repository => NodeType::Repository,
+            ObjectType::App => NodeType::App,
+            ObjectType::Deployment => NodeType::Deployment,
+            ObjectType::ApiToken => NodeType::ApiToken,
+        }
+    }
+}
+
 /// Decodes any global ID into its type and database id.
 pub fn decode(id: &ID, field: &str) -> async_graphql::Result<(NodeType, i64)> {
     let invalid = || bad_input(field, format!("{:?} is not a valid ID", id.as_str()));
@@ -48,14 +65,7 @@ pub fn decode(id: &ID, field: &str) -> async_graphql::Result<(NodeType, i64)> {
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (kind, number) = text.split_once(':').ok_or_else(invalid)?;
-    let kind = match kind {
-        "Repository" => NodeType::Repository,
-        "App" => NodeType::App,
-        "Deployment" => NodeType::Deployment,
-        "ApiToken" => NodeType::ApiToken,
-        "AuditEvent" => NodeType::AuditEvent,
-        _ => return Err(invalid()),
-    };
+    let kind: NodeType = kind.parse().map_err(|_| invalid())?;
     let number = number.parse::<i64>().map_err(|_| invalid())?;
     Ok((kind, number))
 }

@@ -11,8 +11,8 @@ use crate::store::batch::run_with_batches;
 use crate::store::loaders::{BatchLoad, Store};
 
 pub use crate::store::loaders::{
-    AppCount, AppId, AppsOfRepository, DeploymentCount, DeploymentId, DeploymentsOfApp,
-    PlacementOfApp, RepositoryId, RunOfDeployment, ServedOfApp,
+    AppCount, AppId, AppsOfRepository, DeploymentCount, DeploymentId, DeploymentsOfApp, EnvOfApp,
+    PlacementOfApp, RepositoryId, RunOfDeployment, ServedOfApp, SettingsOfApp,
 };
 
 pub type Loaders = DataLoader<Reader>;

@@ -7,7 +7,8 @@
 //! (a runner's mutation that also asks for what it may not read does not happen), and
 //! execution carries no per-field hook. A field selected on an interface (or in a fragment
 //! on one) is checked against every object type the value may have there. `@skip` and
-//! `@include` are honoured; introspection fields are not checked. The document has passed
+//! `@include` are honoured; introspection fields are not checked. A mutation's payload is
+//! left to the mutation's guard, which audits its refusals; what the payload holds is checked. The document has passed
 //! [`super::guardrails::check_document`]: every fragment spread names a known fragment, none
 //! spreads itself, and its expanded size is bounded, so a walk through it is too; besides,
 //! each fragment is walked once per set of object types it applies to.
@@ -46,6 +47,7 @@ pub fn check_reach(
         variables,
         role,
         checked: HashSet::new(),
+        payload: None,
     }
     .selection_set(&[root], &operation.selection_set.node)
 }
@@ -58,6 +60,10 @@ struct Walk<'a> {
     /// Fragments already found within reach, with the object types they were checked on:
     /// a fragment spread many times over is walked once per set of types.
     checked: HashSet<(&'a str, Vec<&'a str>)>,
+    /// The payload type of the mutation being walked: the mutation's own guard decides who
+    /// gets it (and a refusal there is audited), so its fields are not checked here; what
+    /// it holds is.
+    payload: Option<&'a str>,
 }
 
 impl<'a> Walk<'a> {
@@ -101,7 +107,7 @@ impl<'a> Walk<'a> {
         }
         let mut returns = None;
         for type_name in types {
-            if !may_reach(self.role, type_name, name) {
+            if self.payload != Some(*type_name) && !may_reach(self.role, type_name, name) {
                 let mut error = ServerError::new(
                     format!(
                         "the {} role may not read {type_name}.{name}",
@@ -118,6 +124,9 @@ impl<'a> Walk<'a> {
                 let parent = self.registry.types.get(*type_name)?;
                 field_type(self.registry, parent, name)
             });
+        }
+        if types == [self.registry.mutation_type.as_deref().unwrap_or_default()] {
+            self.payload = returns;
         }
         // An unknown field is validation's to report.
         match returns {

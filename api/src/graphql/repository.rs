@@ -279,10 +279,11 @@ impl RepositoryMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: CreateRepositoryInput,
     ) -> async_graphql::Result<CreateRepositoryPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let api = api(ctx)?;
             let created = repositories::create(
                 &api.db,
+                audit,
                 NewRepository {
                     name: input.name,
                     git_url: input.git_url,
@@ -305,11 +306,12 @@ impl RepositoryMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: UpdateRepositoryInput,
     ) -> async_graphql::Result<UpdateRepositoryPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;
             let api = api(ctx)?;
             let updated = repositories::update(
                 &api.db,
+                audit,
                 id,
                 RepositoryChanges {
                     name: input.name,
@@ -334,10 +336,10 @@ impl RepositoryMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: DeleteRepositoryInput,
     ) -> async_graphql::Result<DeleteRepositoryPayload> {
-        audited(ctx, Capability::Write, async {
+        audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.id, NodeType::Repository, "id")?;
             let api = api(ctx)?;
-            let deleted = repositories::delete(&api.db, &api.events, &api.runners.logs, id)
+            let deleted = repositories::delete(&api.db, audit, &api.events, &api.runners.logs, id)
                 .await
                 .extend()?;
             Ok(DeleteRepositoryPayload {

@@ -14,7 +14,6 @@ use super::{ApiContext, api};
 use crate::domain::access::Capability;
 use crate::domain::events::Event;
 use crate::domain::runs::{self, Outcome};
-use crate::domain::{apps, env};
 
 /// Everything a runner needs to build and start a claimed deployment.
 #[derive(SimpleObject)]
@@ -186,14 +185,15 @@ impl RunnerMutation {
             ClaimDeploymentInput,
         >,
     ) -> async_graphql::Result<ClaimDeploymentPayload> {
-        audited(ctx, Capability::Run, async {
+        audited(ctx, Capability::Run, async |audit| {
             let api: &ApiContext = api(ctx)?;
             let input = input.unwrap_or_default();
             let claim = runs::claim(
                 &api.db,
+                audit,
                 &api.events,
                 &api.runners,
-                principal(ctx)?,
+                &api.secrets,
                 input.public_host.as_deref(),
             )
             .await
@@ -204,12 +204,7 @@ impl RunnerMutation {
                     job: None,
                 },
                 Some(claim) => {
-                    let env = env::values(&api.db, &api.secrets, claim.app.id)
-                        .await
-                        .extend()?
-                        .into_iter()
-                        .map(|(name, value)| EnvVar { name, value })
-                        .collect();
+                    let env = env_vars(claim.config.env);
                     ClaimDeploymentPayload {
                         job: Some(RunnerJob {
                             repository_url: claim.repository.git_url,
@@ -221,9 +216,7 @@ impl RunnerMutation {
                             logs_path: claim.deployment.logs_path.clone(),
                             attempt: claim.attempt,
                             log_sequence: claim.log_sequence,
-                            health_check_path: apps::health_check_path(&api.db, claim.app.id)
-                                .await
-                                .extend()?,
+                            health_check_path: claim.config.health_check_path,
                             lease_expires_at: claim.lease_expires_at.as_utc(),
                             rollback_from: claim.source.map(|source| RollbackSource {
                                 deployment_database_id: source.deployment_id,
@@ -272,7 +265,7 @@ impl RunnerMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "What to change (see the input type).")] input: ReportDeploymentInput,
     ) -> async_graphql::Result<ReportDeploymentPayload> {
-        audited(ctx, Capability::Run, async {
+        audited(ctx, Capability::Run, async |audit| {
             let id = decode_as(&input.deployment_id, NodeType::Deployment, "deploymentId")?;
             let outcome = match input.status {
                 DeploymentOutcome::Success => Outcome::Success,
@@ -282,8 +275,8 @@ impl RunnerMutation {
             let api = api(ctx)?;
             let (deployment, app) = runs::report(
                 &api.db,
+                audit,
                 &api.events,
-                principal(ctx)?,
                 id,
                 runs::Report {
                     outcome,
@@ -371,20 +364,14 @@ impl RunnerQuery {
     #[graphql(guard = "Require(Capability::Run)")]
     async fn runner_apps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunnerApp>> {
         let api = api(ctx)?;
-        let placed = runs::placed_apps(&api.db, principal(ctx)?).await.extend()?;
-        let mut listed = Vec::with_capacity(placed.len());
-        for placed in placed {
-            let env = env::values(&api.db, &api.secrets, placed.app.id)
-                .await
-                .extend()?
-                .into_iter()
-                .map(|(name, value)| EnvVar { name, value })
-                .collect();
-            listed.push(RunnerApp {
-                env,
-                health_check_path: apps::health_check_path(&api.db, placed.app.id)
-                    .await
-                    .extend()?,
+        let placed = runs::placed_apps(&api.db, &api.secrets, principal(ctx)?)
+            .await
+            .extend()?;
+        let listed = placed
+            .into_iter()
+            .map(|placed| RunnerApp {
+                env: env_vars(placed.config.env),
+                health_check_path: placed.config.health_check_path,
                 id: NodeType::App.id(placed.app.id),
                 database_id: placed.app.id,
                 name: placed.app.name,
@@ -393,10 +380,16 @@ impl RunnerQuery {
                 status: placed.app.status.into(),
                 current_deployment_database_id: placed.current.as_ref().map(|(d, _)| d.id),
                 current_commit_sha: placed.current.and_then(|(_, sha)| sha),
-            });
-        }
+            })
+            .collect();
         Ok(listed)
     }
+}
+
+fn env_vars(env: Vec<(String, String)>) -> Vec<EnvVar> {
+    env.into_iter()
+        .map(|(name, value)| EnvVar { name, value })
+        .collect()
 }
 
 /// Why a runner should compare what it runs with `runnerApps` again.

@@ -108,13 +108,21 @@ impl FilterCondition for ApiTokenFilter {
     }
 }
 
+/// An object audit events name: by its global ID as sent (failed calls, and rows written
+/// before the trail stored types and row ids), or by its type and row id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuditObject {
+    pub id: String,
+    pub row: Option<(audit_event::ObjectType, i64)>,
+}
+
 /// Which audit events to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AuditEventFilter {
     pub operation: Option<String>,
     pub token_name: Option<String>,
     pub outcome: Option<audit_event::Outcome>,
-    pub object_id: Option<String>,
+    pub object: Option<AuditObject>,
     pub occurred_after: Option<Timestamp>,
     pub occurred_before: Option<Timestamp>,
 }
@@ -132,8 +140,16 @@ impl FilterCondition for AuditEventFilter {
         if let Some(outcome) = self.outcome {
             condition = condition.add(Column::Outcome.eq(outcome));
         }
-        if let Some(object) = &self.object_id {
-            condition = condition.add(Column::ObjectId.eq(object.as_str()));
+        if let Some(object) = &self.object {
+            let mut named = Condition::any().add(Column::ObjectId.eq(object.id.as_str()));
+            if let Some((kind, id)) = object.row {
+                named = named.add(
+                    Condition::all()
+                        .add(Column::ObjectType.eq(kind))
+                        .add(Column::ObjectDatabaseId.eq(id)),
+                );
+            }
+            condition = condition.add(named);
         }
         if let Some(after) = self.occurred_after {
             condition = condition.add(Column::OccurredAt.gte(after));

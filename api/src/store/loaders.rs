@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use entity::Timestamp;
 use entity::prelude::*;
-use entity::{app, app_placement, deployment, deployment_run, repository};
+use entity::{app, app_env, app_placement, app_settings, deployment, deployment_run, repository};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
 use super::filters::{AppFilter, DeploymentFilter, FilterCondition};
@@ -46,6 +47,12 @@ pub struct PlacementOfApp(pub i64);
 /// Whether an app ever became healthy (has a successful deployment), by app id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServedOfApp(pub i64);
+/// An app's settings (`api_app_settings`: its health-check path), by app id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SettingsOfApp(pub i64);
+/// An app's config var names with when each was set, by name, by app id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EnvOfApp(pub i64);
 /// The runner bookkeeping of a deployment (`api_deployment_run`), by deployment id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RunOfDeployment(pub i64);
@@ -126,6 +133,7 @@ by_column!(RepositoryId, Repository, repository, Id, id);
 by_column!(AppId, App, app, Id, id);
 by_column!(DeploymentId, Deployment, deployment, Id, id);
 by_column!(PlacementOfApp, AppPlacement, app_placement, AppId, app_id);
+by_column!(SettingsOfApp, AppSettings, app_settings, AppId, app_id);
 by_column!(
     RunOfDeployment,
     DeploymentRun,
@@ -152,6 +160,35 @@ impl BatchLoad<ServedOfApp> for Store {
             .iter()
             .map(|key| (*key, served.contains(&key.0)))
             .collect())
+    }
+}
+
+impl BatchLoad<EnvOfApp> for Store {
+    type Value = Vec<(String, Timestamp)>;
+    async fn load(&self, keys: &[EnvOfApp]) -> LoadResult<EnvOfApp, Self::Value> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        // Names and times only: values stay sealed in the database.
+        let rows: Vec<(i64, String, Timestamp)> = AppEnv::find()
+            .select_only()
+            .columns([
+                app_env::Column::AppId,
+                app_env::Column::Name,
+                app_env::Column::UpdatedAt,
+            ])
+            .filter(app_env::Column::AppId.is_in(keys.iter().map(|k| k.0)))
+            .order_by_asc(app_env::Column::Name)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(Arc::new)?;
+        let mut out: HashMap<EnvOfApp, Self::Value> =
+            keys.iter().map(|key| (*key, Vec::new())).collect();
+        for (app_id, name, updated_at) in rows {
+            if let Some(names) = out.get_mut(&EnvOfApp(app_id)) {
+                names.push((name, updated_at));
+            }
+        }
+        Ok(out)
     }
 }
 
