@@ -50,12 +50,15 @@ pub enum Command {
     /// Serve a directory of files on `$PORT` (how the runner serves static sites).
     Static(crate::static_site::StaticArgs),
     /// Measure throughput against the database floor (run a release build; needs `wrk`).
+    #[cfg(feature = "tools")]
     Bench(crate::bench::BenchArgs),
     /// Measure a deployment: time per stage, and the longest gap clients see during a switch
     /// against restarting in place (needs git and python3).
+    #[cfg(feature = "tools")]
     BenchDeploy(crate::bench::deploy::DeployBenchArgs),
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
     Schema {
+        #[cfg(feature = "tools")]
         #[command(subcommand)]
         command: Option<SchemaCommand>,
     },
@@ -85,6 +88,7 @@ pub enum Command {
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Subcommand)]
 pub enum SchemaCommand {
     /// List every change from OLD to NEW (default: this binary's schema) as breaking,
@@ -183,23 +187,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::static_site::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "tools")]
         Command::BenchDeploy(args) => {
             crate::bench::deploy::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "tools")]
         Command::Bench(args) => {
             crate::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command } => token(&cli.database.database_url, command).await,
         Command::Documents { command } => documents(&cli.database.database_url, command).await,
-        Command::Schema { command: None } => {
+        #[cfg(feature = "tools")]
+        Command::Schema {
+            command: Some(SchemaCommand::Diff { old, new, allow }),
+        } => crate::schema_diff::run(&old, new.as_deref(), allow.as_deref()),
+        Command::Schema { .. } => {
             print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema {
-            command: Some(SchemaCommand::Diff { old, new, allow }),
-        } => schema_diff(&old, new.as_deref(), allow.as_deref()),
         Command::Backup { file } => {
             let db = connection::connect_for_migrations(&cli.database.database_url).await?;
             let written = crate::backup::write(&db, &file).await;
@@ -230,43 +237,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-    }
-}
-
-/// `keystone schema diff`: one line per change, then the verdict.
-fn schema_diff(
-    old: &std::path::Path,
-    new: Option<&std::path::Path>,
-    allow: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-    };
-    let old_sdl = read(old)?;
-    let new_sdl = match new {
-        Some(path) => read(path)?,
-        None => crate::graphql::sdl(),
-    };
-    let acknowledged = allow.map(read).transpose()?.unwrap_or_default();
-    let changes = crate::schema_diff::diff(&old_sdl, &new_sdl).map_err(anyhow::Error::msg)?;
-    for change in &changes {
-        println!("{change}");
-    }
-    let open = crate::schema_diff::unacknowledged(&changes, &acknowledged);
-    if open.is_empty() {
-        println!("{} change(s), none breaking unacknowledged.", changes.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "{} breaking change(s) not acknowledged{}:",
-            open.len(),
-            allow.map_or(String::new(), |p| format!(" in {}", p.display()))
-        );
-        for change in open {
-            eprintln!("  {}", change.key());
-        }
-        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::process::ExitCode;
 
 use async_graphql::parser::types::{
     BaseType, FieldDefinition, InputValueDefinition, Type, TypeKind, TypeSystemDefinition,
@@ -331,6 +332,43 @@ pub fn unacknowledged<'a>(changes: &'a [Change], acknowledged: &str) -> Vec<&'a 
         .iter()
         .filter(|c| c.severity == Severity::Breaking && !listed.contains(&c.key().as_str()))
         .collect()
+}
+
+/// `keystone schema diff`: one line per change, then the verdict.
+pub fn run(
+    old: &std::path::Path,
+    new: Option<&std::path::Path>,
+    allow: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let old_sdl = read(old)?;
+    let new_sdl = match new {
+        Some(path) => read(path)?,
+        None => crate::graphql::sdl(),
+    };
+    let acknowledged = allow.map(read).transpose()?.unwrap_or_default();
+    let changes = diff(&old_sdl, &new_sdl).map_err(anyhow::Error::msg)?;
+    for change in &changes {
+        println!("{change}");
+    }
+    let open = unacknowledged(&changes, &acknowledged);
+    if open.is_empty() {
+        println!("{} change(s), none breaking unacknowledged.", changes.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} breaking change(s) not acknowledged{}:",
+            open.len(),
+            allow.map_or(String::new(), |p| format!(" in {}", p.display()))
+        );
+        for change in open {
+            eprintln!("  {}", change.key());
+        }
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 #[cfg(test)]

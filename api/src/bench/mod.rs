@@ -361,31 +361,9 @@ impl ServerProcess {
     }
 }
 
-/// A plain HTTP/1.1 GET over loopback (the server's own counters; no client library needed).
+/// A GET over loopback (the server's own counters), the body as text.
 async fn http_get(url: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let parsed = url::Url::parse(url)?;
-    let address = format!(
-        "{}:{}",
-        parsed.host_str().unwrap_or("127.0.0.1"),
-        parsed.port().unwrap_or(80)
-    );
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(
-            format!(
-                "GET {} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
-                parsed.path()
-            )
-            .as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
+    Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
 }
 
 async fn count(db: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
