@@ -32,8 +32,14 @@ pub async fn write(db: &DatabaseConnection, file: &Path) -> Result<u64, BackupEr
     if db.get_database_backend() != DatabaseBackend::Sqlite {
         return Err(BackupError::Postgres);
     }
-    if file.exists() {
-        return Err(BackupError::Exists(file.display().to_string()));
+    // The copy holds Keystone's tokens and config: only its owner may read it, from its first
+    // byte (SQLite writes `VACUUM INTO` into an empty file).
+    match crate::files::create_new_owner_only(file) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(BackupError::Exists(file.display().to_string()));
+        }
+        Err(e) => return Err(e.into()),
     }
     db.execute_raw(Statement::from_sql_and_values(
         DatabaseBackend::Sqlite,
@@ -41,11 +47,5 @@ pub async fn write(db: &DatabaseConnection, file: &Path) -> Result<u64, BackupEr
         [file.display().to_string().into()],
     ))
     .await?;
-    // The copy holds Keystone's tokens and config: only its owner may read it.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
-    }
     Ok(std::fs::metadata(file)?.len())
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use migration::connection::{DEFAULT_DATABASE_URL, PoolSettings};
 
 use crate::domain::logs::LogStore;
@@ -71,10 +72,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYSTONE_BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
     /// Seconds a runner's claim or heartbeat holds a deployment.
-    #[arg(long, env = "KEYSTONE_LEASE_SECS", default_value_t = 30)]
+    #[arg(long, env = "KEYSTONE_LEASE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub lease_secs: u64,
     /// Claims a deployment gets before a lapsed lease fails it.
-    #[arg(long, env = "KEYSTONE_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "KEYSTONE_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..))]
     pub max_attempts: i32,
     /// Where deployment logs are written.
     #[arg(long, env = "KEYSTONE_LOGS_DIR", default_value = "keystone-logs")]
@@ -165,9 +168,10 @@ pub struct ServeArgs {
     #[arg(
         long = "cors-origin",
         env = "KEYSTONE_CORS_ORIGINS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_origin
     )]
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Vec<HeaderValue>,
     /// TLS is terminated by a reverse proxy in front: silences the warning about listening
     /// on a non-loopback address in clear text.
     #[arg(long, env = "KEYSTONE_BEHIND_TLS_PROXY")]
@@ -190,7 +194,8 @@ pub struct ServeArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a WebSocket may stay open without a successful `connection_init` (then it is
     /// closed with 4408).
-    #[arg(long, env = "KEYSTONE_WS_INIT_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "KEYSTONE_WS_INIT_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub ws_init_timeout_secs: u64,
     /// WebSocket connections one client address may hold open.
     #[arg(long, env = "KEYSTONE_WS_MAX_PER_ADDRESS", default_value_t = 256)]
@@ -228,6 +233,18 @@ pub struct ServeArgs {
 }
 
 /// A CIDR block, or one address (a block of one).
+/// A `--cors-origin` value: `scheme://host[:port]`, exactly as browsers send `Origin` (no
+/// path, no wildcard: with tokens, every allowed origin must be named).
+fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
+    let url = url::Url::parse(origin.trim())
+        .map_err(|_| "expected an origin such as https://app.example.com".to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") || url.path() != "/" || url.query().is_some() {
+        return Err("expected scheme://host[:port] with nothing after it".to_owned());
+    }
+    HeaderValue::from_str(&url.origin().ascii_serialization())
+        .map_err(|_| "not a valid header value".to_owned())
+}
+
 fn parse_network(value: &str) -> Result<ipnet::IpNet, String> {
     let value = value.trim();
     value
@@ -259,7 +276,7 @@ pub struct Config {
     pub admin_token_file: PathBuf,
     pub secrets_key_file: PathBuf,
     pub graphiql: bool,
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Vec<HeaderValue>,
     pub behind_tls_proxy: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub git_hosts: crate::domain::validation::GitHosts,
@@ -309,8 +326,8 @@ impl Config {
             },
             ports: serve.port_range,
             runners: RunnerPolicy {
-                lease: Duration::from_secs(serve.lease_secs.max(1)),
-                max_attempts: serve.max_attempts.max(1),
+                lease: Duration::from_secs(serve.lease_secs),
+                max_attempts: serve.max_attempts,
                 logs: LogStore {
                     dir: std::path::absolute(&serve.logs_dir)
                         .unwrap_or_else(|_| serve.logs_dir.clone()),
@@ -318,7 +335,7 @@ impl Config {
                 },
             },
             websocket: WebSocketLimits {
-                init_timeout: Duration::from_secs(serve.ws_init_timeout_secs.max(1)),
+                init_timeout: Duration::from_secs(serve.ws_init_timeout_secs),
                 max_message_bytes: serve.max_body_bytes,
                 per_address: serve.ws_max_per_address,
                 per_token: serve.ws_max_per_token,

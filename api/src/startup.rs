@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::http::HeaderValue;
 use migration::connection::{self, redact};
 use migration::{MigrateError, history};
 use sea_orm::{DatabaseConnection, DbErr};
@@ -83,7 +82,6 @@ impl Application {
             telemetry::metrics().statement(info.elapsed);
             tracing::debug!(target: "keystone::sql", elapsed_us = info.elapsed.as_micros() as u64, sql = %info.statement.sql);
         });
-        let cors_origins = cors_origins(&config.cors_origins)?;
         let secrets = domain::secrets::SecretBox::load_or_create(&config.secrets_key_file)
             .map_err(|source| ServeError::KeyFile {
                 path: config.secrets_key_file.clone(),
@@ -144,7 +142,7 @@ impl Application {
             http::RouterOptions {
                 max_body_bytes: config.max_body_bytes,
                 graphiql: config.graphiql,
-                cors_origins,
+                cors_origins: config.cors_origins.clone(),
                 metrics: config.metrics_bind.is_none(),
             },
         );
@@ -343,10 +341,12 @@ fn browser_base(address: SocketAddr) -> String {
 /// must not keep a secret: then only the file's path is logged.
 fn announce_first_admin(config: &Config, base: &str, secret: &Secret) -> Result<(), ServeError> {
     let path = &config.admin_token_file;
-    write_owner_only(path, &secret.0).map_err(|source| ServeError::TokenFile {
-        path: path.clone(),
-        source,
-    })?;
+    crate::files::write_owner_only(path, format!("{}\n", secret.0).as_bytes()).map_err(
+        |source| ServeError::TokenFile {
+            path: path.clone(),
+            source,
+        },
+    )?;
     let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         tracing::info!(
@@ -374,47 +374,6 @@ fn announce_first_admin(config: &Config, base: &str, secret: &Secret) -> Result<
     println!("{text}");
     tracing::info!(file = %shown.display(), "created the first admin token (printed above, not logged)");
     Ok(())
-}
-
-/// Replaces `path` with a file only its owner can read and write, holding `secret`.
-fn write_owner_only(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    writeln!(file, "{secret}")
-}
-
-/// Parses `--cors-origin` values: `scheme://host[:port]`, exactly as browsers send
-/// `Origin` (no path, no wildcard: with tokens, every allowed origin must be named).
-fn cors_origins(origins: &[String]) -> Result<Vec<HeaderValue>, ServeError> {
-    origins
-        .iter()
-        .filter(|o| !o.trim().is_empty())
-        .map(|origin| {
-            let invalid =
-                |why: &str| ServeError::Config(format!("--cors-origin {origin:?}: {why}"));
-            let url = url::Url::parse(origin.trim())
-                .map_err(|_| invalid("expected an origin such as https://app.example.com"))?;
-            if !matches!(url.scheme(), "http" | "https")
-                || url.path() != "/"
-                || url.query().is_some()
-            {
-                return Err(invalid(
-                    "expected scheme://host[:port] with nothing after it",
-                ));
-            }
-            HeaderValue::from_str(&url.origin().ascii_serialization())
-                .map_err(|_| invalid("not a valid header value"))
-        })
-        .collect()
 }
 
 /// Applies pending migrations (adopting a Django database first), or with migrations turned

@@ -155,3 +155,15 @@ async fn upgrade_locked(
     Migrator::up(db, steps).await?;
     Ok(Upgrade { adopted, applied })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adoption records the initial migration by this name: it must be the one the derive
+    /// gives the first migration.
+    #[test]
+    fn the_initial_migration_is_named_as_adoption_records_it() {
+        assert_eq!(Migrator::migrations()[0].name(), INITIAL_MIGRATION);
+    }
+}

@@ -10,15 +10,10 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
 
 pub const NAME: &str = "m20261126_000001_create_tables";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 /// The tables this migration owns, parents first.
 pub(crate) const TABLES: [&str; 3] = ["api_repository", "api_app", "api_deployment"];

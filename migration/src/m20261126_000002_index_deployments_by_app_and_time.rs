@@ -5,15 +5,8 @@
 
 use sea_orm_migration::prelude::*;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261126_000002_index_deployments_by_app_and_time";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const NEW: &str = "api_deployment_app_id_created_at_id";
 const OLD: &str = "api_deployment_app_id_1bd474a8";

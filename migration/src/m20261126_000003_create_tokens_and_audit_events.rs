@@ -11,15 +11,8 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::m20261126_000001_create_tables::{id, timestamp};
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261126_000003_create_tokens_and_audit_events";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const TOKEN: &str = "api_token";
 const AUDIT: &str = "api_audit_event";

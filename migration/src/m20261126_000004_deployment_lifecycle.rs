@@ -10,15 +10,8 @@ use sea_orm_migration::sea_orm::{DbBackend, Statement};
 
 use crate::m20261126_000001_create_tables::timestamp;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261126_000004_deployment_lifecycle";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const RUN: &str = "api_deployment_run";
 const PORT_INDEX: &str = "api_app_current_port_key";

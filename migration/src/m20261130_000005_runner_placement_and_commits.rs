@@ -8,15 +8,8 @@ use sea_orm_migration::prelude::*;
 
 use crate::m20261126_000001_create_tables::timestamp;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261130_000005_runner_placement_and_commits";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const PLACEMENT: &str = "api_app_placement";
 const RUN: &str = "api_deployment_run";

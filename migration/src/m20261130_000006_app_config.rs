@@ -7,15 +7,8 @@ use sea_orm_migration::prelude::*;
 
 use crate::m20261126_000001_create_tables::timestamp;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261130_000006_app_config";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const ENV: &str = "api_app_env";
 const SETTINGS: &str = "api_app_settings";

@@ -5,15 +5,8 @@
 
 use sea_orm_migration::prelude::*;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261130_000007_index_deployments_by_status";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const INDEX: &str = "api_deployment_status_created_at_id";
 

@@ -13,15 +13,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261130_000008_check_enumerations";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const APP_STATUSES: &[&str] = &["draft", "deploying", "running", "failed", "stopped"];
 const ROLES: &[&str] = &["admin", "viewer", "runner"];

@@ -7,15 +7,8 @@ use sea_orm_migration::prelude::*;
 
 use crate::m20261126_000001_create_tables::timestamp;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261130_000009_trusted_documents";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const DOCUMENTS: &str = "api_trusted_document";
 const AUDIT: &str = "api_audit_event";

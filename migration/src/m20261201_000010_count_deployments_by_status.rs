@@ -19,15 +19,8 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 use crate::m20261126_000001_create_tables::id;
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261201_000010_count_deployments_by_status";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const COUNTS: &str = "api_deployment_status_count";
 const INDEX: &str = "api_deployment_status_count_status";

@@ -12,15 +12,8 @@ use sea_orm_migration::sea_orm::ConnectionTrait;
 
 use crate::m20261130_000008_check_enumerations::{Rule, add_rule, drop_rule};
 
+#[derive(DeriveMigrationName)]
 pub struct Migration;
-
-pub const NAME: &str = "m20261205_000011_audit_actors";
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        NAME
-    }
-}
 
 const AUDIT: &str = "api_audit_event";
 const TOKEN_ROLE: &str = "token_role";

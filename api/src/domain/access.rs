@@ -6,7 +6,6 @@
 //! secret with that much entropy (nobody can guess it, so there is nothing to slow down),
 //! and it lets a request find its token with one indexed lookup.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -245,8 +244,8 @@ pub async fn create_first_admin(db: &DatabaseConnection) -> Result<Option<Secret
 
 /// How long `last_used_at` may lag behind: it is written at most this often per token.
 const LAST_USED_RESOLUTION: Duration = Duration::from_secs(60);
-/// Tokens remembered at most (the cache is cleared when full: rare, and only costs lookups).
-const CACHE_CAPACITY: usize = 10_000;
+/// Tokens remembered at most (the least recently used goes first).
+const CACHE_CAPACITY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(10_000).unwrap();
 
 struct Verified {
     principal: Principal,
@@ -258,18 +257,18 @@ struct Verified {
 ///
 /// With a TTL of zero every request reads its token. Otherwise a revocation made through
 /// this process takes effect at once (it evicts the token), and one made elsewhere (the
-/// `keystone token revoke` command, another server) within the TTL. A plain map under a
+/// `keystone token revoke` command, another server) within the TTL. An LRU map under a
 /// mutex is enough here: lookups are a hash probe, and entries only need an age.
 pub struct Authenticator {
     ttl: Duration,
-    cache: Mutex<HashMap<String, Verified>>,
+    cache: Mutex<lru::LruCache<String, Verified>>,
 }
 
 impl Authenticator {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(lru::LruCache::new(CACHE_CAPACITY)),
         }
     }
 
@@ -325,7 +324,7 @@ impl Authenticator {
         if self.ttl.is_zero() {
             return None;
         }
-        let cache = self.cache.lock().ok()?;
+        let mut cache = self.cache.lock().ok()?;
         let hit = cache.get(hashed)?;
         (hit.verified_at.elapsed() < self.ttl).then(|| (hit.principal.clone(), hit.expires_at))
     }
@@ -335,10 +334,7 @@ impl Authenticator {
             return;
         }
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(
+            cache.put(
                 hashed,
                 Verified {
                     principal: principal.clone(),
@@ -352,7 +348,14 @@ impl Authenticator {
     /// Forgets a token (after revoking it through this process).
     pub fn evict(&self, token_id: i64) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|_, v| v.principal.token_id != token_id);
+            let revoked: Vec<String> = cache
+                .iter()
+                .filter(|(_, v)| v.principal.token_id == token_id)
+                .map(|(hashed, _)| hashed.clone())
+                .collect();
+            for hashed in revoked {
+                cache.pop(&hashed);
+            }
         }
     }
 

@@ -48,49 +48,9 @@ type Signer = hmac::Hmac<sha2::Sha256>;
 /// instance on one database shares), made on first use with mode 0600. Several instances
 /// starting at once agree on one key: it is published with an atomic link.
 pub fn signing_key(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = dir.join("events.key");
-    let read = || -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(&path) {
-            Ok(key) if key.len() >= 64 => Ok(Some(key)),
-            Ok(_) => Err(std::io::Error::other(format!(
-                "{} is too short to be a key; remove it",
-                path.display()
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    if let Some(key) = read()? {
-        return Ok(key);
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let draft = dir.join(format!("events.key.{}", std::process::id()));
-    {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&draft)?;
-        file.write_all(hex.as_bytes())?;
-        file.sync_all()?;
-    }
-    let linked = std::fs::hard_link(&draft, &path);
-    let _ = std::fs::remove_file(&draft);
-    match linked {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    read()?.ok_or_else(|| std::io::Error::other("the events key vanished"))
+    crate::files::create_private_dir(dir)?;
+    let (key, _) = crate::files::key_file(&dir.join("events.key"))?;
+    Ok(key.into_bytes())
 }
 
 fn signer(key: &[u8]) -> Signer {

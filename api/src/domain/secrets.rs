@@ -28,49 +28,11 @@ impl std::fmt::Debug for SecretBox {
 impl SecretBox {
     /// The key in `path` (64 hex digits), made with mode 0600 when there is none.
     pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
-                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-                let created = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path);
-                match created {
-                    Ok(mut file) => {
-                        file.write_all(hex.as_bytes())?;
-                        file.sync_all()?;
-                        tracing::info!(file = %path.display(), "created the key that seals config vars (back it up with the database)");
-                        hex
-                    }
-                    // Another instance made it first.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        std::fs::read_to_string(path)?
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(error) => return Err(error),
-        };
-        let key: Vec<u8> = (0..32)
-            .map(|i| {
-                text.trim()
-                    .get(2 * i..2 * i + 2)
-                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-            })
-            .collect::<Option<_>>()
-            .filter(|_| text.trim().len() == 64)
-            .ok_or_else(|| {
-                std::io::Error::other(format!(
-                    "{} does not hold a 64-hex-digit key",
-                    path.display()
-                ))
-            })?;
+        let (hex, made) = crate::files::key_file(path)?;
+        if made {
+            tracing::info!(file = %path.display(), "created the key that seals config vars (back it up with the database)");
+        }
+        let key = hex::decode(hex).map_err(|e| std::io::Error::other(e.to_string()))?;
         let cipher = XChaCha20Poly1305::new_from_slice(&key)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Self { cipher })
