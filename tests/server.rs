@@ -99,3 +99,74 @@ async fn default_database_is_sqlite_file_in_working_directory() {
     );
     assert!(dir.path().join("keystone.sqlite3").exists());
 }
+
+crate::e2e!(postgres_over_tls);
+/// A PostgreSQL that accepts TLS only: `sslmode=require` connects, `verify-full` connects
+/// with the CA that signed its certificate (`sslrootcert`) and is refused without it, and a
+/// clear-text connection is refused by the server.
+async fn postgres_over_tls() {
+    let pki = crate::support::test_pki();
+    let cluster = crate::support::cluster::PrivateCluster::start_tls(&pki);
+    let plain = cluster.url("postgres");
+    let ca = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(ca.path(), &pki.ca_pem).expect("write the CA");
+    let ca = ca.path().display().to_string();
+
+    let refused = TestDb::at(Backend::Postgres, format!("{plain}?sslmode=disable"));
+    let out = keystone(&refused, &["migrate", "status"]).await;
+    out.assert_failure();
+    assert!(
+        out.stderr.contains("no encryption") || out.stderr.contains("pg_hba.conf"),
+        "{}",
+        out.stderr
+    );
+    let unverified = TestDb::at(
+        Backend::Postgres,
+        format!("{plain}?sslmode=verify-full&sslrootcert=/dev/null"),
+    );
+    keystone(&unverified, &["migrate", "status"])
+        .await
+        .assert_failure();
+
+    for url in [
+        format!("{plain}?sslmode=require"),
+        format!("{plain}?sslmode=verify-full&sslrootcert={ca}"),
+    ] {
+        let db = TestDb::at(Backend::Postgres, url.clone());
+        let mut server = Server::start(&db, &[]).await.expect("server starts");
+        if server.admin_token.is_empty() {
+            // The first start made the admin token, in the other test database's directory.
+            let name = format!("admin-{}", server.pid());
+            let made = keystone(
+                &db,
+                &["token", "create", "--name", &name, "--role", "admin"],
+            )
+            .await;
+            made.assert_success();
+            server.admin_token = made.stdout.trim().to_owned();
+        }
+        let body = server
+            .graphql(
+                r#"mutation { createRepository(input: { name: "tls", gitUrl: "https://example.com/t.git" }) { repository { id name } } }"#,
+                serde_json::json!({}),
+            )
+            .await;
+        let created = &Server::data(&body)["createRepository"]["repository"];
+        assert_eq!(created["name"], "tls", "{url}");
+        let body = server
+            .graphql(
+                "mutation($id: ID!) { deleteRepository(input: { id: $id }) { deletedRepositoryId } }",
+                serde_json::json!({ "id": created["id"] }),
+            )
+            .await;
+        Server::data(&body);
+        server.stop_ok().await;
+    }
+    // Every connection the server made was encrypted.
+    let db = TestDb::at(Backend::Postgres, format!("{plain}?sslmode=require"));
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM pg_stat_ssl WHERE ssl AND pid = pg_backend_pid()")
+            .await,
+        1
+    );
+}

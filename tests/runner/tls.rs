@@ -11,24 +11,15 @@ use crate::support::{Backend, Server, TestDb};
 
 /// A CA, and a certificate it signed for `localhost` and 127.0.0.1: (CA PEM, server config).
 fn test_pki() -> (String, Arc<tokio_rustls::rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("certificate");
+    let pki = crate::support::test_pki();
     let config = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
-            vec![server.der().clone()],
-            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-                .expect("key"),
+            vec![pki.cert_der.into()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(pki.key_der).expect("key"),
         )
         .expect("server config");
-    (ca.pem(), Arc::new(config))
+    (pki.ca_pem, Arc::new(config))
 }
 
 /// Terminates TLS on a loopback port and passes the bytes to `server`'s port: (port,

@@ -12,6 +12,8 @@ pub struct PrivateCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// Serves TLS only (see [`PrivateCluster::start_tls`]).
+    tls: bool,
 }
 
 /// Runs a PostgreSQL program as the `postgres` user (PostgreSQL refuses root).
@@ -28,6 +30,16 @@ impl PrivateCluster {
     /// A new, running cluster; the test is skipped when PostgreSQL's programs are not
     /// installed (and `KEYSTONE_REQUIRE_POSTGRES` is not set).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A new, running cluster that accepts TCP connections over TLS only, with `pki`'s
+    /// server certificate (and refuses them in clear text).
+    pub fn start_tls(pki: &super::TestPki) -> Self {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&super::TestPki>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| {
@@ -55,13 +67,43 @@ impl PrivateCluster {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let cluster = Self { dir, bin, port };
+        let cluster = Self {
+            dir,
+            bin,
+            port,
+            tls: pki.is_some(),
+        };
         let data = cluster.data();
         let out = as_postgres(
             &cluster.bin.join("initdb"),
             &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"],
         );
         assert!(out.status.success(), "initdb: {out:?}");
+        if let Some(pki) = pki {
+            let data = std::path::Path::new(&data);
+            for (name, pem) in [("server.crt", &pki.cert_pem), ("server.key", &pki.key_pem)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write the server's certificate");
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("chmod");
+                let status = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .status()
+                    .expect("chown");
+                assert!(status.success());
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("write pg_hba.conf");
+        }
         cluster.start_again();
         cluster
     }
@@ -87,11 +129,14 @@ impl PrivateCluster {
 
     /// Starts the (stopped) cluster and waits until it accepts connections.
     pub fn start_again(&self) {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=60",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on");
+        }
         let log = self.dir.path().join("postgres.log").display().to_string();
         let out = as_postgres(
             &self.bin.join("pg_ctl"),

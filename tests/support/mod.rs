@@ -782,6 +782,35 @@ impl Server {
     }
 }
 
+/// A certificate authority of the test's own, and a certificate it signed for `localhost`
+/// and 127.0.0.1 (TLS to the server, and to a private PostgreSQL cluster).
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+pub fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    TestPki {
+        ca_pem: ca.pem(),
+        cert_pem: server.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: server.der().to_vec(),
+        key_der: key.serialize_der(),
+    }
+}
+
 /// The global ID of object `n` of `kind` (`App`, `Deployment`, `ApiToken`, …).
 pub fn global_id(kind: &str, n: impl std::fmt::Display) -> String {
     base64_url(&format!("{kind}:{n}"))
