@@ -8,9 +8,9 @@
 
 mod support;
 
-mod access;
 mod adoption;
 mod audit;
+mod auth;
 mod backup;
 mod browser;
 mod documents;
@@ -25,7 +25,6 @@ mod metrics;
 mod migrations;
 mod read_path;
 mod runner;
-mod security;
 mod server;
 mod spec;
 

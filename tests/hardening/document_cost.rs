@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Backend, Server, TestDb, http, only_error};
+use crate::support::protocol::{claim, deploy};
+use crate::support::{Backend, Server, TestDb, global_id, http, insert_port_apps, only_error};
 
 /// What a release build may spend on any document of up to 2 KB: 50 ms, as a multiple of a
 /// plain small query (`{ viewer { name } }`, about a quarter of a millisecond of the server's
@@ -237,4 +239,145 @@ async fn documents_cost_at_most_a_multiple_of_a_plain_query_sqlite() {
 crate::e2e!(hostile_documents_leave_the_server_responsive_and_stoppable_sqlite);
 async fn hostile_documents_leave_the_server_responsive_and_stoppable_sqlite() {
     hostile_documents_leave_the_server_responsive_and_stoppable(Backend::Sqlite).await;
+}
+
+crate::on_both_backends!(
+    multiplying_fragments_are_refused_before_validation,
+    every_fields_cost_is_counted,
+);
+
+/// A document of fragments that each spread the previous one twice: `F<depth>` expands to
+/// 2^depth selections in under 1.5 KB.
+fn fragment_family(depth: usize) -> String {
+    let mut document =
+        format!("query {{ ...F{depth} }}\nfragment F0 on Query {{ viewer {{ name }} }}\n");
+    for level in 1..=depth {
+        let previous = level - 1;
+        document.push_str(&format!(
+            "fragment F{level} on Query {{ ...F{previous} ...F{previous} }}\n"
+        ));
+    }
+    document
+}
+
+/// Validation used to walk every spread: a 24-level family took 90 s of CPU and froze the
+/// server. Now the expanded size is computed once per fragment and refused first, while
+/// `/health` keeps answering.
+async fn multiplying_fragments_are_refused_before_validation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let family: Vec<String> = [8, 12, 16, 20, 24, 32, 60]
+        .into_iter()
+        .map(fragment_family)
+        .collect();
+    // All at once, twice over, with health checks in between.
+    let attacks = join_all(
+        family
+            .iter()
+            .chain(family.iter())
+            .map(|document| server.graphql_as(&server.admin_token, document, json!({}))),
+    );
+    let health = async {
+        for _ in 0..5 {
+            let response = http().get(server.url("/health")).send().await;
+            assert_eq!(response.expect("/health answers").status(), 200);
+        }
+    };
+    let (answers, ()) = tokio::join!(attacks, health);
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("data").is_none(), "never ran: {body}");
+        assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("once its fragments are expanded"),
+            "{body}"
+        );
+    }
+    // A cycle is refused too, and a small family still runs.
+    let cycle = "query { ...A } fragment A on Query { ...B } fragment B on Query { ...A }";
+    let (_, body) = server
+        .graphql_as(&server.admin_token, cycle, json!({}))
+        .await;
+    assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
+    let body = server.graphql(&fragment_family(3), json!({})).await;
+    assert_eq!(Server::data(&body)["viewer"]["name"], "admin");
+    server.stop_ok().await;
+}
+
+/// `logs` reads from the end of the file within a byte limit, `tail` and id lists count
+/// towards the complexity, and a response carries a bounded amount of log text.
+async fn every_fields_cost_is_counted(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &["--max-query-complexity", "20000"])
+        .await
+        .expect("server starts");
+    insert_port_apps(&db, 2).await;
+    deploy(&server, 1).await;
+    let runner = server.create_token("builder", "RUNNER").await;
+    let (id, path) = claim(&server, &runner).await;
+    // An 18 MB log, as a runner that printed without end would leave it.
+    let line = format!("{}\n", "x".repeat(99));
+    std::fs::create_dir_all(std::path::Path::new(&path).parent().expect("dir")).expect("logs dir");
+    std::fs::write(&path, line.repeat(180_000)).expect("write a big log");
+    let query = "query($id: ID!, $tail: Int!) { deployment(id: $id) { logs(tail: $tail) } }";
+    let body = server
+        .graphql(
+            query,
+            json!({ "id": global_id("Deployment", id), "tail": 10000 }),
+        )
+        .await;
+    let lines = Server::data(&body)["deployment"]["logs"]
+        .as_array()
+        .expect("lines")
+        .len();
+    assert_eq!(lines, 10000, "a 1 MB read holds 10,000 lines of 100 bytes");
+    // tail counts: 2 × 10,001 > 20,000.
+    let twice = "query($id: ID!) { a: deployment(id: $id) { logs(tail: 10000) } b: deployment(id: $id) { logs(tail: 10000) } }";
+    let (_, body) = server
+        .graphql_as(
+            &server.admin_token,
+            twice,
+            json!({ "id": global_id("Deployment", id) }),
+        )
+        .await;
+    assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
+    // 10 fields of 10,000 lines would be 10 MB: the response stops at 4 MiB of log text.
+    let server_wide = Server::start(&db, &[]).await.expect("second server");
+    let many = format!(
+        "query($id: ID!) {{ {} }}",
+        (0..10)
+            .map(|i| format!("d{i}: deployment(id: $id) {{ logs(tail: 10000) }}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let response = server_wide
+        .admin()
+        .post(server_wide.url("/graphql"))
+        .json(&json!({ "query": many, "variables": { "id": global_id("Deployment", id) } }))
+        .send()
+        .await
+        .expect("POST");
+    let text = response.text().await.expect("body");
+    assert!(text.len() < 5 << 20, "response of {} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    let codes: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["extensions"]["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"RESPONSE_TOO_LARGE"), "{codes:?}");
+    server_wide.stop_ok().await;
+    // Each of 100 ids counts: 100 × (a connection of 100) is over the limit.
+    let ids: Vec<String> = (1..=100).map(|n| global_id("App", n)).collect();
+    let (_, body) = server
+        .graphql_as(
+            &server.admin_token,
+            "query($ids: [ID!]!) { nodes(ids: $ids) { ... on App { deployments(first: 100) { nodes { id } } } } }",
+            json!({ "ids": ids }),
+        )
+        .await;
+    assert_eq!(only_error(&body).0, "GRAPHQL_VALIDATION_FAILED", "{body}");
+    server.stop_ok().await;
 }

@@ -112,3 +112,47 @@ async fn the_log_and_error_messages_stay_bounded() {
     assert!(log.contains("Op\\u{202e}gol\\u{2028}FORGED"), "{log}");
     assert!(!log.contains("kst_nope"), "{log}");
 }
+
+crate::on_both_backends!(internal_errors_are_generic_and_logged,);
+
+/// A failure inside the server reaches the client as a generic message with a correlation
+/// id, and the server log has the details under that id.
+async fn internal_errors_are_generic_and_logged(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    server.create_app("doomed", "doomed").await;
+    // Break the schema underneath the running server.
+    db.exec(match backend {
+        Backend::Sqlite => "DROP TABLE api_deployment",
+        Backend::Postgres => "DROP TABLE api_deployment CASCADE",
+    })
+    .await;
+    let body = server
+        .graphql("{ deployments { nodes { id } } }", json!({}))
+        .await;
+    let error = &body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "INTERNAL", "{body}");
+    let id = error["extensions"]["correlationId"]
+        .as_str()
+        .expect("a correlation id")
+        .to_owned();
+    let message = error["message"].as_str().unwrap_or_default();
+    assert_eq!(message, format!("internal error (correlation id {id})"));
+    let text = body.to_string().to_lowercase();
+    for leak in [
+        "select",
+        "api_deployment",
+        "sqlx",
+        "no such table",
+        "does not exist",
+        ".rs",
+    ] {
+        assert!(!text.contains(leak), "{leak} leaked: {body}");
+    }
+    let (_, log) = server.stop().await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("api_deployment")),
+        "the log explains {id}:\n{log}"
+    );
+}

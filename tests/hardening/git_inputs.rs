@@ -70,4 +70,38 @@ async fn private_hosts_and_odd_refs_are_refused(backend: Backend) {
     server.stop_ok().await;
 }
 
-crate::on_both_backends!(private_hosts_and_odd_refs_are_refused);
+crate::on_both_backends!(
+    private_hosts_and_odd_refs_are_refused,
+    hostile_git_urls_are_refused,
+);
+
+/// Git URLs that would run commands or reach metadata services are refused, and nothing is
+/// written.
+async fn hostile_git_urls_are_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    for url in [
+        "ssh://-oProxyCommand=touch%20pwned@host/repo",
+        "ssh://%2doProxyCommand=x@host/repo",
+        "https://example.com/$(touch pwned).git",
+        "https://example.com/a%0aX.git",
+        "http://169.254.169.254/latest/meta-data",
+        "ssh://git@169.254.169.254/x.git",
+        "git://[fe80::1]/x.git",
+    ] {
+        let (_, body) = server
+            .graphql_as(
+                &server.admin_token,
+                "mutation($u: String!) { createRepository(input: { name: \"r\", gitUrl: $u }) { repository { id } } }",
+                json!({ "u": url }),
+            )
+            .await;
+        assert_eq!(
+            only_error(&body),
+            ("BAD_USER_INPUT".to_owned(), Some("gitUrl".to_owned())),
+            "{url}: {body}"
+        );
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM api_repository").await, 0);
+    server.stop_ok().await;
+}

@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use crate::support::protocol::{append, claim, deploy};
 use crate::support::{Backend, Server, TestDb, global_id, insert_port_apps, only_error};
 
 async fn log_reads_cost_what_they_may_read(backend: Backend) {
@@ -105,4 +106,78 @@ async fn log_reads_cost_what_they_may_read(backend: Backend) {
     assert!(status.success(), "{log}");
 }
 
-crate::on_both_backends!(log_reads_cost_what_they_may_read);
+crate::on_both_backends!(log_reads_cost_what_they_may_read, log_volume_is_bounded,);
+
+/// Each deployment's log is capped (a marker, then nothing), appends leave no audit rows,
+/// and the log file goes with its app.
+async fn log_volume_is_bounded(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &["--max-log-bytes", "1000"])
+        .await
+        .expect("server starts");
+    insert_port_apps(&db, 1).await;
+    deploy(&server, 1).await;
+    let runner = server.create_token("runner", "RUNNER").await;
+    let (id, path) = claim(&server, &runner).await;
+    let chunk = format!("{}\n", "y".repeat(599));
+    let first = append(&server, &runner, id, &chunk).await;
+    assert_eq!(
+        Server::data(&first)["appendDeploymentLog"]["logFull"],
+        false
+    );
+    let second = append(&server, &runner, id, &chunk).await;
+    assert_eq!(
+        Server::data(&second)["appendDeploymentLog"]["logFull"],
+        true
+    );
+    let third = append(&server, &runner, id, &chunk).await;
+    assert_eq!(
+        Server::data(&third)["appendDeploymentLog"],
+        json!({ "bytesWritten": 0, "logFull": true })
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let logs_dir = std::path::Path::new(&path).parent().expect("dir");
+    let dir_mode = std::fs::metadata(logs_dir)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "the logs directory is private");
+    let size = std::fs::metadata(&path).expect("the log").len();
+    assert!(size < 1200, "capped at 1000 bytes plus the marker: {size}");
+    let text = std::fs::read_to_string(&path).expect("the log");
+    assert_eq!(text.matches("reached its size limit").count(), 1, "{text}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM api_audit_event WHERE operation = 'appendDeploymentLog'")
+            .await,
+        0,
+        "successful appends are not audited"
+    );
+    // Refusals are: another runner writing here.
+    let intruder = server.create_token("intruder", "RUNNER").await;
+    let refused = append(&server, &intruder, id, "x\n").await;
+    assert_eq!(only_error(&refused).0, "CONFLICT");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM api_audit_event WHERE operation = 'appendDeploymentLog'")
+            .await,
+        1
+    );
+    // Deleting the app deletes the log.
+    let (_, body) = server
+        .graphql_as(
+            &runner,
+            "mutation($id: ID!) { reportDeployment(input: { deploymentId: $id, status: FAILED }) { deployment { status } } }",
+            json!({ "id": global_id("Deployment", id) }),
+        )
+        .await;
+    Server::data(&body);
+    Server::data(
+        &server
+            .graphql(
+                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
+                json!({ "id": global_id("App", 1) }),
+            )
+            .await,
+    );
+    assert!(!std::path::Path::new(&path).exists(), "{path} was deleted");
+    server.stop_ok().await;
+}

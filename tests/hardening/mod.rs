@@ -4,10 +4,15 @@
 
 mod document_cost;
 mod echoes;
+mod files;
 mod git_inputs;
+mod inputs;
 mod log_reads;
 mod metrics_labels;
 mod notifications;
 mod operation_ids;
 mod proxies;
+mod rate_limits;
+mod switches;
 mod timeouts;
+mod websockets;

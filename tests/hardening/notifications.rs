@@ -5,17 +5,8 @@ use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Backend, Server, TestDb, global_id, insert_port_apps, ws_connect, ws_next};
-
-async fn deploy(server: &Server, app: i64) {
-    let body = server
-        .graphql(
-            "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
-            json!({ "id": global_id("App", app) }),
-        )
-        .await;
-    Server::data(&body);
-}
+use crate::support::protocol::deploy;
+use crate::support::{Backend, Server, TestDb, insert_port_apps, ws_connect, ws_next, ws_start};
 
 crate::e2e!(a_replayed_notification_reaches_no_subscriber);
 async fn a_replayed_notification_reaches_no_subscriber() {
@@ -75,4 +66,48 @@ async fn a_replayed_notification_reaches_no_subscriber() {
     conn.close().await.ok();
     let (_, log) = server.stop().await;
     assert!(log.contains("a replay"), "{log}");
+}
+
+crate::e2e!(forged_notifications_are_dropped);
+
+/// Any role that can connect may `pg_notify` on Keystone's channel: an unsigned (forged)
+/// notification never reaches subscribers; the signed one that follows it does.
+async fn forged_notifications_are_dropped() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    insert_port_apps(&db, 2).await;
+    // A deployment the forger names, made without an event.
+    db.exec("INSERT INTO api_deployment (id, app_id, status, image_tag, assigned_port, created_at, logs_path, error_summary) VALUES (77, 1, 'failed', '', NULL, CURRENT_TIMESTAMP, '', 'FORGED')")
+        .await;
+    let mut socket = ws_connect(&server, &server.admin_token).await;
+    assert_eq!(
+        ws_next(&mut socket).await.expect("ack")["type"],
+        "connection_ack"
+    );
+    ws_start(
+        &mut socket,
+        "1",
+        "subscription { deploymentUpdated { databaseId } }",
+    )
+    .await;
+    let schema = db
+        .rows("SELECT current_schema()")
+        .await
+        .pop()
+        .expect("a schema");
+    let channel = format!("keystone_events:{schema}");
+    db.exec(&format!(
+        "SELECT pg_notify('{channel}', '{{\"k\":\"deployment_id\",\"id\":77}}'), pg_notify('{channel}', '{}.{{\"k\":\"deployment_id\",\"id\":77}}')",
+        "0".repeat(64)
+    ))
+    .await;
+    deploy(&server, 2).await;
+    let first = ws_next(&mut socket).await.expect("an event");
+    assert_ne!(
+        first["payload"]["data"]["deploymentUpdated"]["databaseId"], 77,
+        "the forged event was delivered: {first}"
+    );
+    assert_eq!(first["type"], "next", "{first}");
+    let (_, log) = server.stop().await;
+    assert!(log.contains("signature does not verify"), "{log}");
 }

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Backend, Server, Socket, TestDb, ws_connect, ws_next};
+use crate::support::{Backend, Server, Socket, TestDb, codes, ws_connect, ws_next};
 
 async fn run_over_websocket(socket: &mut Socket, id: &str, query: &str) -> Value {
     socket
@@ -82,4 +82,67 @@ async fn websocket_operations_have_the_request_timeout() {
     conn.close().await.ok();
     let (status, log) = server.stop().await;
     assert!(status.success(), "{log}");
+}
+
+crate::e2e!(queries_time_out_and_mutations_finish);
+
+/// A query that does not finish within the timeout is cancelled with `TIMEOUT`; a
+/// mutation is never cut in half: its client gets `TIMEOUT` (outcome unknown) while it runs
+/// on to the end. A lock held on the table by another session makes both wait (PostgreSQL).
+async fn queries_time_out_and_mutations_finish() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = Server::start(&db, &["--request-timeout-secs", "1"])
+        .await
+        .expect("server starts");
+    // Authenticate once, so the token is cached and only the table below is waited on.
+    server.graphql("{ viewer { name } }", json!({})).await;
+    let conn = db.connect().await;
+    let lock = conn.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE api_repository IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    let started = std::time::Instant::now();
+    let (status, body) = server
+        .graphql_as(
+            &server.admin_token,
+            "{ repositories { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(codes(&body), ["TIMEOUT"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    // A mutation is never cancelled: at the timeout its client is told the outcome is
+    // unknown, and it goes on, to finish once the lock goes away.
+    let (status, body) = server
+        .graphql_as(
+            &server.admin_token,
+            r#"mutation { createRepository(input: { name: "slow", gitUrl: "https://e.com/slow.git" }) { repository { name } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(codes(&body), ["TIMEOUT"]);
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("outcome is unknown"),
+        "{body}"
+    );
+    lock.rollback().await.expect("unlock");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.count("SELECT COUNT(*) FROM api_repository").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mutation finished in the background"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(db.rows("SELECT name FROM api_repository").await, ["slow"]);
+    conn.close().await.ok();
+    server.stop_ok().await;
 }

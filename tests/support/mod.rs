@@ -15,6 +15,7 @@
 //! reported as passed.
 
 pub mod cluster;
+pub mod protocol;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -882,6 +883,11 @@ pub fn ws_subscribe(id: &str, query: &str) -> tokio_tungstenite::tungstenite::Me
     )
 }
 
+/// Sends a `subscribe` message on `socket`.
+pub async fn ws_start(socket: &mut Socket, id: &str, query: &str) {
+    socket.send(ws_subscribe(id, query)).await.expect("send");
+}
+
 /// Opens `/graphql/ws` and sends `connection_init` with `token` (none when empty).
 pub async fn ws_connect(server: &Server, token: &str) -> Socket {
     let url = server.url("/graphql/ws").replace("http://", "ws://");
@@ -937,4 +943,16 @@ pub async fn ws_next(socket: &mut Socket) -> Result<serde_json::Value, String> {
             other => return Err(format!("{other:?}")),
         }
     }
+}
+
+pub fn codes(body: &serde_json::Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["extensions"]["code"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -4,6 +4,8 @@
 //! Keystone's own changes (the first admin token, a lapsed lease), each naming its actor and
 //! the object it acted on.
 
+mod trail;
+
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ const SUCCESSES_NOT_RECORDED: [&str; 2] = ["heartbeatDeployment", "appendDeploym
 
 /// The `Mutation` fields `schema.graphql` declares.
 fn mutation_fields() -> BTreeSet<String> {
-    let sdl = include_str!("../schema.graphql");
+    let sdl = include_str!("../../schema.graphql");
     let body = sdl
         .split_once("type Mutation {")
         .and_then(|(_, rest)| rest.split_once("\n}"))
