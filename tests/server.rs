@@ -170,3 +170,51 @@ async fn postgres_over_tls() {
         1
     );
 }
+
+crate::e2e!(commands_leave_the_working_directory_alone);
+/// No command leaves a file in the working directory when the database is elsewhere (the
+/// `file:sqlx-in-memory-…` that `verify`'s scratch database once left, say).
+async fn commands_leave_the_working_directory_alone() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let document = elsewhere.path().join("me.graphql");
+    std::fs::write(&document, "query Me { viewer { name } }").expect("write");
+    let backup = elsewhere.path().join("copy.sqlite3");
+    let document = document.display().to_string();
+    let backup = backup.display().to_string();
+    let commands: [&[&str]; 12] = [
+        &["migrate", "status"],
+        &["migrate", "up"],
+        &["verify"],
+        &["verify", "--in-place"],
+        &["schema"],
+        &["token", "create", "--name", "ci", "--role", "viewer"],
+        &["token", "list"],
+        &["token", "revoke", "ci"],
+        &["documents", "add", &document],
+        &["documents", "list"],
+        &["backup", &backup],
+        &["migrate", "down"],
+    ];
+    for args in commands {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keystone"))
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .current_dir(cwd.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("run keystone");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left: Vec<_> = std::fs::read_dir(cwd.path())
+            .expect("read the directory")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
