@@ -25,8 +25,6 @@ use crate::graphql::error::Code;
     long_about = None
 )]
 pub struct Cli {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
     /// Default: `serve`.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -40,6 +38,8 @@ pub enum Command {
     Migrate {
         #[command(subcommand)]
         command: MigrateCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Execute deployments: claim, clone, build, run and switch traffic (a client of the
     /// API, with a `runner` token).
@@ -66,18 +66,24 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Store, list and remove trusted documents (persisted queries), by SHA-256 (works on
     /// the database directly).
     Documents {
         #[command(subcommand)]
         command: DocumentsCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Write a consistent copy of a SQLite database to FILE, also while the server runs
     /// (PostgreSQL: use `pg_dump`, see the README).
     Backup {
         /// Where to write the copy (must not exist).
         file: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Check that migrations apply, match the entities, and round-trip.
     Verify {
@@ -85,6 +91,8 @@ pub enum Command {
         /// that cannot change it).
         #[arg(long)]
         in_place: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -166,13 +174,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| Command::Serve(default_serve_args()));
     match command {
         Command::Serve(serve) => {
-            crate::serve(Config::new(&cli.database, &serve)).await?;
+            crate::serve(Config::new(&serve)).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate { command } => {
-            println!("Database: {}", redact(&cli.database.database_url));
-            migration::cli::run(&cli.database.database_url, &command, &mut std::io::stdout())
-                .await?;
+        Command::Migrate { command, database } => {
+            println!("Database: {}", redact(&database.database_url));
+            migration::cli::run(&database.database_url, &command, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runner(args) => {
@@ -197,8 +204,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { command } => token(&cli.database.database_url, command).await,
-        Command::Documents { command } => documents(&cli.database.database_url, command).await,
+        Command::Token { command, database } => token(&database.database_url, command).await,
+        Command::Documents { command, database } => {
+            documents(&database.database_url, command).await
+        }
         #[cfg(feature = "tools")]
         Command::Schema {
             command: Some(SchemaCommand::Diff { old, new, allow }),
@@ -207,8 +216,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backup { file } => {
-            let db = connection::connect_for_migrations(&cli.database.database_url).await?;
+        Command::Backup { file, database } => {
+            let db = connection::connect_for_migrations(&database.database_url).await?;
             let written = crate::backup::write(&db, &file).await;
             db.close().await?;
             let bytes = written?;
@@ -218,18 +227,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { in_place } => {
+        Command::Verify { in_place, database } => {
             let target = if in_place {
                 ""
             } else {
                 "a scratch database like "
             };
-            println!(
-                "Verifying on {target}{}",
-                redact(&cli.database.database_url)
-            );
+            println!("Verifying on {target}{}", redact(&database.database_url));
             let passed =
-                crate::verify::verify(&cli.database.database_url, in_place, &mut std::io::stdout())
+                crate::verify::verify(&database.database_url, in_place, &mut std::io::stdout())
                     .await?;
             Ok(if passed {
                 ExitCode::SUCCESS
@@ -437,4 +443,40 @@ async fn token(url: &str, command: TokenCommand) -> anyhow::Result<ExitCode> {
     .await;
     db.close().await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help`: the commands that use a database list its options, under their own heading
+    /// after the command's own; the others (`runner`, `proxy`, `static`, `schema`) do not.
+    #[test]
+    fn only_commands_that_use_a_database_take_its_options() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for command in cli.get_subcommands() {
+            let name = command.get_name();
+            let arguments: Vec<_> = command.get_arguments().collect();
+            let database = arguments
+                .iter()
+                .position(|a| a.get_long() == Some("database-url"));
+            let uses = matches!(
+                name,
+                "serve" | "migrate" | "token" | "documents" | "backup" | "verify"
+            );
+            assert_eq!(database.is_some(), uses, "{name}");
+            if let Some(at) = database {
+                assert!(
+                    arguments[at..]
+                        .iter()
+                        .filter(|a| !a.is_positional() && a.get_long() != Some("help"))
+                        .all(|a| a.get_help_heading() == Some("Database")),
+                    "{name}: the database options come last, under their heading"
+                );
+            }
+        }
+    }
 }

@@ -15,8 +15,10 @@ use crate::graphql::Limits;
 use crate::graphql::guardrails::DocumentLimits;
 use crate::http::WebSocketLimits;
 
-/// Where the database is and how the pool behaves (shared by every subcommand).
+/// Where the database is and how the pool behaves (for the commands that use one; listed
+/// under their own heading in `--help`).
 #[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Database")]
 pub struct DatabaseArgs {
     /// `sqlite://path?mode=rwc` or `postgres://user:password@host/db`.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
@@ -230,6 +232,8 @@ pub struct ServeArgs {
     /// output is dropped.
     #[arg(long, env = "KEYSTONE_MAX_LOG_BYTES", default_value_t = 10 << 20)]
     pub max_log_bytes: u64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// A CIDR block, or one address (a block of one).
@@ -286,7 +290,8 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(database: &DatabaseArgs, serve: &ServeArgs) -> Self {
+    pub fn new(serve: &ServeArgs) -> Self {
+        let database = &serve.database;
         Self {
             database_url: database.database_url.clone(),
             pool: database.pool(),
