@@ -354,3 +354,73 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Args;
+
+    use super::ServeArgs;
+
+    /// The README's configuration table: (variable, flag, default) per row that names a flag.
+    fn documented() -> Vec<(String, String, String)> {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split_once("\n### Configuration\n")
+            .and_then(|(_, rest)| rest.split("\n### ").next())
+            .expect("README has a Configuration section");
+        let cell = |text: &str| text.trim().trim_matches('`').to_owned();
+        table
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .filter_map(|line| {
+                // Cells hold no `|` of their own.
+                let cells: Vec<&str> = line.split('|').skip(1).collect();
+                let flag = cell(cells.get(1)?);
+                let flag = flag.strip_prefix("serve ").unwrap_or(&flag).to_owned();
+                (!flag.is_empty()).then(|| (cell(cells[0]), flag, cell(cells[2])))
+            })
+            .collect()
+    }
+
+    /// Every `serve` flag (database options included) has its row in the README's table,
+    /// with its environment variable and default, and every row names a flag that exists.
+    #[test]
+    fn the_readme_configuration_table_matches_the_flags() {
+        let rows = documented();
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut flags = Vec::new();
+        for argument in command.get_arguments() {
+            let Some(long) = argument.get_long() else {
+                continue;
+            };
+            let flag = format!("--{long}");
+            let row = rows
+                .iter()
+                .find(|(_, documented, _)| *documented == flag)
+                .unwrap_or_else(|| panic!("{flag} has no row in the README's Configuration"));
+            let env = argument.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(Some(&row.0), env.as_ref(), "{flag}: environment variable");
+            let default: Vec<String> = argument
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let expected = match default.as_slice() {
+                [] => None,
+                [value] if value == "false" => Some("off".to_owned()),
+                [value] => Some(value.clone()),
+                _ => None,
+            };
+            if let Some(expected) = expected {
+                assert_eq!(row.2, expected, "{flag}: default");
+            }
+            flags.push(flag);
+        }
+        for (_, flag, _) in &rows {
+            assert!(
+                flags.contains(flag),
+                "the README documents {flag}, which serve lacks"
+            );
+        }
+    }
+}

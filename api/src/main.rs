@@ -6,7 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Resolving a GraphQL response allocates many small, short-lived objects; mimalloc does
-/// that markedly faster than glibc's allocator (see README, "Benchmarks").
+/// that markedly faster than glibc's allocator (see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// system only a second after (its `purge_delay` option, 1,000 ms). Each pooled SQLite
 /// connection is a thread of its own whose rows are freed on the runtime's threads, so
 /// under load that second of garbage added about 20 MB to the resident size on the
-/// benchmark (README, "Benchmarks"). Keystone asks for 10 ms, mimalloc 2's default, unless
+/// benchmark (docs/benchmarks.md). Keystone asks for 10 ms, mimalloc 2's default, unless
 /// `MIMALLOC_PURGE_DELAY` is set (mimalloc reads that itself).
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 

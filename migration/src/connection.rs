@@ -25,7 +25,7 @@ impl PoolSettings {
     /// The defaults for the database at `url`. SQLite gets a smaller pool: it has one writer
     /// at a time and every pooled connection is an OS thread with its own page cache, so on a
     /// small machine 4 connections serve reads faster, and in less memory, than 10 (see
-    /// README, "Benchmarks").
+    /// docs/benchmarks.md).
     pub fn for_url(url: &str) -> Self {
         let max_connections = match backend_of(url) {
             Some(DbBackend::Sqlite) => 4,

@@ -164,7 +164,7 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
 /// A second `keystone proxy` on the same directory takes the listening sockets over from the
 /// running one while clients request back to back: not one request fails. Then the proxy is
 /// killed: requests fail until the runner starts it again with its saved routes (the
-/// figure is printed; README, "Runner").
+/// figure is printed; README, "Deploying apps").
 async fn a_new_proxy_takes_over_and_a_killed_one_comes_back(backend: Backend) {
     let db = TestDb::new(backend).await;
     let port = free_port();
