@@ -60,6 +60,12 @@ async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; plain text for log files, journald and Docker
+        // (and never with NO_COLOR set).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     match api::cli::run(api::cli::Cli::parse()).await {
         Ok(code) => code,
