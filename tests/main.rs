@@ -27,6 +27,7 @@ mod read_path;
 mod runner;
 mod server;
 mod spec;
+mod webhooks;
 
 fn main() -> std::process::ExitCode {
     let arguments = libtest_mimic::Arguments::from_args();

@@ -257,10 +257,7 @@ crate::e2e!(metrics_can_have_an_address_and_a_token_of_their_own);
 /// require that bearer token.
 async fn metrics_can_have_an_address_and_a_token_of_their_own() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = crate::support::free_port();
     let token_file = db.dir().join("metrics.token");
     std::fs::write(&token_file, "s3cret-scrape\n").expect("token file");
     let bind = format!("127.0.0.1:{port}");

@@ -17,12 +17,14 @@ const CHECKS: &str = MIGRATIONS[7];
 const DOCUMENTS: &str = MIGRATIONS[8];
 const COUNTS: &str = MIGRATIONS[9];
 const ACTORS: &str = MIGRATIONS[10];
+const WEBHOOKS: &str = MIGRATIONS[11];
 /// Every table the migrations create.
-const KEYSTONE_TABLES: [&str; 11] = [
+const KEYSTONE_TABLES: [&str; 13] = [
     "api_app",
     "api_app_env",
     "api_app_placement",
     "api_app_settings",
+    "api_app_webhook",
     "api_audit_event",
     "api_deployment",
     "api_deployment_run",
@@ -30,6 +32,7 @@ const KEYSTONE_TABLES: [&str; 11] = [
     "api_repository",
     "api_token",
     "api_trusted_document",
+    "api_webhook_delivery",
 ];
 /// The tables of the Django schema (migrations 1 and 2).
 const DJANGO_TABLES: [&str; 3] = ["api_app", "api_deployment", "api_repository"];
@@ -103,16 +106,16 @@ async fn status_check_gates_on_pending_and_unknown(backend: Backend) {
     let pending = keystone(&db, &["migrate", "status", "--check"]).await;
     pending.assert_failure();
     let printed = format!("{}{}", pending.stdout, pending.stderr);
-    assert!(printed.contains("11 migration(s) pending"), "{printed}");
+    assert!(printed.contains("12 migration(s) pending"), "{printed}");
     assert!(printed.contains(CHECKS), "{printed}");
-    keystone(&db, &["migrate", "up", "10"])
+    keystone(&db, &["migrate", "up", "11"])
         .await
         .assert_success();
     let one = keystone(&db, &["migrate", "status", "--check"]).await;
     one.assert_failure();
     assert!(
         one.stderr
-            .contains(&format!("1 migration(s) pending: {ACTORS}")),
+            .contains(&format!("1 migration(s) pending: {WEBHOOKS}")),
         "{}",
         one.stderr
     );
@@ -198,10 +201,10 @@ async fn concurrent_migrations_take_turns() {
         let applied = |out: &crate::support::Output| out.stdout.matches("Applied ").count();
         let mut counts = [applied(&a), applied(&b)];
         counts.sort_unstable();
-        assert_eq!(counts, [0, 11], "{}\n---\n{}", a.stdout, b.stdout);
+        assert_eq!(counts, [0, 12], "{}\n---\n{}", a.stdout, b.stdout);
         assert_eq!(
             db.count("SELECT COUNT(*) FROM seaql_migrations").await,
-            11,
+            12,
             "each migration recorded once"
         );
         keystone(&db, &["migrate", "reset"]).await.assert_success();
@@ -212,6 +215,16 @@ async fn down_up_round_trip(backend: Backend) {
     let db = TestDb::new(backend).await;
     keystone(&db, &["migrate", "up"]).await.assert_success();
     // Step by step back: the newest migration first.
+    let down = keystone(&db, &["migrate", "down"]).await;
+    down.assert_success();
+    assert!(
+        down.stdout.contains(&format!("Rolled back {WEBHOOKS}")),
+        "{}",
+        down.stdout
+    );
+    for table in ["api_app_webhook", "api_webhook_delivery"] {
+        assert!(!db.tables().await.contains(&table.to_owned()), "{table}");
+    }
     let down = keystone(&db, &["migrate", "down"]).await;
     down.assert_success();
     assert!(
@@ -526,6 +539,6 @@ async fn shared_ports_stop_the_lifecycle_migration(backend: Backend) {
             .await
             .last()
             .map(String::as_str),
-        Some(ACTORS)
+        Some(WEBHOOKS)
     );
 }

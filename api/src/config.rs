@@ -338,6 +338,7 @@ impl Config {
                         .unwrap_or_else(|_| serve.logs_dir.clone()),
                     max_bytes: serve.max_log_bytes,
                 },
+                ports: serve.port_range,
             },
             websocket: WebSocketLimits {
                 init_timeout: Duration::from_secs(serve.ws_init_timeout_secs),

@@ -93,6 +93,12 @@ impl Application {
         ));
         let logs_dir = config.runners.logs.dir.clone();
         let events = EventBus::for_database(&db, || domain::events::signing_key(&logs_dir)).await?;
+        let secrets = Arc::new(secrets);
+        let hooks = Arc::new(http::Hooks::new(
+            secrets.clone(),
+            events.clone(),
+            config.ports,
+        ));
         let relay = events.clone();
         let sweeper = tokio::spawn(sweep(db.clone(), events.clone(), config.runners.clone()));
         let documents = Arc::new(graphql::documents::TrustedDocuments::new(
@@ -106,7 +112,7 @@ impl Application {
                 apps_domain: config.apps_domain.clone(),
                 events,
                 admission: admission.clone(),
-                secrets: Arc::new(secrets),
+                secrets: secrets.clone(),
                 ports: config.ports,
                 runners: config.runners.clone(),
                 documents: documents.clone(),
@@ -130,6 +136,7 @@ impl Application {
             sockets: Arc::default(),
             shutdown: stopping.subscribe(),
             trusted_proxies: config.trusted_proxies.clone().into(),
+            hooks,
         };
         let metrics_server = match config.metrics_bind {
             Some(address) => {

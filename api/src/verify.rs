@@ -172,6 +172,8 @@ pub fn entity_shape(backend: DbBackend) -> SchemaShape {
             table_shape(AppPlacement, backend),
             table_shape(AppEnv, backend),
             table_shape(AppSettings, backend),
+            table_shape(AppWebhook, backend),
+            table_shape(WebhookDelivery, backend),
             table_shape(TrustedDocument, backend),
             table_shape(DeploymentStatusCount, backend),
         ]

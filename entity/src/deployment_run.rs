@@ -26,9 +26,13 @@ pub struct Model {
     /// The app's status before this deployment was queued (restored if it is cancelled).
     #[sea_orm(default_value = "draft")]
     pub previous_app_status: AppStatus,
-    /// The commit the runner built (40 hex digits), once it has cloned.
+    /// The commit to build (40 hex digits): set when the deployment is queued for a given
+    /// commit (a push), else by the runner once it has cloned.
     #[sea_orm(column_type = "String(StringLen::N(40))", nullable)]
     pub commit_sha: Option<String>,
+    /// The branch to build, when not the repository's default.
+    #[sea_orm(column_type = "String(StringLen::N(120))", nullable)]
+    pub branch: Option<String>,
     /// Where the runner is with it.
     pub stage: Option<Stage>,
     /// For a rollback: the earlier successful deployment whose release it reuses.

@@ -11,6 +11,7 @@ pub mod app;
 pub mod app_env;
 pub mod app_placement;
 pub mod app_settings;
+pub mod app_webhook;
 pub mod audit_event;
 pub mod deployment;
 pub mod deployment_run;
@@ -18,6 +19,7 @@ pub mod deployment_status_count;
 pub mod repository;
 mod timestamp;
 pub mod trusted_document;
+pub mod webhook_delivery;
 
 pub use timestamp::Timestamp;
 
@@ -27,10 +29,12 @@ pub mod prelude {
     pub use super::app_env::Entity as AppEnv;
     pub use super::app_placement::Entity as AppPlacement;
     pub use super::app_settings::Entity as AppSettings;
+    pub use super::app_webhook::Entity as AppWebhook;
     pub use super::audit_event::{Entity as AuditEvent, Outcome};
     pub use super::deployment::{DeploymentStatus, Entity as Deployment};
     pub use super::deployment_run::Entity as DeploymentRun;
     pub use super::deployment_status_count::Entity as DeploymentStatusCount;
     pub use super::repository::Entity as Repository;
     pub use super::trusted_document::Entity as TrustedDocument;
+    pub use super::webhook_delivery::Entity as WebhookDelivery;
 }

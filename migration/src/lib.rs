@@ -24,6 +24,7 @@ mod m20261130_000008_check_enumerations;
 mod m20261130_000009_trusted_documents;
 mod m20261201_000010_count_deployments_by_status;
 mod m20261205_000011_audit_actors;
+mod m20261205_000012_webhooks;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000009_trusted_documents::Migration),
             Box::new(m20261201_000010_count_deployments_by_status::Migration),
             Box::new(m20261205_000011_audit_actors::Migration),
+            Box::new(m20261205_000012_webhooks::Migration),
         ]
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
+use crate::support::hooks::{self, Host};
 use crate::support::{Backend, Server, TestDb, global_id, keystone, sha256_hex};
 
 on_both_backends!(every_change_is_audited_with_its_actor);
@@ -142,6 +143,18 @@ async fn every_change_is_audited_with_its_actor(backend: Backend) {
         &["appId"],
     )
     .await;
+    // A push webhook: made by an admin, then posted to by a Git host (its ping: the
+    // webhook is the actor, and nothing changes).
+    let (path, secret) = hooks::rotate(&server, &app).await;
+    expected
+        .borrow_mut()
+        .push(("TOKEN", "rotateAppWebhook", app.clone()));
+    let (status, _) =
+        hooks::post(&server, &path, Host::GitHub, &secret, "ping", "d-1", b"{}").await;
+    assert_eq!(status, 200);
+    expected
+        .borrow_mut()
+        .push(("WEBHOOK", "push", String::new()));
     call(
         None,
         "deployApp",
@@ -344,6 +357,7 @@ async fn every_change_is_audited_with_its_actor(backend: Backend) {
             }
             "TOKEN" => assert_eq!(who, "admin", "{event}"),
             "SYSTEM" => assert_eq!(event["tokenRole"], Value::Null, "{event}"),
+            "WEBHOOK" => assert_eq!(who, "github webhook", "{event}"),
             _ => match &user {
                 Some(user) => assert_eq!(&who, user, "{event}"),
                 None => assert!(who.starts_with("uid "), "{event}"),

@@ -160,6 +160,13 @@ fn http_operations(caller: &str) -> Vec<(&'static str, Needs, String)> {
             ),
         ),
         (
+            "rotateAppWebhook",
+            Needs::Admin,
+            format!(
+                r#"mutation {{ rotateAppWebhook(input: {{ appId: "{MISSING_APP}" }}) {{ path }} }}"#
+            ),
+        ),
+        (
             "runnerApps",
             Needs::Run,
             "{ runnerApps { name status } }".into(),

@@ -23,21 +23,6 @@ async fn docker_a_stopped_app_stays_stopped_while_it_builds(backend: Backend) {
     stays_stopped(backend, Flavor::Docker).await;
 }
 
-/// The first of `n` consecutive free loopback ports.
-fn free_ports(n: u16) -> u16 {
-    loop {
-        let first = free_port();
-        let free = (1..n).all(|k| {
-            first
-                .checked_add(k)
-                .is_some_and(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        });
-        if free {
-            return first;
-        }
-    }
-}
-
 async fn stays_stopped(backend: Backend, flavor: Flavor) {
     let db = TestDb::new(backend).await;
     let port = free_port();

@@ -8,6 +8,7 @@ mod desired_state;
 mod docker;
 mod lifecycle;
 mod logs;
+mod on_push;
 mod protocol;
 mod stacks;
 mod tls;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::support::{Server, TestDb, http};
+use crate::support::{Server, TestDb, free_port, free_ports, http};
 
 /// The runner's runtimes, as the lifecycle test drives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,14 +185,6 @@ struct GitServer {
     daemon: Child,
     port: u16,
     work: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A runner token for `server`, in `<test dir>/runner.token`; the file's path.

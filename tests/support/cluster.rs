@@ -63,10 +63,7 @@ impl PrivateCluster {
             .status()
             .expect("chown");
         assert!(status.success(), "chown the cluster directory to postgres");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let cluster = Self {
             dir,
             bin,

@@ -15,6 +15,7 @@
 //! reported as passed.
 
 pub mod cluster;
+pub mod hooks;
 pub mod protocol;
 pub mod proxy;
 
@@ -31,7 +32,7 @@ use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Every migration, oldest first, as `seaql_migrations` names them.
-pub const MIGRATIONS: [&str; 11] = [
+pub const MIGRATIONS: [&str; 12] = [
     "m20261126_000001_create_tables",
     "m20261126_000002_index_deployments_by_app_and_time",
     "m20261126_000003_create_tokens_and_audit_events",
@@ -43,6 +44,7 @@ pub const MIGRATIONS: [&str; 11] = [
     "m20261130_000009_trusted_documents",
     "m20261201_000010_count_deployments_by_status",
     "m20261205_000011_audit_actors",
+    "m20261205_000012_webhooks",
 ];
 
 /// A registered end-to-end test: its module, its name, and how to run it.
@@ -955,4 +957,29 @@ pub fn codes(body: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A free loopback port for a process the test starts to listen on later.
+pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive loopback ports that are free now and stay ours: they
+/// come from below the kernel's ephemeral range (32768–60999 here), so no `bind(0)` or
+/// outgoing connection takes them between this check and the test's use, and a counter
+/// shared by every test in the process never hands a port out twice.
+pub fn free_ports(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u32 = 12_000;
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts elsewhere in the range (runs may overlap on one machine).
+    let start = std::process::id() % SPAN;
+    loop {
+        let k = HANDED_OUT.fetch_add(u32::from(n), Ordering::SeqCst);
+        let first = LOW + ((start + k) % (SPAN - u32::from(n))) as u16;
+        if (first..first + n).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return first;
+        }
+    }
 }

@@ -39,6 +39,19 @@ pub struct AppChanges {
     pub health_check_path: Option<String>,
 }
 
+/// The name of app `id`.
+pub async fn name_of(db: &impl ConnectionTrait, id: i64) -> Result<String, DomainError> {
+    App::find_by_id(id)
+        .one(db)
+        .await?
+        .map(|app| app.name)
+        .ok_or(DomainError::NotFound {
+            entity: "app",
+            field: "appId",
+            id,
+        })
+}
+
 /// What a health check requests unless the app says otherwise.
 pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/";
 
@@ -173,19 +186,26 @@ pub async fn delete(
 /// `CONFLICT` naming it (cancel it first, or wait). Subscribers hear of every change once
 /// it is committed.
 ///
-/// A rollback names `source`: an earlier successful deployment of the same app, whose release
-/// (or image) the runner reuses, or whose recorded commit it rebuilds.
+/// `target` says what to build: the head of the repository's branch (the default), a given
+/// commit or branch, or, for a rollback, an earlier successful deployment of the same app,
+/// whose release (or image) the runner reuses, or whose recorded commit it rebuilds.
 pub async fn deploy(
     db: &DatabaseConnection,
     audit: &Audit,
     events: &EventBus,
     ports: PortRange,
     app_id: i64,
-    source: Option<i64>,
+    target: Target,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
+    if let Some(commit) = &target.commit {
+        check("commitSha", validation::commit_sha, commit)?;
+    }
+    if let Some(branch) = &target.branch {
+        check("branch", validation::branch_name, branch)?;
+    }
     let (_turn, txn) = begin_write(db).await?;
     let app = find_for_update(&txn, app_id, "appId").await?;
-    let queued = queue(&txn, ports, app, source).await?;
+    let queued = queue(&txn, ports, app, target).await?;
     audit::commit(txn, audit, Object::App(app_id)).await?;
     queued.publish(events);
     Ok((queued.created, queued.app))
@@ -211,14 +231,44 @@ impl Queued {
     }
 }
 
+/// What a new deployment builds (see [`deploy`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// A rollback: the earlier successful deployment whose release it reuses.
+    pub rollback_of: Option<i64>,
+    /// The commit to build (40 hex digits), instead of the branch's head.
+    pub commit: Option<String>,
+    /// The branch to build, instead of the repository's default.
+    pub branch: Option<String>,
+}
+
+impl Target {
+    /// The given commit of the repository's branch (a push).
+    pub fn commit(sha: String) -> Self {
+        Self {
+            commit: Some(sha),
+            ..Self::default()
+        }
+    }
+
+    /// An earlier deployment's release.
+    pub fn rollback(deployment_id: i64) -> Self {
+        Self {
+            rollback_of: Some(deployment_id),
+            ..Self::default()
+        }
+    }
+}
+
 /// [`deploy`]'s work inside `txn`, for `app` (read for update).
 pub(crate) async fn queue(
     txn: &DatabaseTransaction,
     ports: PortRange,
     app: app::Model,
-    source: Option<i64>,
+    target: Target,
 ) -> Result<Queued, DomainError> {
     let app_id = app.id;
+    let source = target.rollback_of;
     if let Some(source) = source {
         let earlier = Deployment::find_by_id(source).one(txn).await?;
         match earlier {
@@ -310,7 +360,8 @@ pub(crate) async fn queue(
         heartbeat_at: Set(None),
         cancel_requested: Set(false),
         previous_app_status: Set(previous_status),
-        commit_sha: Set(None),
+        commit_sha: Set(target.commit),
+        branch: Set(target.branch),
         stage: Set(None),
         source_deployment_id: Set(source),
         log_sequence: Set(0),
@@ -382,7 +433,9 @@ pub(crate) async fn queue_restart(
         .one(txn)
         .await?;
     match current {
-        Some(current) => Ok(Some(queue(txn, ports, app, Some(current.id)).await?)),
+        Some(current) => Ok(Some(
+            queue(txn, ports, app, Target::rollback(current.id)).await?,
+        )),
         None => Ok(None),
     }
 }

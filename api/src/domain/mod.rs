@@ -15,6 +15,7 @@ pub mod repositories;
 pub mod runs;
 pub mod secrets;
 pub mod validation;
+pub mod webhooks;
 
 use tokio::sync::{Mutex, MutexGuard};
 

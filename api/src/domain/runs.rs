@@ -38,6 +38,7 @@ use super::audit::{self, Actor, Audit, Object};
 use super::env::{RunConfig, run_configs};
 use super::events::{Event, EventBus};
 use super::logs::LogStore;
+use super::ports::PortRange;
 use super::secrets::SecretBox;
 use super::{DomainError, begin_write};
 
@@ -50,6 +51,8 @@ pub struct RunnerPolicy {
     pub max_attempts: i32,
     /// Where deployment logs are written, and their cap.
     pub logs: LogStore,
+    /// The host ports `PORT` apps get (a push that waited is queued when a deployment ends).
+    pub ports: PortRange,
 }
 
 /// The most bytes one `appendDeploymentLog` call may carry.
@@ -72,6 +75,11 @@ pub struct Claim {
     pub log_sequence: i64,
     /// The app's variables and health check, as they were when it was claimed.
     pub config: RunConfig,
+    /// The commit to build (a push's, or the one an earlier attempt built); `None`: the
+    /// branch's head.
+    pub commit: Option<String>,
+    /// The branch to build when not the repository's default.
+    pub branch: Option<String>,
 }
 
 /// An earlier deployment a rollback reuses.
@@ -151,6 +159,7 @@ async fn locked(
                 cancel_requested: Set(false),
                 previous_app_status: Set(AppStatus::Draft),
                 commit_sha: Set(None),
+                branch: Set(None),
                 stage: Set(None),
                 source_deployment_id: Set(None),
                 log_sequence: Set(0),
@@ -288,6 +297,8 @@ pub async fn claim(
     let attempt = run.attempts + 1;
     let source_id = run.source_deployment_id;
     let log_sequence = run.log_sequence;
+    let commit = run.commit_sha.clone();
+    let branch = run.branch.clone();
     let mut run: deployment_run::ActiveModel = run.into();
     run.attempts = Set(attempt);
     run.runner_name = Set(Some(runner.to_owned()));
@@ -341,6 +352,8 @@ pub async fn claim(
         source,
         log_sequence,
         config,
+        commit,
+        branch,
     }))
 }
 
@@ -400,6 +413,7 @@ pub async fn report(
     db: &DatabaseConnection,
     audit: &Audit,
     events: &EventBus,
+    policy: &RunnerPolicy,
     id: i64,
     report: Report,
 ) -> Result<(deployment::Model, app::Model), DomainError> {
@@ -441,9 +455,19 @@ pub async fn report(
         error_summary,
     )
     .await?;
+    let waiting = super::webhooks::deploy_waiting_push(&txn, policy.ports, app.id).await?;
     audit::commit(txn, audit, Object::Deployment(deployment.id)).await?;
     events.publish(Event::DeploymentUpdated(Arc::new(deployment.clone())));
-    events.publish(Event::AppUpdated(Arc::new(app.clone())));
+    let app = match waiting {
+        Some(queued) => {
+            queued.publish(events);
+            queued.app
+        }
+        None => {
+            events.publish(Event::AppUpdated(Arc::new(app.clone())));
+            app
+        }
+    };
     Ok((deployment, app))
 }
 
@@ -598,10 +622,14 @@ pub async fn expire_leases(
                 Some(summary),
             )
             .await?;
+            let waiting = super::webhooks::deploy_waiting_push(&txn, policy.ports, app.id).await?;
             audit::commit(txn, &audit, Object::Deployment(id)).await?;
             crate::telemetry::metrics().lease_lapsed("failed");
             events.publish(Event::DeploymentUpdated(Arc::new(deployment)));
-            events.publish(Event::AppUpdated(Arc::new(app)));
+            match waiting {
+                Some(queued) => queued.publish(events),
+                None => events.publish(Event::AppUpdated(Arc::new(app))),
+            }
         } else {
             let mut active: deployment::ActiveModel = deployment.into();
             active.status = Set(DeploymentStatus::Queued);

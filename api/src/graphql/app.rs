@@ -3,6 +3,7 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Object, ResultExt, SimpleObject};
+use chrono::{DateTime, Utc};
 use entity::app;
 use entity::repository;
 
@@ -15,7 +16,7 @@ use super::error::{OrInternal, bad_input, not_found};
 use super::ids::{NodeType, decode_as};
 use super::loaders::{
     DeploymentCount, DeploymentsOfApp, EnvOfApp, PlacementOfApp, RepositoryId, ServedOfApp,
-    SettingsOfApp,
+    SettingsOfApp, WebhookOfApp,
 };
 use super::repository::Repository;
 use super::total_count::TotalCount;
@@ -138,6 +139,19 @@ impl App {
     /// the same runner). Admins only.
     async fn runner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
         Ok(self.placement(ctx).await?.map(|placed| placed.runner_name))
+    }
+
+    /// Its push webhook, when it has one (admins only; see `rotateAppWebhook`).
+    async fn webhook(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<AppWebhook>> {
+        Ok(loaders(ctx)?
+            .load_one(WebhookOfApp(self.model.id))
+            .await
+            .or_internal()?
+            .map(|webhook| AppWebhook {
+                path: webhook_path(&self.model.name),
+                created_at: webhook.created_at.as_utc(),
+                pending_commit: webhook.pending_commit,
+            }))
     }
 
     /// Its config vars: names and when each was set (values are write-only).
@@ -453,6 +467,10 @@ pub struct DeleteAppInput {
 pub struct DeployAppInput {
     /// The app's ID.
     app_id: ID,
+    /// The commit to deploy (40 hex digits); the head of the branch when not given.
+    commit_sha: Option<String>,
+    /// The branch to deploy; the repository's default branch when not given.
+    branch: Option<String>,
 }
 
 /// The app to stop.
@@ -488,6 +506,43 @@ pub struct UpdateAppPayload {
 pub struct DeleteAppPayload {
     /// The ID the app had.
     deleted_app_id: ID,
+}
+
+/// Where an app's push webhook is posted, relative to the server's URL.
+fn webhook_path(app: &str) -> String {
+    format!("/hooks/git/{app}")
+}
+
+/// An app's push webhook: a Git host that posts push events there, signed with its secret,
+/// deploys each push to the app's branch.
+#[derive(SimpleObject)]
+pub struct AppWebhook {
+    /// Where to post, relative to the server's URL: `/hooks/git/<app>`.
+    path: String,
+    /// When its secret was made.
+    created_at: DateTime<Utc>,
+    /// A pushed commit waiting for the running deployment to end.
+    pending_commit: Option<String>,
+}
+
+/// The app whose webhook secret to make (or replace).
+#[derive(InputObject)]
+pub struct RotateAppWebhookInput {
+    /// The app's ID.
+    app_id: ID,
+}
+
+/// The webhook and its new secret, shown this once.
+#[derive(SimpleObject)]
+pub struct RotateAppWebhookPayload {
+    /// The app's ID.
+    app_id: ID,
+    /// Where to post, relative to the server's URL: `/hooks/git/<app>`.
+    path: String,
+    /// The secret Git hosts sign with (GitHub, Gitea, Forgejo and the generic form: the
+    /// HMAC-SHA256 key; GitLab: the secret token). Shown this once; the old one stops
+    /// working at once.
+    secret: String,
 }
 
 /// A config var to set on an app (write-only: its value is never returned).
@@ -655,7 +710,8 @@ impl AppMutation {
         .await
     }
 
-    /// Queues a deployment of the app and marks the app `DEPLOYING`.
+    /// Queues a deployment of the app and marks the app `DEPLOYING`: the head of its
+    /// repository's branch, or the `commitSha` (and `branch`) given.
     async fn deploy_app(
         &self,
         ctx: &Context<'_>,
@@ -664,12 +720,41 @@ impl AppMutation {
         audited(ctx, Capability::Write, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let (deployment, app) = apps::deploy(&api.db, audit, &api.events, api.ports, id, None)
-                .await
-                .extend()?;
+            let target = apps::Target {
+                rollback_of: None,
+                commit: input.commit_sha,
+                branch: input.branch,
+            };
+            let (deployment, app) =
+                apps::deploy(&api.db, audit, &api.events, api.ports, id, target)
+                    .await
+                    .extend()?;
             Ok(DeployAppPayload {
                 deployment: Deployment::from(deployment),
                 app: app.into(),
+            })
+        })
+        .await
+    }
+
+    /// Makes the app's push webhook, or replaces its secret (admin only): returns where Git
+    /// hosts post push events and the secret they sign them with, shown this once.
+    async fn rotate_app_webhook(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "What to change (see the input type).")] input: RotateAppWebhookInput,
+    ) -> async_graphql::Result<RotateAppWebhookPayload> {
+        audited(ctx, Capability::Administer, async |audit| {
+            let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+            let api = api(ctx)?;
+            let secret = crate::domain::webhooks::rotate(&api.db, audit, &api.secrets, id)
+                .await
+                .extend()?;
+            let name = apps::name_of(&api.db, id).await.extend()?;
+            Ok(RotateAppWebhookPayload {
+                app_id: input.app_id,
+                path: webhook_path(&name),
+                secret,
             })
         })
         .await
@@ -758,10 +843,16 @@ impl AppMutation {
                 "toDeploymentId",
             )?;
             let api = api(ctx)?;
-            let (deployment, app) =
-                apps::deploy(&api.db, audit, &api.events, api.ports, id, Some(source))
-                    .await
-                    .extend()?;
+            let (deployment, app) = apps::deploy(
+                &api.db,
+                audit,
+                &api.events,
+                api.ports,
+                id,
+                apps::Target::rollback(source),
+            )
+            .await
+            .extend()?;
             Ok(DeployAppPayload {
                 deployment: Deployment::from(deployment),
                 app: app.into(),

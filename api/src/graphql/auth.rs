@@ -69,7 +69,7 @@ fn authorize(ctx: &Context<'_>, capability: Capability) -> async_graphql::Result
 /// | role | reaches |
 /// |---|---|
 /// | admin | everything |
-/// | viewer | [`VIEWER_TYPES`]: repositories, apps, deployments (with their logs); not tokens, the audit trail, or `App.runner` |
+/// | viewer | [`VIEWER_TYPES`]: repositories, apps, deployments (with their logs); not tokens, the audit trail, `App.runner` or `App.webhook` |
 /// | runner | [`RUNNER_TYPES`]: its own identity (`viewer`), the `RunnerJob` of a claim, the `Deployment` it was handed (not its `app`), and of that app only `id`, `databaseId`, `name` and `status` |
 ///
 /// A mutation's payload is whoever may run the mutation's ([`super::reach`] leaves it to the
@@ -82,7 +82,7 @@ pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) ->
     match role {
         Role::Admin => true,
         Role::Viewer => match (type_name, field) {
-            ("App", "runner") => false,
+            ("App", "runner" | "webhook") => false,
             _ => VIEWER_TYPES.contains(&type_name),
         },
         Role::Runner => match type_name {
@@ -93,7 +93,7 @@ pub fn may_reach(role: entity::api_token::Role, type_name: &str, field: &str) ->
     }
 }
 
-/// The types viewers read (with every field but `App.runner`).
+/// The types viewers read (with every field but `App.runner` and `App.webhook`).
 pub const VIEWER_TYPES: &[&str] = &[
     "Node",
     "Viewer",

@@ -12,7 +12,7 @@ use crate::store::loaders::{BatchLoad, Store};
 
 pub use crate::store::loaders::{
     AppCount, AppId, AppsOfRepository, DeploymentCount, DeploymentId, DeploymentsOfApp, EnvOfApp,
-    PlacementOfApp, RepositoryId, RunOfDeployment, ServedOfApp, SettingsOfApp,
+    PlacementOfApp, RepositoryId, RunOfDeployment, ServedOfApp, SettingsOfApp, WebhookOfApp,
 };
 
 pub type Loaders = DataLoader<Reader>;

@@ -22,6 +22,8 @@ pub struct RunnerJob {
     repository_url: String,
     /// The branch to build.
     branch: String,
+    /// The commit to build (check out exactly this one); null: the branch's head.
+    commit_sha: Option<String>,
     /// The app's name (also its DNS label for `HOST` apps).
     app_name: String,
     /// The app's primary key (what `runnerApps` lists it by).
@@ -208,7 +210,8 @@ impl RunnerMutation {
                     ClaimDeploymentPayload {
                         job: Some(RunnerJob {
                             repository_url: claim.repository.git_url,
-                            branch: claim.repository.default_branch,
+                            branch: claim.branch.unwrap_or(claim.repository.default_branch),
+                            commit_sha: claim.commit,
                             app_name: claim.app.name,
                             app_database_id: claim.app.id,
                             access_mode: claim.app.access_mode.into(),
@@ -277,6 +280,7 @@ impl RunnerMutation {
                 &api.db,
                 audit,
                 &api.events,
+                &api.runners,
                 id,
                 runs::Report {
                     outcome,

@@ -5,6 +5,7 @@
 mod client;
 mod graphiql;
 mod graphql;
+mod hooks;
 mod websocket;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::graphql::engine::Engine;
 use crate::graphql::guardrails::Admission;
 
+pub use self::hooks::Hooks;
 pub use self::websocket::{Sockets, WebSocketLimits};
 
 /// Shared by all handlers.
@@ -47,6 +49,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Proxies whose forwarding headers name the client ([`client`]).
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Push webhooks ([`hooks`]).
+    pub hooks: Arc<Hooks>,
 }
 
 /// What the router serves besides the API.
@@ -65,7 +69,12 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket::websocket))
         .route("/health", get(health))
-        .route("/ready", get(ready));
+        .route("/ready", get(ready))
+        .route(
+            "/hooks/git/{app}",
+            axum::routing::post(hooks::receive)
+                .layer(DefaultBodyLimit::max(crate::domain::webhooks::MAX_BODY)),
+        );
     if options.metrics {
         router = router.route("/metrics", get(metrics));
     }

@@ -319,12 +319,14 @@ impl Deployment<'_, '_> {
             }
         }
         self.stage(heartbeat::DeploymentStage::CLONE, "clone").await;
-        // A rollback whose release is gone rebuilds the commit it recorded.
-        let commit = self
-            .job
-            .rollback_from
-            .as_ref()
-            .and_then(|from| from.commit_sha.clone());
+        // The commit the server names (a push's), or the one a rollback whose release is
+        // gone recorded; else the branch's head.
+        let commit = self.job.commit_sha.clone().or_else(|| {
+            self.job
+                .rollback_from
+                .as_ref()
+                .and_then(|from| from.commit_sha.clone())
+        });
         if let (Some(from), Some(commit)) = (&self.job.rollback_from, &commit) {
             self.log()
                 .line(format!(

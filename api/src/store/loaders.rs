@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use entity::Timestamp;
 use entity::prelude::*;
-use entity::{app, app_env, app_placement, app_settings, deployment, deployment_run, repository};
+use entity::{
+    app, app_env, app_placement, app_settings, app_webhook, deployment, deployment_run, repository,
+};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
 use super::filters::{AppFilter, DeploymentFilter, FilterCondition};
@@ -50,6 +52,9 @@ pub struct ServedOfApp(pub i64);
 /// An app's settings (`api_app_settings`: its health-check path), by app id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SettingsOfApp(pub i64);
+/// An app's push webhook, by app id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WebhookOfApp(pub i64);
 /// An app's config var names with when each was set, by name, by app id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EnvOfApp(pub i64);
@@ -134,6 +139,7 @@ by_column!(AppId, App, app, Id, id);
 by_column!(DeploymentId, Deployment, deployment, Id, id);
 by_column!(PlacementOfApp, AppPlacement, app_placement, AppId, app_id);
 by_column!(SettingsOfApp, AppSettings, app_settings, AppId, app_id);
+by_column!(WebhookOfApp, AppWebhook, app_webhook, AppId, app_id);
 by_column!(
     RunOfDeployment,
     DeploymentRun,
