@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod backup;
 mod browser;
+mod client;
 mod documents;
 mod faults;
 mod fuzz;

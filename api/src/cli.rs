@@ -47,6 +47,8 @@ pub enum Command {
     /// Serve the apps' public ports and host names, routing to their instances (started by
     /// the runner when none runs; outlives it).
     Proxy(crate::proxy::ProxyArgs),
+    #[command(flatten)]
+    Remote(crate::remote::RemoteCommand),
     /// Serve a directory of files on `$PORT` (how the runner serves static sites).
     Static(crate::static_site::StaticArgs),
     /// Measure throughput against the database floor (run a release build; needs `wrk`).
@@ -190,6 +192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::proxy::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Remote(command) => crate::remote::run(command).await,
         Command::Static(args) => {
             crate::static_site::serve(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ pub mod graphql;
 pub mod http;
 pub mod logging;
 pub mod proxy;
+pub mod remote;
 pub mod runner;
 #[cfg(feature = "tools")]
 pub mod schema_diff;

@@ -9,7 +9,11 @@ use super::*;
 use crate::on_both_backends;
 use crate::support::{Backend, Server, TestDb};
 
-on_both_backends!(a_long_build_is_seen_live, a_killed_runner_loses_no_line);
+on_both_backends!(
+    a_long_build_is_seen_live,
+    a_killed_runner_loses_no_line,
+    keystone_logs_follow_loses_no_line_across_a_cut,
+);
 
 const LOGS: &str = "query($id: ID!) { deployment(id: $id) { status stage logs(tail: 2000) } }";
 
@@ -140,6 +144,115 @@ async fn a_killed_runner_loses_no_line(backend: Backend) {
             "{line}: {lines:?}"
         );
     }
+    runner.stop().await;
+    stop_proxy(&work);
+    server.stop_ok().await;
+}
+
+/// `keystone logs -f` through a proxy that stalls, then cuts, the connection while the build
+/// prints a third of its lines, and the build prints the rest after the cut: the command
+/// reconnects and prints every line of the log once, in order, and exits 0 when the
+/// deployment succeeds.
+async fn keystone_logs_follow_loses_no_line_across_a_cut(backend: Backend) {
+    use tokio::io::AsyncBufReadExt;
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &["--allow-private-git-hosts"])
+        .await
+        .expect("server starts");
+    let (gate, last_gate) = (db.dir().join("gate"), db.dir().join("last-gate"));
+    let git_server = GitServer::start(db.dir()).await;
+    git_server
+        .push(
+            "v1",
+            &format!(
+                "web: python3 app.py\nbuild: for i in $(seq 1 20); do echo tick $i; done; \
+                 while [ ! -e '{}' ]; do sleep 0.1; done; for i in $(seq 21 40); do echo tick $i; done; \
+                 while [ ! -e '{}' ]; do sleep 0.1; done; for i in $(seq 41 60); do echo tick $i; done\n",
+                gate.display(),
+                last_gate.display()
+            ),
+        )
+        .await;
+    let token_file = runner_token_file(&server, &db).await;
+    let work = db.dir().join("work");
+    let runner = RunnerProcess::start(&server, &token_file, &work, &[]).await;
+    let app = create_app(&server, "followed", &git_server.url(), "").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deployment = deploy(&server, &app).await;
+    let upstream = server
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the server's address");
+    let proxy = crate::support::proxy::ChaosProxy::start(upstream).await;
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_keystone"))
+        .args(["logs", "followed", "-f", "-n", "10000"])
+        .env("KEYSTONE_URL", format!("http://{}", proxy.address))
+        .env("KEYSTONE_TOKEN", &server.admin_token)
+        .env("HOME", db.dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("keystone logs -f");
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut stdout = tokio::io::BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    let collect = {
+        let printed = printed.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                printed.lock().expect("lines").push(line);
+            }
+        })
+    };
+    eventually("tick 20 to be printed", Duration::from_secs(60), || async {
+        printed
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l == "tick 20")
+    })
+    .await;
+    // The rest of the build's lines are written while nothing passes; then the connection
+    // is cut, and the command must reconnect and catch up.
+    proxy.stall();
+    std::fs::write(&gate, "").expect("gate");
+    eventually("tick 40 to be logged", Duration::from_secs(60), || async {
+        let (_, lines) = logs_of(&server, &deployment).await;
+        lines.iter().any(|l| l == "tick 40")
+    })
+    .await;
+    proxy.cut();
+    proxy.resume();
+    // The build goes on after the cut: its last lines come over the new subscription.
+    std::fs::write(&last_gate, "").expect("gate");
+    let status = tokio::time::timeout(Duration::from_secs(90), follower.wait())
+        .await
+        .expect("logs -f ends with the deployment")
+        .expect("wait");
+    collect.await.expect("collector");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(
+        &mut follower.stderr.take().expect("stderr"),
+        &mut stderr,
+    )
+    .await
+    .expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("resuming after line"),
+        "the cut was noticed: {stderr}"
+    );
+    let (final_status, logged) = logs_of(&server, &deployment).await;
+    assert_eq!(final_status, "SUCCESS");
+    assert_eq!(
+        *printed.lock().expect("lines"),
+        logged,
+        "every line once, in order"
+    );
     runner.stop().await;
     stop_proxy(&work);
     server.stop_ok().await;

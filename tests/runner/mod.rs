@@ -12,6 +12,7 @@ mod on_push;
 mod protocol;
 mod stacks;
 mod tls;
+mod walkthrough;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -253,6 +254,36 @@ where
     }
 }
 
+/// `git daemon` serving the repositories under `base` on a free loopback port: the process
+/// and its port, once it listens.
+async fn git_daemon(base: &Path) -> (Child, u16) {
+    let port = free_port();
+    // `git-daemon` itself: `git daemon` runs it as a child of its own, which killing `git`
+    // would leave running.
+    let exec_path = PathBuf::from(git(base, &["--exec-path"]).await);
+    let daemon = Command::new(exec_path.join("git-daemon"))
+        .args([
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", base.display()),
+        ])
+        .arg(base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("git daemon");
+    eventually("git daemon to listen", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    (daemon, port)
+}
+
 impl GitServer {
     async fn start(dir: &Path) -> GitServer {
         let base = dir.join("git");
@@ -267,30 +298,7 @@ impl GitServer {
             &["remote", "add", "origin", bare.to_str().expect("path")],
         )
         .await;
-        let port = free_port();
-        // `git-daemon` itself: `git daemon` runs it as a child of its own, which killing
-        // `git` would leave running.
-        let exec_path = PathBuf::from(git(&base, &["--exec-path"]).await);
-        let daemon = Command::new(exec_path.join("git-daemon"))
-            .args([
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-            ])
-            .arg(&base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("git daemon");
-        eventually("git daemon to listen", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
+        let (daemon, port) = git_daemon(&base).await;
         GitServer { daemon, port, work }
     }
 

@@ -113,6 +113,12 @@ async fn the_pushed_commit_is_what_runs(backend: Backend) {
         assert_eq!(error["extensions"]["code"], "BAD_USER_INPUT", "{body}");
         assert_eq!(error["extensions"]["field"], field, "{body}");
     }
+    stop_app(&server, &app).await;
+    eventually("the app to stop", Duration::from_secs(20), || async {
+        answer(port).await.is_err()
+    })
+    .await;
     runner.stop().await;
+    stop_proxy(&db.dir().join("work"));
     server.stop_ok().await;
 }

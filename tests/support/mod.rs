@@ -491,6 +491,10 @@ fn keystone_command(db: &TestDb) -> Command {
         // Tests make many requests quickly; the rate-limit test sets its own limit.
         .env("KEYSTONE_RATE_LIMIT_PER_SECOND", "0")
         .env("NO_COLOR", "1")
+        // The client commands' login lives in the test's directory, never the user's.
+        .env("XDG_CONFIG_HOME", db.dir().join(".config"))
+        .env_remove("KEYSTONE_URL")
+        .env_remove("KEYSTONE_TOKEN")
         .current_dir(db.dir())
         .stdin(Stdio::null())
         .kill_on_drop(true);

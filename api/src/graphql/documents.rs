@@ -39,8 +39,8 @@ pub struct Trusted;
 pub struct TrustedDocuments {
     store: DocumentStore,
     policy: DocumentPolicy,
-    /// Documents this binary sends itself (`keystone runner`), trusted without being stored,
-    /// by hash.
+    /// Documents this binary sends itself (`keystone runner`, the client commands), trusted
+    /// without being stored, by hash.
     builtin: HashMap<String, &'static str>,
 }
 
@@ -48,6 +48,7 @@ impl TrustedDocuments {
     pub fn new(store: DocumentStore, policy: DocumentPolicy) -> Self {
         let builtin = crate::runner::client::operations::ALL
             .iter()
+            .chain(crate::remote::operations::ALL)
             .map(|(_, text)| (documents::hash(text), *text))
             .collect();
         Self {

@@ -342,13 +342,21 @@ mod tests {
         );
     }
 
-    /// The runner's `.graphql` documents validate against this schema (which
-    /// `schema.graphql` must equal): a renamed field breaks this test, not a deployment.
+    /// The runner's and the command line's `.graphql` documents validate against this
+    /// schema (which `schema.graphql` must equal): a renamed field breaks this test, not a
+    /// deployment.
     #[tokio::test]
-    async fn runner_operations_match_the_schema() {
+    async fn builtin_operations_match_the_schema() {
         let schema = super::schema_builder().finish();
-        let variables = serde_json::json!({ "id": "x", "status": "FAILED", "chunk": "x" });
-        for (name, document) in crate::runner::client::operations::ALL {
+        let variables = serde_json::json!({
+            "id": "x", "status": "FAILED", "chunk": "x", "name": "x", "gitUrl": "x",
+            "repositoryId": "x", "appId": "x", "value": "x", "restart": true, "to": "x",
+            "after": null, "line": 0, "tail": 1, "admin": true,
+        });
+        let builtin = crate::runner::client::operations::ALL
+            .iter()
+            .chain(crate::remote::operations::ALL);
+        for (name, document) in builtin {
             let request = async_graphql::Request::new(*document)
                 .variables(async_graphql::Variables::from_json(variables.clone()));
             let response = if document.trim_start().starts_with("subscription") {

@@ -164,6 +164,11 @@ impl Client {
         format!("{}/ws", url.replacen("http://", "ws://", 1))
     }
 
+    /// The server's URL (without `/graphql`).
+    pub fn server_url(&self) -> &str {
+        self.endpoint.trim_end_matches("/graphql")
+    }
+
     /// The `Authorization` value this client sends.
     pub fn authorization(&self) -> &str {
         &self.authorization
@@ -226,16 +231,116 @@ impl Client {
             .await
             .map_err(|e| ClientError::Transport(format!("HTTP {status}: {e}")))?;
         if let Some(error) = body["errors"].as_array().and_then(|e| e.first()) {
-            return Err(ClientError::Refused {
-                code: error["extensions"]["code"]
-                    .as_str()
-                    .unwrap_or("UNKNOWN")
-                    .to_owned(),
-                message: error["message"].as_str().unwrap_or_default().to_owned(),
-            });
+            return Err(refusal(error));
         }
         serde_json::from_value(body["data"].clone())
             .map_err(|e| ClientError::Transport(format!("unexpected response: {e}")))
+    }
+}
+
+/// Subscriptions open on one `graphql-transport-ws` connection to the server.
+pub struct Subscriptions {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+fn text_message(message: Value) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(message.to_string().into())
+}
+
+impl Client {
+    /// Opens a WebSocket to the server, authenticates, and starts each `(id, document,
+    /// variables)` subscription.
+    pub async fn subscribe(
+        &self,
+        subscriptions: &[(&str, &str, Value)],
+    ) -> Result<Subscriptions, ClientError> {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        let mut request = self
+            .websocket_url()
+            .into_client_request()
+            .map_err(|e| transport(&e))?;
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            reqwest::header::HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls());
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+                .await
+                .map_err(|e| ClientError::Transport(with_causes(&e)))?;
+        socket
+            .send(text_message(json!({
+                "type": "connection_init",
+                "payload": { "Authorization": self.authorization() },
+            })))
+            .await
+            .map_err(|e| transport(&e))?;
+        for (id, document, variables) in subscriptions {
+            socket
+                .send(text_message(json!({
+                    "id": id,
+                    "type": "subscribe",
+                    "payload": { "query": document, "variables": variables },
+                })))
+                .await
+                .map_err(|e| transport(&e))?;
+        }
+        Ok(Subscriptions { socket })
+    }
+}
+
+impl Subscriptions {
+    /// The next event: the subscription's id and its data. `Ok(None)` when the server
+    /// closed the connection; a refusal (`errors`) is `ClientError::Refused`.
+    pub async fn next(&mut self) -> Result<Option<(String, Value)>, ClientError> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        while let Some(message) = self.socket.next().await {
+            let text = match message.map_err(|e| transport(&e))? {
+                Message::Text(text) => text,
+                Message::Close(_) => return Ok(None),
+                _ => continue,
+            };
+            let message: Value = serde_json::from_str(&text).map_err(|e| transport(&e))?;
+            let id = message["id"].as_str().unwrap_or_default().to_owned();
+            match message["type"].as_str() {
+                Some("next") => {
+                    if let Some(error) = message["payload"]["errors"].get(0) {
+                        return Err(refusal(error));
+                    }
+                    return Ok(Some((id, message["payload"]["data"].clone())));
+                }
+                Some("error") => {
+                    return Err(message["payload"]
+                        .get(0)
+                        .map_or_else(|| transport(&message), refusal));
+                }
+                Some("complete") => return Ok(None),
+                Some("ping") => self
+                    .socket
+                    .send(text_message(json!({ "type": "pong" })))
+                    .await
+                    .map_err(|e| transport(&e))?,
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A GraphQL error as a refusal.
+fn refusal(error: &Value) -> ClientError {
+    ClientError::Refused {
+        code: error["extensions"]["code"]
+            .as_str()
+            .unwrap_or("UNKNOWN")
+            .to_owned(),
+        message: error["message"].as_str().unwrap_or_default().to_owned(),
     }
 }
 

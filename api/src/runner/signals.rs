@@ -7,11 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use graphql_client::GraphQLQuery;
 
@@ -34,58 +31,16 @@ pub async fn watch(client: Client, wake: Arc<Notify>) {
 }
 
 async fn subscribe(client: &Client, wake: &Notify) -> Result<(), String> {
-    let mut request = client
-        .websocket_url()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().map_err(|_| "header")?,
-    );
-    let connector = tokio_tungstenite::Connector::Rustls(client.tls());
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
-            .await
-            .map_err(|e| e.to_string())?;
-    let send = |message: Value| Message::Text(message.to_string().into());
-    socket
-        .send(send(json!({
-            "type": "connection_init",
-            "payload": { "Authorization": client.authorization() },
-        })))
+    let document = RunnerSignals::build_query(runner_signals::Variables).query;
+    let mut signals = client
+        .subscribe(&[("signals", document, json!({}))])
         .await
         .map_err(|e| e.to_string())?;
-    socket
-        .send(send(json!({
-            "id": "signals",
-            "type": "subscribe",
-            "payload": { "query": RunnerSignals::build_query(runner_signals::Variables).query },
-        })))
-        .await
-        .map_err(|e| e.to_string())?;
-    while let Some(message) = socket.next().await {
-        let text = match message.map_err(|e| e.to_string())? {
-            Message::Text(text) => text,
-            Message::Close(frame) => return Err(format!("closed: {frame:?}")),
-            _ => continue,
-        };
-        let message: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        match message["type"].as_str() {
-            Some("next") if message["payload"]["errors"].is_null() => {
-                let signal: runner_signals::ResponseData =
-                    serde_json::from_value(message["payload"]["data"].clone())
-                        .map_err(|e| format!("an unexpected signal: {e}"))?;
-                tracing::debug!(reason = ?signal.runner_signals.reason, "signal from the server");
-                wake.notify_one();
-            }
-            Some("next") => return Err(format!("refused: {}", message["payload"]["errors"])),
-            Some("ping") => socket
-                .send(send(json!({ "type": "pong" })))
-                .await
-                .map_err(|e| e.to_string())?,
-            Some("error" | "complete") => return Err(format!("subscription ended: {message}")),
-            _ => {}
-        }
+    while let Some((_, data)) = signals.next().await.map_err(|e| e.to_string())? {
+        let signal: runner_signals::ResponseData =
+            serde_json::from_value(data).map_err(|e| format!("an unexpected signal: {e}"))?;
+        tracing::debug!(reason = ?signal.runner_signals.reason, "signal from the server");
+        wake.notify_one();
     }
     Ok(())
 }
