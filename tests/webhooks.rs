@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::hooks::{self, Host, push_body};
+use crate::support::hooks::{self, Host, push_body, push_from};
 use crate::support::protocol::claim;
 use crate::support::{Backend, Server, TestDb, codes, http};
 
@@ -214,8 +214,8 @@ async fn signed_pushes_deploy_the_pushed_commit(backend: Backend) {
         (Host::GitLab, "Push Hook", C),
         (Host::Generic, "push", D),
     ] {
-        let (status, answer) =
-            post(&path, host, &secret, event, &format!("{host:?}"), main(sha)).await;
+        let body = push_from(host, "refs/heads/main", sha);
+        let (status, answer) = post(&path, host, &secret, event, &format!("{host:?}"), body).await;
         assert_eq!(status, 202, "{host:?}: {answer}");
         assert_eq!(answer["commit"], sha);
     }
@@ -321,6 +321,51 @@ async fn a_push_while_a_deployment_runs_waits_for_it(backend: Backend) {
     assert_eq!(
         webhook_of(&server, &app).await["pendingCommit"],
         Value::Null
+    );
+    server.stop_ok().await;
+}
+
+crate::e2e!(deliveries_are_rate_limited_per_app_and_per_address);
+/// A flood is refused (429, with `Retry-After`) before the database is touched: first per
+/// app (bursts of 30), then per client address (bursts of 50), whatever the app.
+async fn deliveries_are_rate_limited_per_app_and_per_address() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    let flood = |app: &'static str, times: usize| {
+        let server = &server;
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..times {
+                let response = http()
+                    .post(server.url(&format!("/hooks/git/{app}")))
+                    .body("{}")
+                    .send()
+                    .await
+                    .expect("post");
+                if response.status() == 429 {
+                    assert_eq!(response.headers()["retry-after"], "1");
+                    let answer: Value = response.json().await.expect("json");
+                    statuses.push(answer["error"].as_str().expect("error").to_owned());
+                } else {
+                    statuses.push(response.status().as_str().to_owned());
+                }
+            }
+            statuses
+        }
+    };
+    let first = flood("one", 40).await;
+    let refused = first
+        .iter()
+        .position(|s| s.contains("for this app"))
+        .expect("a per-app refusal");
+    assert!((30..40).contains(&refused), "{first:?}");
+    assert!(first[..30].iter().all(|s| s == "401"), "{first:?}");
+    // The address has spent 40 of its 50 (plus what it regained meanwhile): another app's
+    // deliveries hit the address's limit.
+    let second = flood("two", 30).await;
+    assert!(
+        second.iter().any(|s| s.contains("from this address")),
+        "{second:?}"
     );
     server.stop_ok().await;
 }

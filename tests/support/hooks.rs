@@ -37,18 +37,26 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// A push of `after` to `reference` (`refs/heads/main`), shaped as GitHub, Gitea and GitLab
-/// send it (the fields Keystone reads are the same in all three).
+/// `host`'s documented push event (`tests/fixtures/webhooks/`), of `after` to `reference`
+/// (`refs/heads/main`).
+pub fn push_from(host: Host, reference: &str, after: &str) -> Vec<u8> {
+    let fixture = match host {
+        Host::GitHub | Host::Generic => include_str!("../fixtures/webhooks/github-push.json"),
+        Host::Gitea => include_str!("../fixtures/webhooks/gitea-push.json"),
+        Host::GitLab => include_str!("../fixtures/webhooks/gitlab-push.json"),
+    };
+    let mut event: Value = serde_json::from_str(fixture).expect("a JSON fixture");
+    event["ref"] = json!(reference);
+    event["after"] = json!(after);
+    if event.get("checkout_sha").is_some() {
+        event["checkout_sha"] = json!(after);
+    }
+    serde_json::to_vec(&event).expect("json")
+}
+
+/// GitHub's push event of `after` to `reference`.
 pub fn push_body(reference: &str, after: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "ref": reference,
-        "before": "0000000000000000000000000000000000000000",
-        "after": after,
-        "repository": { "name": "app", "full_name": "team/app" },
-        "pusher": { "name": "dev" },
-        "commits": [{ "id": after, "message": "a change" }],
-    }))
-    .expect("json")
+    push_from(Host::GitHub, reference, after)
 }
 
 /// Posts `body` to `path` as `host` would, as event `event` with delivery id `delivery`,

@@ -1,8 +1,9 @@
 //! `POST /hooks/git/{app}`: push notifications from Git hosts ([`crate::domain::webhooks`]).
 //! The sender is told apart by its headers; the body is read up to 1 MiB (413 above, before
 //! anything is parsed); each client address (behind `--trusted-proxy`, the forwarded one)
-//! may post a few deliveries a second (429 above, before the database is touched), so a
-//! flood of unsigned posts cannot grow the audit trail faster than that.
+//! may post 5 deliveries a second (bursts of 50), and each app name receive 2 (bursts of
+//! 30): 429 above, before the database is touched, so a flood of unsigned posts cannot grow
+//! the audit trail faster than that.
 //!
 //! Answers: 202 with the queued deployment (or the commit waiting for the running one), 200
 //! for a delivery acknowledged and ignored (another branch, a tag, a `ping`, a replay), 401
@@ -31,28 +32,48 @@ use crate::domain::webhooks::{self, Delivery, Received, Refused, Sender};
 
 /// Deliveries one client address may post per second, on average, and at once (a Git host
 /// sends every repository's pushes from a few addresses).
-const PER_SECOND: u32 = 5;
-const BURST: u32 = 50;
-/// Addresses remembered by the rate limiter before the idle ones are forgotten.
-const REMEMBERED_CLIENTS: usize = 10_000;
+const PER_CLIENT: (u32, u32) = (5, 50);
+/// Deliveries one app may receive per second, and at once.
+const PER_APP: (u32, u32) = (2, 30);
+/// Keys remembered by a rate limiter before the idle ones are forgotten.
+const REMEMBERED_KEYS: usize = 10_000;
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(
+    (per_second, burst): (u32, u32),
+) -> DefaultKeyedRateLimiter<K> {
+    let quota = Quota::per_second(NonZeroU32::new(per_second).expect("non-zero"))
+        .allow_burst(NonZeroU32::new(burst).expect("non-zero"));
+    RateLimiter::keyed(quota)
+}
+
+/// Whether `key` is within `limiter`'s rate (forgetting idle keys when there are many).
+fn admitted<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+) -> bool {
+    if limiter.len() > REMEMBERED_KEYS {
+        limiter.retain_recent();
+    }
+    limiter.check_key(key).is_ok()
+}
 
 /// What the webhook endpoint needs.
 pub struct Hooks {
     pub secrets: Arc<SecretBox>,
     pub events: EventBus,
     pub ports: PortRange,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    per_client: DefaultKeyedRateLimiter<IpAddr>,
+    per_app: DefaultKeyedRateLimiter<String>,
 }
 
 impl Hooks {
     pub fn new(secrets: Arc<SecretBox>, events: EventBus, ports: PortRange) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(PER_SECOND).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(BURST).expect("non-zero"));
         Self {
             secrets,
             events,
             ports,
-            limiter: RateLimiter::keyed(quota),
+            per_client: limiter(PER_CLIENT),
+            per_app: limiter(PER_APP),
         }
     }
 }
@@ -113,14 +134,18 @@ pub async fn receive(
     body: Bytes,
 ) -> Response {
     let hooks = &state.hooks;
-    if hooks.limiter.len() > REMEMBERED_CLIENTS {
-        hooks.limiter.retain_recent();
-    }
-    if hooks.limiter.check_key(&client).is_err() {
+    let refused = if !admitted(&hooks.per_client, &client) {
+        Some("too many deliveries from this address; retry later")
+    } else if !admitted(&hooks.per_app, &app) {
+        Some("too many deliveries for this app; retry later")
+    } else {
+        None
+    };
+    if let Some(why) = refused {
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(axum::http::header::RETRY_AFTER, "1")],
-            Json(json!({ "error": "too many deliveries from this address; retry later" })),
+            Json(json!({ "error": why })),
         )
             .into_response();
     }
