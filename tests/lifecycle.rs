@@ -11,6 +11,7 @@ on_both_backends!(
     concurrent_deploys_get_distinct_ports,
     ports_are_kept_released_and_reused,
     app_transitions_and_the_supersede_policy,
+    app_mutations_take_app_id_and_still_id,
 );
 
 const DEPLOY: &str = "mutation($app: ID!) { deployApp(input: { appId: $app }) { deployment { databaseId status assignedPort errorSummary } app { status currentPort } } }";
@@ -219,5 +220,69 @@ async fn app_transitions_and_the_supersede_policy(backend: Backend) {
         "DEPLOYING"
     );
     assert_eq!(Server::data(&body)["deployApp"]["app"]["currentPort"], 9000);
+    server.stop_ok().await;
+}
+
+/// Every app mutation names its app `appId`; `stopApp`, `deleteApp` and `updateApp` still take
+/// `id`, deprecated, for a release. One of the two, not both.
+async fn app_mutations_take_app_id_and_still_id(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = Server::start(&db, &[]).await.expect("server starts");
+    for name in ["by-app-id", "by-id"] {
+        server.create_app(name, name).await;
+    }
+    let id_of = async |name: &str| {
+        let body = server
+            .graphql(
+                "query($n: String!) { app(name: $n) { id } }",
+                json!({ "n": name }),
+            )
+            .await;
+        Server::data(&body)["app"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let (new, old) = (id_of("by-app-id").await, id_of("by-id").await);
+    for (key, app) in [("appId", &new), ("id", &old)] {
+        let body = server
+            .graphql(
+                &format!(r#"mutation($a: ID!) {{ updateApp(input: {{ {key}: $a, healthCheckPath: "/up" }}) {{ app {{ healthCheckPath }} }} }}"#),
+                json!({ "a": app }),
+            )
+            .await;
+        assert_eq!(
+            Server::data(&body)["updateApp"]["app"]["healthCheckPath"],
+            "/up"
+        );
+        let body = server
+            .graphql(
+                &format!(
+                    "mutation($a: ID!) {{ deleteApp(input: {{ {key}: $a }}) {{ deletedAppId }} }}"
+                ),
+                json!({ "a": app }),
+            )
+            .await;
+        assert_eq!(
+            Server::data(&body)["deleteApp"]["deletedAppId"],
+            app.as_str()
+        );
+    }
+    for input in [
+        format!(r#"{{ appId: "{new}", id: "{new}" }}"#),
+        "{}".to_owned(),
+    ] {
+        let body = server
+            .graphql(
+                &format!("mutation {{ stopApp(input: {input}) {{ app {{ id }} }} }}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            only_error(&body),
+            ("BAD_USER_INPUT".to_owned(), Some("appId".to_owned())),
+            "{body}"
+        );
+    }
     server.stop_ok().await;
 }

@@ -5,7 +5,8 @@
 //!   field, argument, input field, enum value or union member removed; a type changed; an
 //!   output made nullable; an input made required; a new required argument or input field);
 //! - **dangerous**: valid operations still validate, but a client may meet something it was
-//!   not written for (a new enum value or union member, a changed default);
+//!   not written for (a new enum value or union member, a changed default), or will break
+//!   in a later release (a field, argument or input field newly deprecated);
 //! - **safe**: additions clients never see unless they ask (new types, fields, optional
 //!   arguments and input fields), an output made non-null, an input made optional.
 //!
@@ -157,6 +158,37 @@ fn type_change(old: &Type, new: &Type, input: bool) -> Option<(Severity, String)
     Some((severity, what))
 }
 
+/// The reason of a `@deprecated` among `directives`, if there is one.
+fn deprecation(
+    directives: &[Positioned<async_graphql::parser::types::ConstDirective>],
+) -> Option<String> {
+    let directive = directives
+        .iter()
+        .find(|d| d.node.name.node == "deprecated")?;
+    Some(
+        directive
+            .node
+            .get_argument("reason")
+            .map_or_else(|| "No longer supported".to_owned(), |r| r.node.to_string()),
+    )
+}
+
+/// A change for `path` when it is deprecated in `after` and was not in `before`.
+fn newly_deprecated(
+    path: &str,
+    before: &[Positioned<async_graphql::parser::types::ConstDirective>],
+    after: &[Positioned<async_graphql::parser::types::ConstDirective>],
+) -> Option<Change> {
+    match (deprecation(before), deprecation(after)) {
+        (None, Some(reason)) => Some(Change {
+            severity: Severity::Dangerous,
+            path: path.to_owned(),
+            what: format!("deprecated: {reason}"),
+        }),
+        _ => None,
+    }
+}
+
 fn required(value: &InputValueDefinition) -> bool {
     !value.ty.node.nullable && value.default_value.is_none()
 }
@@ -177,6 +209,9 @@ fn compare_inputs(path: &str, old: &Inputs<'_>, new: &Inputs<'_>, out: &mut Vec<
             Some(after) => {
                 if let Some((severity, what)) = type_change(&before.ty.node, &after.ty.node, true) {
                     push(severity, at.clone(), what);
+                }
+                if let Some(change) = newly_deprecated(&at, &before.directives, &after.directives) {
+                    push(change.severity, change.path, change.what);
                 }
                 let default =
                     |v: &InputValueDefinition| v.default_value.as_ref().map(|d| d.node.to_string());
@@ -224,6 +259,11 @@ fn compare_fields(ty: &str, old: &Fields<'_>, new: &Fields<'_>, out: &mut Vec<Ch
                 what,
             });
         }
+        out.extend(newly_deprecated(
+            &path,
+            &before.directives,
+            &after.directives,
+        ));
         // Arguments are listed as `Type.field(arg)`.
         let mut arguments = Vec::new();
         compare_inputs(
@@ -492,6 +532,18 @@ mod tests {
             (Severity::Safe, "I.y: added".into())
         );
         assert_eq!(only(&t("x: Int"), &t("x: ID")).0, Severity::Breaking);
+        assert_eq!(
+            only(&t("x: Int"), &t(r#"x: Int @deprecated(reason: "use y")"#)),
+            (Severity::Dangerous, r#"I.x: deprecated: "use y""#.into())
+        );
+        let q = |field: &str| format!("type Query {{ {field} }}");
+        assert_eq!(
+            only(&q("a: Int"), &q("a: Int @deprecated")),
+            (
+                Severity::Dangerous,
+                "Query.a: deprecated: No longer supported".into()
+            )
+        );
     }
 
     #[test]

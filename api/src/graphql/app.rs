@@ -444,7 +444,12 @@ pub struct CreateAppInput {
 #[derive(InputObject)]
 pub struct UpdateAppInput {
     /// The app to change.
-    id: ID,
+    app_id: Option<ID>,
+    /// The app to change (the old name of `appId`).
+    #[graphql(
+        deprecation = "Use `appId` (the name every app mutation takes); `id` goes in the next release."
+    )]
+    id: Option<ID>,
     /// A new name (a DNS label, unique).
     name: Option<String>,
     /// Build it from another repository from the next deployment on.
@@ -459,7 +464,25 @@ pub struct UpdateAppInput {
 #[derive(InputObject)]
 pub struct DeleteAppInput {
     /// The app's ID.
-    id: ID,
+    app_id: Option<ID>,
+    /// The app's ID (the old name of `appId`).
+    #[graphql(
+        deprecation = "Use `appId` (the name every app mutation takes); `id` goes in the next release."
+    )]
+    id: Option<ID>,
+}
+
+/// The app a mutation names: `appId`, or `id`, its deprecated name (not both).
+fn app_named(app_id: Option<&ID>, id: Option<&ID>) -> async_graphql::Result<i64> {
+    match (app_id, id) {
+        (Some(app_id), None) => decode_as(app_id, NodeType::App, "appId"),
+        (None, Some(id)) => decode_as(id, NodeType::App, "id"),
+        (Some(_), Some(_)) => Err(bad_input(
+            "appId",
+            "give `appId` only (`id` is its deprecated name)",
+        )),
+        (None, None) => Err(bad_input("appId", "`appId` is required")),
+    }
 }
 
 /// The app to deploy.
@@ -477,7 +500,12 @@ pub struct DeployAppInput {
 #[derive(InputObject)]
 pub struct StopAppInput {
     /// The app's ID.
-    id: ID,
+    app_id: Option<ID>,
+    /// The app's ID (the old name of `appId`).
+    #[graphql(
+        deprecation = "Use `appId` (the name every app mutation takes); `id` goes in the next release."
+    )]
+    id: Option<ID>,
 }
 
 /// The stopped app.
@@ -664,7 +692,7 @@ impl AppMutation {
         #[graphql(desc = "What to change (see the input type).")] input: UpdateAppInput,
     ) -> async_graphql::Result<UpdateAppPayload> {
         audited(ctx, Capability::Write, async |audit| {
-            let id = decode_as(&input.id, NodeType::App, "id")?;
+            let id = app_named(input.app_id.as_ref(), input.id.as_ref())?;
             let repo_id = input
                 .repository_id
                 .map(|id| decode_as(&id, NodeType::Repository, "repositoryId"))
@@ -698,7 +726,7 @@ impl AppMutation {
         #[graphql(desc = "What to change (see the input type).")] input: DeleteAppInput,
     ) -> async_graphql::Result<DeleteAppPayload> {
         audited(ctx, Capability::Write, async |audit| {
-            let id = decode_as(&input.id, NodeType::App, "id")?;
+            let id = app_named(input.app_id.as_ref(), input.id.as_ref())?;
             let api = api(ctx)?;
             let deleted = apps::delete(&api.db, audit, &api.events, &api.runners.logs, id)
                 .await
@@ -869,7 +897,7 @@ impl AppMutation {
         #[graphql(desc = "What to change (see the input type).")] input: StopAppInput,
     ) -> async_graphql::Result<StopAppPayload> {
         audited(ctx, Capability::Write, async |audit| {
-            let id = decode_as(&input.id, NodeType::App, "id")?;
+            let id = app_named(input.app_id.as_ref(), input.id.as_ref())?;
             let api = api(ctx)?;
             let app = apps::stop(&api.db, audit, &api.events, id).await.extend()?;
             Ok(StopAppPayload { app: app.into() })
