@@ -143,6 +143,14 @@ async fn every_change_is_audited_with_its_actor(backend: Backend) {
         &["appId"],
     )
     .await;
+    call(
+        None,
+        "changeAppEnv",
+        r#"mutation($id: ID!) { changeAppEnv(input: { appId: $id, set: [{ name: "A", value: "1" }], unset: ["B"] }) { appId } }"#,
+        on_app.clone(),
+        &["appId"],
+    )
+    .await;
     // A push webhook: made by an admin, then posted to by a Git host (its ping: the
     // webhook is the actor, and nothing changes).
     let (path, secret) = hooks::rotate(&server, &app).await;

@@ -160,6 +160,13 @@ fn http_operations(caller: &str) -> Vec<(&'static str, Needs, String)> {
             ),
         ),
         (
+            "changeAppEnv",
+            Needs::Admin,
+            format!(
+                r#"mutation {{ changeAppEnv(input: {{ appId: "{MISSING_APP}", set: [{{ name: "X", value: "y" }}] }}) {{ appId }} }}"#
+            ),
+        ),
+        (
             "rotateAppWebhook",
             Needs::Admin,
             format!(

@@ -47,6 +47,109 @@ async fn restart_in(
     apps::queue_restart(txn, restart.ports, app).await
 }
 
+/// The most variables one change may name.
+pub const MAX_CHANGED: usize = 100;
+
+/// What one change to an app's config vars did.
+pub struct Changed {
+    /// When the variables set were set.
+    pub at: Timestamp,
+    /// The names unset that were set.
+    pub removed: Vec<String>,
+    /// The restart queued (when the app runs, a restart was wanted, and something changed).
+    pub restart: Option<deployment::Model>,
+}
+
+/// Sets the `set` variables and removes the `unset` ones, in one transaction: all of them or
+/// none, and at most one restart, with every new value.
+pub async fn change(
+    db: &sea_orm::DatabaseConnection,
+    audit: &Audit,
+    secrets: &SecretBox,
+    app_id: i64,
+    set: &[(String, String)],
+    unset: &[String],
+    restart: Restart<'_>,
+) -> Result<Changed, DomainError> {
+    if set.len() + unset.len() > MAX_CHANGED {
+        return Err(DomainError::Invalid {
+            field: "set",
+            reason: format!("at most {MAX_CHANGED} variables per change"),
+        });
+    }
+    let mut named = std::collections::HashSet::new();
+    let mut sealed = Vec::with_capacity(set.len());
+    for (name, value) in set {
+        check("name", validation::env_name, name)?;
+        validation::env_value(value).map_err(|reason| DomainError::Invalid {
+            field: "value",
+            reason: format!("{name}: {reason}"),
+        })?;
+        sealed.push((name, secrets.seal(app_id, name, value)?));
+        named.insert(name.as_str());
+    }
+    for name in unset {
+        if !named.insert(name.as_str()) {
+            return Err(DomainError::Invalid {
+                field: "unset",
+                reason: format!("{name} is named twice"),
+            });
+        }
+    }
+    if named.len() < set.len() {
+        return Err(DomainError::Invalid {
+            field: "set",
+            reason: "a variable is named twice".to_owned(),
+        });
+    }
+    let at = Timestamp::now();
+    let (_turn, txn) = begin_write(db).await?;
+    let app = apps::find_for_update(&txn, app_id, "appId").await?;
+    for (name, sealed) in sealed {
+        let existing = AppEnv::find_by_id((app_id, name.clone())).one(&txn).await?;
+        match existing {
+            Some(row) => {
+                let mut row: app_env::ActiveModel = row.into();
+                row.sealed = Set(sealed);
+                row.updated_at = Set(at);
+                row.update(&txn).await?;
+            }
+            None => {
+                AppEnv::insert(app_env::ActiveModel {
+                    app_id: Set(app_id),
+                    name: Set(name.clone()),
+                    sealed: Set(sealed),
+                    updated_at: Set(at),
+                })
+                .exec_without_returning(&txn)
+                .await?;
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for name in unset {
+        let gone = AppEnv::delete_by_id((app_id, name.clone()))
+            .exec(&txn)
+            .await?
+            .rows_affected
+            > 0;
+        if gone {
+            removed.push(name.clone());
+        }
+    }
+    let queued = if set.is_empty() && removed.is_empty() {
+        None
+    } else {
+        restart_in(&txn, restart, app).await?
+    };
+    audit::commit(txn, audit, Object::App(app_id)).await?;
+    Ok(Changed {
+        at,
+        removed,
+        restart: published(queued, restart.events),
+    })
+}
+
 /// Sets `name` to `value` for the app; returns when it was set, and the restart queued.
 pub async fn set(
     db: &sea_orm::DatabaseConnection,
@@ -57,36 +160,9 @@ pub async fn set(
     value: &str,
     restart: Restart<'_>,
 ) -> Result<(Timestamp, Option<deployment::Model>), DomainError> {
-    check("name", validation::env_name, name)?;
-    check("value", validation::env_value, value)?;
-    let sealed = secrets.seal(app_id, name, value)?;
-    let now = Timestamp::now();
-    let (_turn, txn) = begin_write(db).await?;
-    let app = apps::find_for_update(&txn, app_id, "appId").await?;
-    let existing = AppEnv::find_by_id((app_id, name.to_owned()))
-        .one(&txn)
-        .await?;
-    match existing {
-        Some(row) => {
-            let mut row: app_env::ActiveModel = row.into();
-            row.sealed = Set(sealed);
-            row.updated_at = Set(now);
-            row.update(&txn).await?;
-        }
-        None => {
-            AppEnv::insert(app_env::ActiveModel {
-                app_id: Set(app_id),
-                name: Set(name.to_owned()),
-                sealed: Set(sealed),
-                updated_at: Set(now),
-            })
-            .exec_without_returning(&txn)
-            .await?;
-        }
-    }
-    let queued = restart_in(&txn, restart, app).await?;
-    audit::commit(txn, audit, Object::App(app_id)).await?;
-    Ok((now, published(queued, restart.events)))
+    let set = [(name.to_owned(), value.to_owned())];
+    let changed = change(db, audit, secrets, app_id, &set, &[], restart).await?;
+    Ok((changed.at, changed.restart))
 }
 
 /// Removes `name` from the app; whether it was set, and the restart queued (only when it
@@ -94,24 +170,14 @@ pub async fn set(
 pub async fn unset(
     db: &sea_orm::DatabaseConnection,
     audit: &Audit,
+    secrets: &SecretBox,
     app_id: i64,
     name: &str,
     restart: Restart<'_>,
 ) -> Result<(bool, Option<deployment::Model>), DomainError> {
-    let (_turn, txn) = begin_write(db).await?;
-    let app = apps::find_for_update(&txn, app_id, "appId").await?;
-    let removed = AppEnv::delete_by_id((app_id, name.to_owned()))
-        .exec(&txn)
-        .await?
-        .rows_affected
-        > 0;
-    let queued = if removed {
-        restart_in(&txn, restart, app).await?
-    } else {
-        None
-    };
-    audit::commit(txn, audit, Object::App(app_id)).await?;
-    Ok((removed, published(queued, restart.events)))
+    let unset = [name.to_owned()];
+    let changed = change(db, audit, secrets, app_id, &[], &unset, restart).await?;
+    Ok((!changed.removed.is_empty(), changed.restart))
 }
 
 /// Publishes what `queued` changed (after its transaction committed); its deployment.

@@ -635,6 +635,46 @@ pub struct UnsetAppEnvPayload {
     restart: Option<Deployment>,
 }
 
+/// A config var's name and value (write-only).
+#[derive(InputObject)]
+pub struct AppEnvVarInput {
+    /// A POSIX name (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters; not `PORT`).
+    name: String,
+    /// At most 32 KiB.
+    value: String,
+}
+
+/// Several config var changes to make at once.
+#[derive(InputObject)]
+pub struct ChangeAppEnvInput {
+    /// The app's ID.
+    app_id: ID,
+    /// The variables to set (each name once).
+    #[graphql(default)]
+    set: Vec<AppEnvVarInput>,
+    /// The variables to remove (names not set are ignored).
+    #[graphql(default)]
+    unset: Vec<String>,
+    /// Restart the app once with all the changes when it is running and something changed
+    /// (default); `false`: they reach the app at its next deployment.
+    #[graphql(default = true)]
+    restart: bool,
+}
+
+/// What a config change did (never a value).
+#[derive(SimpleObject)]
+pub struct ChangeAppEnvPayload {
+    /// The app's ID.
+    app_id: ID,
+    /// The variables set.
+    set: Vec<AppEnvVar>,
+    /// The names removed (those that were set).
+    removed: Vec<String>,
+    /// The one restart queued to apply the changes, when the app was running, something
+    /// changed and `restart` was not `false`.
+    restart: Option<Deployment>,
+}
+
 /// Which app to roll back, and to which of its successful deployments.
 #[derive(InputObject)]
 pub struct RollbackAppInput {
@@ -828,6 +868,50 @@ impl AppMutation {
         .await
     }
 
+    /// Sets and removes several config vars of the app at once (admin only): all of them or
+    /// none; a running app restarts once with all the changes (unless `restart: false`).
+    async fn change_app_env(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "What to change (see the input type).")] input: ChangeAppEnvInput,
+    ) -> async_graphql::Result<ChangeAppEnvPayload> {
+        audited(ctx, Capability::Administer, async |audit| {
+            let id = decode_as(&input.app_id, NodeType::App, "appId")?;
+            let api = api(ctx)?;
+            let restart = env::Restart {
+                wanted: input.restart,
+                events: &api.events,
+                ports: api.ports,
+            };
+            let set: Vec<(String, String)> =
+                input.set.into_iter().map(|v| (v.name, v.value)).collect();
+            let changed = env::change(
+                &api.db,
+                audit,
+                &api.secrets,
+                id,
+                &set,
+                &input.unset,
+                restart,
+            )
+            .await
+            .extend()?;
+            Ok(ChangeAppEnvPayload {
+                app_id: input.app_id,
+                set: set
+                    .into_iter()
+                    .map(|(name, _)| AppEnvVar {
+                        name,
+                        updated_at: changed.at.as_utc(),
+                    })
+                    .collect(),
+                removed: changed.removed,
+                restart: changed.restart.map(Deployment::from),
+            })
+        })
+        .await
+    }
+
     /// Removes a config var of the app (admin only); a running app restarts without it
     /// (unless `restart: false`).
     async fn unset_app_env(
@@ -843,9 +927,10 @@ impl AppMutation {
                 events: &api.events,
                 ports: api.ports,
             };
-            let (removed, restart) = env::unset(&api.db, audit, id, &input.name, restart)
-                .await
-                .extend()?;
+            let (removed, restart) =
+                env::unset(&api.db, audit, &api.secrets, id, &input.name, restart)
+                    .await
+                    .extend()?;
             Ok(UnsetAppEnvPayload {
                 app_id: input.app_id,
                 removed,

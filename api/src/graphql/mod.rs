@@ -351,7 +351,7 @@ mod tests {
         let variables = serde_json::json!({
             "id": "x", "status": "FAILED", "chunk": "x", "name": "x", "gitUrl": "x",
             "repositoryId": "x", "appId": "x", "value": "x", "restart": true, "to": "x",
-            "after": null, "line": 0, "tail": 1, "admin": true,
+            "after": null, "line": 0, "tail": 1, "admin": true, "set": [], "unset": [],
         });
         let builtin = crate::runner::client::operations::ALL
             .iter()

@@ -196,8 +196,8 @@ pub enum AppsCommand {
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
-    /// Set config vars (`NAME=value` …); the app restarts once with all of them when it
-    /// runs, unless `--no-restart`.
+    /// Set config vars (`NAME=value` …), all at once or none; the app restarts once with all
+    /// of them when it runs, unless `--no-restart`.
     Set {
         /// The app's name.
         app: String,
@@ -891,34 +891,28 @@ impl Remote {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Sets every pair; only the last change restarts the app (once, with all of them).
+    /// Sets every pair in one change: all or none, and one restart.
     async fn config_set(
         &self,
         name: &str,
         pairs: &[(String, String)],
         restart: bool,
     ) -> anyhow::Result<ExitCode> {
-        let id = self.app_id(name).await?;
-        for (i, (var, value)) in pairs.iter().enumerate() {
-            let last = i + 1 == pairs.len();
-            self.call(
-                operations::SET_ENV,
-                json!({ "appId": id, "name": var, "value": value, "restart": restart && last }),
-            )
-            .await
-            .with_context(|| format!("setting {var}"))?;
-        }
-        let names: Vec<&str> = pairs.iter().map(|(var, _)| var.as_str()).collect();
-        self.out.print(&json!({ "set": names }), || {
-            format!(
-                "Set {} on {name}{}\n",
-                names.join(", "),
-                if restart {
-                    " (restarting it if it runs)"
-                } else {
-                    ""
-                }
-            )
+        let set: Vec<Value> = pairs
+            .iter()
+            .map(|(var, value)| json!({ "name": var, "value": value }))
+            .collect();
+        let changed = self.change_env(name, set, &[], restart).await?;
+        let names: Vec<String> = changed["set"]
+            .as_array()
+            .map(|vars| vars.iter().map(|v| cell(&v["name"])).collect())
+            .unwrap_or_default();
+        self.out.print(&changed, || {
+            let restarted = match changed["restart"]["databaseId"].as_i64() {
+                Some(n) => format!("; restarting it (deployment {n})"),
+                None => String::new(),
+            };
+            format!("Set {} on {name}{restarted}\n", names.join(", "))
         });
         Ok(ExitCode::SUCCESS)
     }
@@ -929,22 +923,12 @@ impl Remote {
         names: &[String],
         restart: bool,
     ) -> anyhow::Result<ExitCode> {
-        let id = self.app_id(name).await?;
-        let mut removed = Vec::new();
-        for (i, var) in names.iter().enumerate() {
-            let last = i + 1 == names.len();
-            let data = self
-                .call(
-                    operations::UNSET_ENV,
-                    json!({ "appId": id, "name": var, "restart": restart && last }),
-                )
-                .await
-                .with_context(|| format!("unsetting {var}"))?;
-            if data["unsetAppEnv"]["removed"] == true {
-                removed.push(var.as_str());
-            }
-        }
-        self.out.print(&json!({ "removed": removed }), || {
+        let changed = self.change_env(name, Vec::new(), names, restart).await?;
+        let removed: Vec<String> = changed["removed"]
+            .as_array()
+            .map(|vars| vars.iter().map(cell).collect())
+            .unwrap_or_default();
+        self.out.print(&changed, || {
             if removed.is_empty() {
                 format!("{name} had none of them\n")
             } else {
@@ -952,6 +936,23 @@ impl Remote {
             }
         });
         Ok(ExitCode::SUCCESS)
+    }
+
+    async fn change_env(
+        &self,
+        name: &str,
+        set: Vec<Value>,
+        unset: &[String],
+        restart: bool,
+    ) -> anyhow::Result<Value> {
+        let id = self.app_id(name).await?;
+        let data = self
+            .call(
+                operations::CHANGE_ENV,
+                json!({ "appId": id, "set": set, "unset": unset, "restart": restart }),
+            )
+            .await?;
+        Ok(data["changeAppEnv"].clone())
     }
 }
 
