@@ -30,6 +30,10 @@ pub struct Model {
     /// commit (a push), else by the runner once it has cloned.
     #[sea_orm(column_type = "String(StringLen::N(40))", nullable)]
     pub commit_sha: Option<String>,
+    /// The commit asked for (a push's, or `deployApp(commitSha:)`): every attempt builds it.
+    /// `None`: each attempt builds the branch's head (and records it in `commit_sha`).
+    #[sea_orm(column_type = "String(StringLen::N(40))", nullable)]
+    pub pinned_commit: Option<String>,
     /// The branch to build, when not the repository's default.
     #[sea_orm(column_type = "String(StringLen::N(120))", nullable)]
     pub branch: Option<String>,

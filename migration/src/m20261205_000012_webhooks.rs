@@ -3,7 +3,8 @@
 //! running deployment to end (`pending_commit`); `api_webhook_delivery` remembers the
 //! deliveries received (by the sender's delivery id) for a day, so a replayed delivery is
 //! ignored. `api_deployment_run.branch` records the branch a deployment builds when it is not
-//! the repository's default (`deployApp(input: { branch })`). Deleting an app deletes its
+//! the repository's default (`deployApp(input: { branch })`), and `pinned_commit` the
+//! commit it must build (a push's, or `deployApp(input: { commitSha })`) on every attempt. Deleting an app deletes its
 //! webhook and deliveries.
 
 use sea_orm_migration::prelude::*;
@@ -85,6 +86,14 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(RUN)
+                    .add_column(ColumnDef::new("pinned_commit").string_len(40).null())
+                    .take(),
+            )
+            .await?;
         let db = manager.get_connection();
         for statement in add_rule(backend, WEBHOOK, "pending_commit", &Rule::MaxLength(40))
             .into_iter()
@@ -95,6 +104,12 @@ impl MigrationTrait for Migration {
                 &Rule::MaxLength(100),
             ))
             .chain(add_rule(backend, RUN, "branch", &Rule::MaxLength(120)))
+            .chain(add_rule(
+                backend,
+                RUN,
+                "pinned_commit",
+                &Rule::MaxLength(40),
+            ))
         {
             if backend == sea_orm_migration::sea_orm::DbBackend::Sqlite {
                 db.execute_unprepared(&statement).await?;
@@ -106,14 +121,16 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
         let db = manager.get_connection();
-        for statement in drop_rule(backend, RUN, "branch") {
-            if backend == sea_orm_migration::sea_orm::DbBackend::Sqlite {
-                db.execute_unprepared(&statement).await?;
+        for column in ["pinned_commit", "branch"] {
+            for statement in drop_rule(backend, RUN, column) {
+                if backend == sea_orm_migration::sea_orm::DbBackend::Sqlite {
+                    db.execute_unprepared(&statement).await?;
+                }
             }
+            manager
+                .alter_table(Table::alter().table(RUN).drop_column(column).take())
+                .await?;
         }
-        manager
-            .alter_table(Table::alter().table(RUN).drop_column("branch").take())
-            .await?;
         manager
             .drop_table(Table::drop().table(DELIVERY).take())
             .await?;

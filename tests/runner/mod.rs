@@ -442,9 +442,16 @@ async fn stop_app(server: &Server, app: &str) {
 }
 
 async fn deploy(server: &Server, app: &str) -> String {
+    deploy_with(server, app, "").await
+}
+
+/// `deployApp` with `fields` added to its input (`branch: "b"`): the deployment's ID.
+async fn deploy_with(server: &Server, app: &str, fields: &str) -> String {
     let body = server
         .graphql(
-            "mutation($id: ID!) { deployApp(input: { appId: $id }) { deployment { id } } }",
+            &format!(
+                "mutation($id: ID!) {{ deployApp(input: {{ appId: $id, {fields} }}) {{ deployment {{ id }} }} }}"
+            ),
             json!({ "id": app }),
         )
         .await;

@@ -9,21 +9,6 @@ use crate::support::{Backend, Server, TestDb, global_id};
 
 on_both_backends!(the_pushed_commit_is_what_runs);
 
-async fn deploy_with(server: &Server, app: &str, fields: &str) -> String {
-    let body = server
-        .graphql(
-            &format!(
-                "mutation($id: ID!) {{ deployApp(input: {{ appId: $id, {fields} }}) {{ deployment {{ id }} }} }}"
-            ),
-            json!({ "id": app }),
-        )
-        .await;
-    Server::data(&body)["deployApp"]["deployment"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
-}
-
 async fn the_pushed_commit_is_what_runs(backend: Backend) {
     let db = TestDb::new(backend).await;
     let port = free_port();
@@ -113,7 +98,14 @@ async fn the_pushed_commit_is_what_runs(backend: Backend) {
         assert_eq!(error["extensions"]["code"], "BAD_USER_INPUT", "{body}");
         assert_eq!(error["extensions"]["field"], field, "{body}");
     }
-    stop_app(&server, &app).await;
+    // The last deployment failed, so the app is not RUNNING to stop: deleting it stops it.
+    let body = server
+        .graphql(
+            "mutation($id: ID!) { deleteApp(input: { appId: $id }) { deletedAppId } }",
+            json!({ "id": app }),
+        )
+        .await;
+    Server::data(&body);
     eventually("the app to stop", Duration::from_secs(20), || async {
         answer(port).await.is_err()
     })

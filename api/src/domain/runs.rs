@@ -75,8 +75,7 @@ pub struct Claim {
     pub log_sequence: i64,
     /// The app's variables and health check, as they were when it was claimed.
     pub config: RunConfig,
-    /// The commit to build (a push's, or the one an earlier attempt built); `None`: the
-    /// branch's head.
+    /// The commit to build (a push's, or one `deployApp` named); `None`: the branch's head.
     pub commit: Option<String>,
     /// The branch to build when not the repository's default.
     pub branch: Option<String>,
@@ -159,6 +158,7 @@ async fn locked(
                 cancel_requested: Set(false),
                 previous_app_status: Set(AppStatus::Draft),
                 commit_sha: Set(None),
+                pinned_commit: Set(None),
                 branch: Set(None),
                 stage: Set(None),
                 source_deployment_id: Set(None),
@@ -297,7 +297,7 @@ pub async fn claim(
     let attempt = run.attempts + 1;
     let source_id = run.source_deployment_id;
     let log_sequence = run.log_sequence;
-    let commit = run.commit_sha.clone();
+    let commit = run.pinned_commit.clone();
     let branch = run.branch.clone();
     let mut run: deployment_run::ActiveModel = run.into();
     run.attempts = Set(attempt);

@@ -840,11 +840,7 @@ impl AppMutation {
         audited(ctx, Capability::Administer, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let restart = env::Restart {
-                wanted: input.restart,
-                events: &api.events,
-                ports: api.ports,
-            };
+            let restart = api.restart(input.restart);
             let (updated_at, restart) = env::set(
                 &api.db,
                 audit,
@@ -878,11 +874,7 @@ impl AppMutation {
         audited(ctx, Capability::Administer, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let restart = env::Restart {
-                wanted: input.restart,
-                events: &api.events,
-                ports: api.ports,
-            };
+            let restart = api.restart(input.restart);
             let set: Vec<(String, String)> =
                 input.set.into_iter().map(|v| (v.name, v.value)).collect();
             let changed = env::change(
@@ -922,11 +914,7 @@ impl AppMutation {
         audited(ctx, Capability::Administer, async |audit| {
             let id = decode_as(&input.app_id, NodeType::App, "appId")?;
             let api = api(ctx)?;
-            let restart = env::Restart {
-                wanted: input.restart,
-                events: &api.events,
-                ports: api.ports,
-            };
+            let restart = api.restart(input.restart);
             let (removed, restart) =
                 env::unset(&api.db, audit, &api.secrets, id, &input.name, restart)
                     .await

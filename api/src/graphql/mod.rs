@@ -100,6 +100,17 @@ pub struct ApiContext {
     pub git_hosts: crate::domain::validation::GitHosts,
 }
 
+impl ApiContext {
+    /// The restart a config change asks for (`wanted`), published on this server's bus.
+    pub fn restart(&self, wanted: bool) -> crate::domain::env::Restart<'_> {
+        crate::domain::env::Restart {
+            wanted,
+            events: &self.events,
+            ports: self.ports,
+        }
+    }
+}
+
 /// What a query document may cost.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
