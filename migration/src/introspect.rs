@@ -401,15 +401,26 @@ pub async fn current_schema(db: &impl ConnectionTrait) -> Result<String, DbErr> 
     schema.ok_or_else(|| DbErr::Custom("the search path names no existing schema".into()))
 }
 
+/// Whether a failed catalog query met DDL running in another session (SQLSTATE XX000,
+/// PostgreSQL's class for "the object vanished under me" in catalog functions).
+fn is_catalog_race(error: &sea_schema::sqlx_types::SqlxError) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "XX000")
+}
+
 async fn discover_postgres(db: &DatabaseConnection) -> Result<BTreeMap<String, TableShape>, DbErr> {
     use sea_schema::postgres::def::{ColumnDefault, ForeignKeyAction, Type};
     use sea_schema::postgres::discovery::SchemaDiscovery;
 
     let schema_name = current_schema(db).await?;
-    // `information_schema.check_constraints` is not filtered by schema before PostgreSQL
-    // evaluates each constraint, so DDL in another schema of the same database (a table
-    // dropped meanwhile) can fail one discovery with "could not open relation with OID":
-    // that is retried.
+    // The catalog views sea-schema reads (`information_schema.check_constraints`, the
+    // columns' privilege checks) evaluate functions on every schema's rows before the
+    // schema filter applies, so DDL in another schema of the same database (a table
+    // dropped meanwhile) can fail one discovery with an internal error such as "could not
+    // open relation with OID" or "cache lookup failed for relation". PostgreSQL reports
+    // those catalog races as SQLSTATE XX000, never a fault of this schema: retried.
     let mut attempt = 0;
     let schema = loop {
         attempt += 1;
@@ -418,12 +429,7 @@ async fn discover_postgres(db: &DatabaseConnection) -> Result<BTreeMap<String, T
             .await
         {
             Ok(schema) => break schema,
-            Err(error)
-                if attempt < 5
-                    && error
-                        .to_string()
-                        .contains("could not open relation with OID") =>
-            {
+            Err(error) if attempt < 5 && is_catalog_race(&error) => {
                 tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
             }
             Err(error) => return Err(discovery_error(error)),
