@@ -3,9 +3,12 @@
 //! API's code, exits non-zero then, prints JSON for scripts, acts with the logged-in token's
 //! rights only, and works against a server that runs trusted documents only.
 
-use serde_json::Value;
+use std::time::Duration;
 
-use crate::support::{Backend, Server, TestDb, keystone};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use crate::support::{Backend, Server, TestDb, keystone, keystone_on_a_terminal};
 
 crate::on_both_backends!(client_commands_answer_clearly);
 
@@ -132,6 +135,32 @@ async fn client_commands_answer_clearly(backend: Backend) {
     let out = keystone(&db, &["config", "unset", "site", "MODE", "NEVER_SET"]).await;
     out.assert_success();
     assert!(out.stdout.contains("Removed MODE"), "{}", out.stdout);
+
+    // Waiting on a terminal, a spinner says where the deployment is (no runner here: queued).
+    let mut waiting = keystone_on_a_terminal(&db, &["deploy", "site", "--wait"])
+        .spawn()
+        .expect("script");
+    let mut terminal = waiting.stdout.take().expect("stdout");
+    let mut shown = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&shown).contains("Deployment 1 QUEUED (") {
+            match terminal.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => shown.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    waiting.kill().await.ok();
+    assert_eq!(
+        seen,
+        Ok(true),
+        "the terminal showed: {}",
+        String::from_utf8_lossy(&shown)
+    );
+
     keystone(&db, &["apps", "delete", "site", "--yes"])
         .await
         .assert_success();

@@ -124,6 +124,11 @@ async fn the_readme_quick_start_works_as_written(backend: Backend) {
                 "the build's log is shown live: {stdout}"
             );
             assert!(stdout.contains(": SUCCESS"), "{stdout}");
+            // Not a terminal: no spinner and no control sequences in what is captured.
+            assert!(
+                !stderr.contains('\x1b') && !stderr.contains(" QUEUED ("),
+                "{stderr}"
+            );
         }
         if line.starts_with("keystone config hello") {
             assert!(

@@ -484,7 +484,27 @@ impl Output {
 }
 
 fn keystone_command(db: &TestDb) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keystone"));
+    keystone_env(Command::new(env!("CARGO_BIN_EXE_keystone")), db)
+}
+
+/// `keystone <args>` on a pseudo-terminal, as a person runs it (util-linux `script`): what
+/// the terminal shows comes out of the child's stdout.
+pub fn keystone_on_a_terminal(db: &TestDb, args: &[&str]) -> Command {
+    let line = std::iter::once(env!("CARGO_BIN_EXE_keystone"))
+        .chain(args.iter().copied())
+        .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = keystone_env(Command::new("script"), db);
+    command
+        .args(["-qefc", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdout(Stdio::piped());
+    command
+}
+
+/// The environment every `keystone` a test runs gets.
+fn keystone_env(mut command: Command, db: &TestDb) -> Command {
     command
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "info,sqlx=warn")

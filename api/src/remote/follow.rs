@@ -3,10 +3,12 @@
 //! `deploymentUpdated`. After a dropped connection it subscribes again after the last line
 //! printed (growing delays, up to 5 s); every 5 s without events, and after each
 //! (re)connection, it reads the deployment over HTTP, so an end it was not told of (one
-//! that came before the subscription started) is still seen.
+//! that came before the subscription started) is still seen. On a terminal, a spinner on
+//! stderr says where the deployment is (`QUEUED`, `BUILDING · CLONE`, …) between log lines.
 
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::operations;
@@ -31,9 +33,39 @@ struct Printer {
     /// The number of the last line printed.
     after: i64,
     lines: Lines,
+    /// Hidden when stderr is not a terminal: then nothing but the lines is written.
+    progress: ProgressBar,
 }
 
 impl Printer {
+    fn new(after: i64, lines: Lines, deployment: &str) -> Self {
+        let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {msg} ({elapsed})")
+                .expect("a valid template"),
+        );
+        progress.set_prefix(format!(
+            "Deployment {}",
+            super::deployment_number(deployment)
+        ));
+        progress.enable_steady_tick(Duration::from_millis(120));
+        Self {
+            after,
+            lines,
+            progress,
+        }
+    }
+
+    /// Shows where deployment `state` (as read or as reported) is.
+    fn show(&self, state: &Value) {
+        let mut message = state["status"].as_str().unwrap_or("…").to_owned();
+        if let Some(stage) = state["stage"].as_str() {
+            message.push_str(" · ");
+            message.push_str(stage);
+        }
+        self.progress.set_message(message);
+    }
+
     /// Prints the lines numbered from `first` that come after the last one printed.
     fn print(&mut self, first: i64, lines: &[Value]) {
         for (n, line) in (first..).zip(lines) {
@@ -42,8 +74,10 @@ impl Printer {
             }
             let text = line.as_str().unwrap_or_default();
             match self.lines {
-                Lines::Plain => println!("{text}"),
-                Lines::Json => println!("{}", json!({ "line": n, "text": text })),
+                Lines::Plain => self.progress.suspend(|| println!("{text}")),
+                Lines::Json => self
+                    .progress
+                    .suspend(|| println!("{}", json!({ "line": n, "text": text }))),
                 Lines::Quiet => {}
             }
             self.after = n;
@@ -60,6 +94,7 @@ impl Printer {
                 )
                 .await?;
             let deployment = data["deployment"].clone();
+            self.show(&deployment);
             let lines = deployment["logs"].as_array().cloned().unwrap_or_default();
             if lines.is_empty() {
                 return Ok(deployment);
@@ -84,7 +119,18 @@ pub async fn follow(
     after: i64,
     lines: Lines,
 ) -> anyhow::Result<Value> {
-    let mut printer = Printer { after, lines };
+    let mut printer = Printer::new(after, lines, id);
+    let ended = follow_with(client, app_id, id, &mut printer).await;
+    printer.progress.finish_and_clear();
+    ended
+}
+
+async fn follow_with(
+    client: &Client,
+    app_id: &str,
+    id: &str,
+    printer: &mut Printer,
+) -> anyhow::Result<Value> {
     let mut delay = Duration::from_millis(500);
     loop {
         let subscribed = client
@@ -109,7 +155,9 @@ pub async fn follow(
             Ok(events) => events,
             Err(error @ ClientError::Refused { .. }) => return Err(error.into()),
             Err(error) => {
-                eprintln!("keystone: {error}; retrying in {delay:?}");
+                printer
+                    .progress
+                    .suspend(|| eprintln!("keystone: {error}; retrying in {delay:?}"));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
@@ -131,17 +179,23 @@ pub async fn follow(
                 }
                 Ok(Ok(Some((_, data)))) => {
                     let update = &data["deploymentUpdated"];
-                    if update["id"] == id && ended(update) {
+                    if update["id"] != id {
+                        continue;
+                    }
+                    printer.show(update);
+                    if ended(update) {
                         // The last lines were appended before the end was reported.
                         return printer.catch_up(client, id).await;
                     }
                 }
                 Ok(Err(error @ ClientError::Refused { .. })) => return Err(error.into()),
                 Ok(Ok(None)) | Ok(Err(_)) => {
-                    eprintln!(
-                        "keystone: the connection to the server ended; resuming after line {}",
-                        printer.after
-                    );
+                    printer.progress.suspend(|| {
+                        eprintln!(
+                            "keystone: the connection to the server ended; resuming after line {}",
+                            printer.after
+                        )
+                    });
                     break;
                 }
             }
