@@ -3,9 +3,9 @@
 //! running deployment to end (`pending_commit`); `api_webhook_delivery` remembers the
 //! deliveries received (by the sender's delivery id) for a day, so a replayed delivery is
 //! ignored. `api_deployment_run.branch` records the branch a deployment builds when it is not
-//! the repository's default (`deployApp(input: { branch })`), and `pinned_commit` the
-//! commit it must build (a push's, or `deployApp(input: { commitSha })`) on every attempt. Deleting an app deletes its
-//! webhook and deliveries.
+//! the repository's default (`deployApp(input: { branch })`), and `pinned_commit` the commit
+//! every attempt must build (a push's, or `deployApp(input: { commitSha })`). Deleting an app
+//! deletes its webhook and deliveries.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::ConnectionTrait;
@@ -18,6 +18,8 @@ pub struct Migration;
 
 const WEBHOOK: &str = "api_app_webhook";
 const DELIVERY: &str = "api_webhook_delivery";
+/// The columns `api_deployment_run` gains, with their lengths.
+const RUN_COLUMNS: [(&str, u32); 2] = [("branch", 120), ("pinned_commit", 40)];
 const RUN: &str = "api_deployment_run";
 
 #[async_trait::async_trait]
@@ -78,22 +80,16 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(RUN)
-                    .add_column(ColumnDef::new("branch").string_len(120).null())
-                    .take(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(RUN)
-                    .add_column(ColumnDef::new("pinned_commit").string_len(40).null())
-                    .take(),
-            )
-            .await?;
+        for (column, length) in RUN_COLUMNS {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(RUN)
+                        .add_column(ColumnDef::new(column).string_len(length).null())
+                        .take(),
+                )
+                .await?;
+        }
         let db = manager.get_connection();
         for statement in add_rule(backend, WEBHOOK, "pending_commit", &Rule::MaxLength(40))
             .into_iter()
@@ -103,13 +99,9 @@ impl MigrationTrait for Migration {
                 "delivery",
                 &Rule::MaxLength(100),
             ))
-            .chain(add_rule(backend, RUN, "branch", &Rule::MaxLength(120)))
-            .chain(add_rule(
-                backend,
-                RUN,
-                "pinned_commit",
-                &Rule::MaxLength(40),
-            ))
+            .chain(RUN_COLUMNS.into_iter().flat_map(|(column, length)| {
+                add_rule(backend, RUN, column, &Rule::MaxLength(length))
+            }))
         {
             if backend == sea_orm_migration::sea_orm::DbBackend::Sqlite {
                 db.execute_unprepared(&statement).await?;
@@ -121,7 +113,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
         let db = manager.get_connection();
-        for column in ["pinned_commit", "branch"] {
+        for (column, _) in RUN_COLUMNS.into_iter().rev() {
             for statement in drop_rule(backend, RUN, column) {
                 if backend == sea_orm_migration::sea_orm::DbBackend::Sqlite {
                     db.execute_unprepared(&statement).await?;

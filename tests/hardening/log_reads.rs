@@ -170,14 +170,7 @@ async fn log_volume_is_bounded(backend: Backend) {
         )
         .await;
     Server::data(&body);
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
-                json!({ "id": global_id("App", 1) }),
-            )
-            .await,
-    );
+    server.delete_app(&global_id("App", 1)).await;
     assert!(!std::path::Path::new(&path).exists(), "{path} was deleted");
     server.stop_ok().await;
 }

@@ -145,13 +145,7 @@ async fn keep_serving(backend: Backend, flavor: Flavor) {
         failed, 0,
         "{failed} of {sent} requests failed during the redeploy"
     );
-    let removed = server
-        .graphql(
-            "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
-            json!({ "id": app }),
-        )
-        .await;
-    Server::data(&removed);
+    server.delete_app(&app).await;
     eventually("the app to go", Duration::from_secs(20), || async {
         answer(port).await.is_err()
     })

@@ -128,13 +128,7 @@ async fn deleted_apps_stop_answering_at_once(backend: Backend) {
     }
     let mut deleted = Vec::new();
     for (id, port) in &apps {
-        let body = server
-            .graphql(
-                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
-                json!({ "id": id }),
-            )
-            .await;
-        Server::data(&body);
+        server.delete_app(id).await;
         deleted.push((*port, Instant::now()));
     }
     let mut took = Vec::new();

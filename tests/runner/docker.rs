@@ -168,15 +168,7 @@ async fn docker_kill_mid_build_then_finish(backend: Backend) {
         2,
         "claimed again after the lease lapsed"
     );
-    Server::data(
-        &build
-            .server
-            .graphql(
-                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
-                json!({ "id": build.app }),
-            )
-            .await,
-    );
+    build.server.delete_app(&build.app).await;
     eventually(
         "the app's containers and images to go",
         Duration::from_secs(20),

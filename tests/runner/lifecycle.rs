@@ -259,14 +259,7 @@ async fn lifecycle(backend: Backend, flavor: Flavor) {
         || async { answer(port).await.is_err() },
     )
     .await;
-    Server::data(
-        &server
-            .graphql(
-                "mutation($id: ID!) { deleteApp(input: { id: $id }) { deletedAppId } }",
-                json!({ "id": app }),
-            )
-            .await,
-    );
+    server.delete_app(&app).await;
     let releases = work.join("apps").join(&name);
     eventually(
         "the deleted app's releases to go",

@@ -434,7 +434,7 @@ impl RunnerProcess {
 async fn stop_app(server: &Server, app: &str) {
     let body = server
         .graphql(
-            "mutation($id: ID!) { stopApp(input: { id: $id }) { app { status } } }",
+            "mutation($id: ID!) { stopApp(input: { appId: $id }) { app { status } } }",
             json!({ "id": app }),
         )
         .await;

@@ -99,13 +99,7 @@ async fn the_pushed_commit_is_what_runs(backend: Backend) {
         assert_eq!(error["extensions"]["field"], field, "{body}");
     }
     // The last deployment failed, so the app is not RUNNING to stop: deleting it stops it.
-    let body = server
-        .graphql(
-            "mutation($id: ID!) { deleteApp(input: { appId: $id }) { deletedAppId } }",
-            json!({ "id": app }),
-        )
-        .await;
-    Server::data(&body);
+    server.delete_app(&app).await;
     eventually("the app to stop", Duration::from_secs(20), || async {
         answer(port).await.is_err()
     })

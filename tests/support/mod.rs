@@ -807,6 +807,17 @@ impl Server {
             .expect("app id")
             .to_owned()
     }
+
+    /// `deleteApp` of app `id` as the admin, which must succeed.
+    pub async fn delete_app(&self, id: &str) {
+        let body = self
+            .graphql(
+                "mutation($id: ID!) { deleteApp(input: { appId: $id }) { deletedAppId } }",
+                serde_json::json!({ "id": id }),
+            )
+            .await;
+        assert_eq!(Self::data(&body)["deleteApp"]["deletedAppId"], id, "{body}");
+    }
 }
 
 /// A certificate authority of the test's own, and a certificate it signed for `localhost`
